@@ -1,0 +1,198 @@
+"""The ``lookalike`` command: parse arguments, load settings, call one library function.
+
+``jobs/*.py`` call :func:`main` with their own sub-command, so Databricks jobs and the local
+command share one argument parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from lookalike.config import ConfigError, Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", help="settings profile: conf/<profile>.yaml (quick, full)")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one setting, e.g. --set training.epochs=2")
+    parser = argparse.ArgumentParser(prog="lookalike", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, **kw: commands.add_parser(name, parents=[common], **kw)  # noqa: E731
+
+    ingest = add("ingest", help="ingest product images into the Delta catalogue")
+    ingest.add_argument("--source", choices=["fashion-mnist", "folder"], required=True)
+    ingest.add_argument("path", nargs="?", help="image folder (with --source folder)")
+    ingest.add_argument("--metadata", help="CSV with product_id, category, title, path")
+
+    tune = add("tune", help="Hyperopt SparkTrials search, objective val MAP@R")
+    tune.add_argument("--max-evals", type=int)
+    tune.add_argument("--parallelism", type=int)
+
+    train = add("train", help="train the embedding model (Horovod if N > 1)")
+    train.add_argument("--processes", type=int, help="Horovod processes (default from config)")
+    train.add_argument("--params-run-id", help="use the best parameters of this tuning run")
+    train.add_argument("--no-tuned-params", action="store_true",
+                       help="ignore the latest tuning result, train with configured values")
+
+    evaluate = add("evaluate", help="retrieval metrics of a training run")
+    evaluate.add_argument("--run-id", required=True)
+
+    embed = add("embed", help="embed new/changed products into Delta")
+    embed.add_argument("--run-id", help="training run (default: latest finished training run)")
+
+    index = add("build-index", help="build the ANN index from embeddings")
+    index.add_argument("--run-id", help="training run whose embeddings to index")
+
+    package = add("package", help="log pyfunc (model + index), register, "
+                                                  "alias challenger")
+    package.add_argument("--run-id", help="training run to package")
+
+    promote = add("promote", help="move alias champion to challenger if not worse")
+    promote.add_argument("--version", help="model version (default: the challenger)")
+
+    recommend = add("recommend", help="top-k neighbours of every product to Delta")
+    recommend.add_argument("--model-uri", help="default: models:/<name>@champion")
+    recommend.add_argument("--k", type=int)
+
+    serve = add("serve", help="REST endpoint: mlflow models serve of the champion")
+    serve.add_argument("--model-uri", help="default: models:/<name>@champion")
+    serve.add_argument("--port", type=int)
+
+    pipeline = add("pipeline", help="ingest, tune, train, evaluate, embed, index, "
+                                                    "package, promote (skips unchanged steps)")
+    pipeline.add_argument("--force", action="store_true", help="rerun every step")
+    pipeline.add_argument("--skip-tuning", action="store_true")
+
+    demo = add("demo", help="pipeline, then REST server and Streamlit app")
+    demo.add_argument("--no-pipeline", action="store_true", help="only start the servers")
+    demo.add_argument("--app-port", type=int, default=8501)
+    return parser
+
+
+def _overrides(pairs: Sequence[str]) -> dict:
+    import yaml
+
+    result: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"config error: --set expects SECTION.KEY=VALUE, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return result
+
+
+def _ingest(args, settings: Settings) -> dict:
+    from lookalike.catalogue import ingest_fashion_mnist, ingest_folder
+    from lookalike.spark import get_spark
+
+    spark = get_spark(settings)
+    if args.source == "fashion-mnist":
+        return ingest_fashion_mnist(spark, settings).__dict__
+    if not args.path:
+        raise SystemExit("lookalike ingest --source folder needs a PATH")
+    return ingest_folder(spark, settings, args.path, args.metadata).__dict__
+
+
+def _tune(args, settings: Settings):
+    from lookalike.tuning import tune
+
+    return tune(settings, max_evals=args.max_evals, parallelism=args.parallelism)
+
+
+def _train(args, settings: Settings):
+    from lookalike.training import train_and_log
+
+    return train_and_log(settings, processes=args.processes, params_run_id=args.params_run_id,
+                         use_tuned=not args.no_tuned_params)
+
+
+def _evaluate(args, settings: Settings):
+    from lookalike.evaluation import evaluate_run
+
+    return evaluate_run(settings, args.run_id)
+
+
+def _embed(args, settings: Settings):
+    from lookalike.embedding import embed_catalogue
+
+    return embed_catalogue(settings, run_id=args.run_id)
+
+
+def _build_index(args, settings: Settings):
+    from lookalike.embedding import build_index
+
+    return build_index(settings, run_id=args.run_id)
+
+
+def _package(args, settings: Settings):
+    from lookalike.registry import package_and_register
+
+    return package_and_register(settings, run_id=args.run_id)
+
+
+def _promote(args, settings: Settings):
+    from lookalike.registry import promote
+
+    return promote(settings, version=args.version)
+
+
+def _recommend(args, settings: Settings):
+    from lookalike.embedding import write_neighbours
+
+    return write_neighbours(settings, model_uri=args.model_uri, k=args.k)
+
+
+def _serve(args, settings: Settings):
+    from lookalike.serving import serve
+
+    return serve(settings, model_uri=args.model_uri, port=args.port)
+
+
+def _pipeline(args, settings: Settings):
+    from lookalike.pipeline import run_pipeline
+
+    return run_pipeline(settings, force=args.force, skip_tuning=args.skip_tuning)
+
+
+def _demo(args, settings: Settings):
+    from lookalike.pipeline import run_demo
+
+    return run_demo(settings, run_pipeline_first=not args.no_pipeline, app_port=args.app_port)
+
+
+COMMANDS: dict[str, Callable] = {
+    "ingest": _ingest, "tune": _tune, "train": _train, "evaluate": _evaluate, "embed": _embed,
+    "build-index": _build_index, "package": _package, "promote": _promote,
+    "recommend": _recommend, "serve": _serve, "pipeline": _pipeline, "demo": _demo,
+}
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line (exposed so tests can check job parameters without running them)."""
+    return _parser().parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        settings = load_settings(args.profile, _overrides(args.set))
+    except ConfigError as error:
+        print(f"lookalike: {error}", file=sys.stderr)
+        return 2
+    result = COMMANDS[args.command](args, settings)
+    if result is not None:
+        # One JSON line on stdout: what schedulers and scripts parse.
+        print(json.dumps(result, default=str, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""A small REST client for the Lookalike endpoint, used by the Streamlit app.
+
+Pure functions and one class, no Streamlit import, so they are testable on their own and the
+app stays a thin page. The endpoint is either the local ``mlflow models serve`` URL
+(``http://127.0.0.1:5001``) or a Databricks model serving URL
+(``https://<workspace>/serving-endpoints/<name>/invocations``) with a bearer token.
+
+Request/response contract (see the package's serving module)::
+
+    POST <endpoint>/invocations
+    {"dataframe_records": [{"image": "<base64>"}] or [{"product_id": "..."}],
+     "params": {"k": 10, "category": "Sneaker", "exclude_self": true, "include_images": true}}
+    -> {"predictions": [{"query": 0, "rank": 1, "product_id": "...", "category": "...",
+                         "distance": 0.03, "image": "<base64 PNG>"}, ...]}
+    bad input -> HTTP 400 {"error_code": "INVALID_PARAMETER_VALUE", "message": "..."}
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import requests
+
+ENDPOINT_ENV = "LOOKALIKE_ENDPOINT"
+TOKEN_ENV = "LOOKALIKE_TOKEN"
+SAMPLE_ENV = "LOOKALIKE_CATALOGUE_SAMPLE"
+DEFAULT_ENDPOINT = "http://127.0.0.1:5001"
+# Relative to LOOKALIKE_HOME; written by lookalike.pipeline.export_catalogue_sample.
+SAMPLE_RELATIVE_PATH = Path("app") / "catalogue_sample.parquet"
+SAMPLE_COLUMNS = ("product_id", "category", "title", "thumbnail")
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+)
+
+
+class EndpointError(RuntimeError):
+    """The endpoint could not be reached or refused the request; ``str()`` is for people."""
+
+    def __init__(self, message: str, status: int | None = None, error_code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_code = error_code
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    query: int
+    rank: int
+    product_id: str
+    category: str
+    distance: float
+    image: bytes | None = None
+
+
+@dataclass
+class LookalikeClient:
+    """Calls ``/invocations`` of one endpoint, reusing one HTTP session (connection pooling)."""
+
+    endpoint: str
+    token: str | None = None
+    timeout: float = 30.0
+    session: requests.Session = field(default_factory=requests.Session, repr=False)
+
+    @property
+    def url(self) -> str:
+        return invocations_url(self.endpoint)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def invoke(self, records: Sequence[dict[str, Any]], params: dict[str, Any]) -> list[Neighbour]:
+        payload = {"dataframe_records": list(records), "params": params}
+        try:
+            response = self.session.post(self.url, json=payload, headers=self.headers(),
+                                         timeout=self.timeout)
+        except requests.ConnectionError as error:
+            raise EndpointError(f"Cannot reach the recommendation endpoint at {self.url}: "
+                                f"connection refused or host unreachable ({type(error).__name__}). "
+                                "Is the server running?") from error
+        except requests.Timeout as error:
+            raise EndpointError(f"The recommendation endpoint at {self.url} did not answer "
+                                f"within {self.timeout:.0f} s.") from error
+        except requests.RequestException as error:
+            raise EndpointError(f"Request to {self.url} failed: {error}") from error
+        return parse_response(response.status_code, response.text)
+
+    def similar_to_image(self, image: bytes, **params: Any) -> list[Neighbour]:
+        return self.invoke([{"image": encode_image(image)}], request_params(**params))
+
+    def similar_to_product(self, product_id: str, **params: Any) -> list[Neighbour]:
+        return self.invoke([{"product_id": product_id}], request_params(**params))
+
+
+def invocations_url(endpoint: str) -> str:
+    """``/invocations`` URL of an endpoint given as a base URL or already as that URL."""
+    endpoint = endpoint.strip().rstrip("/")
+    if not endpoint:
+        raise EndpointError("No endpoint URL set: enter one in the sidebar or set "
+                            f"{ENDPOINT_ENV}.")
+    if not endpoint.startswith(("http://", "https://")):
+        raise EndpointError(f"Endpoint URL must start with http:// or https://, got {endpoint!r}.")
+    if endpoint.endswith("/invocations"):
+        return endpoint
+    return endpoint + "/invocations"
+
+
+def request_params(k: int = 10, category: str | None = None, exclude_self: bool = True,
+                   include_images: bool = True) -> dict[str, Any]:
+    """The ``params`` object; category is left out when no filter is wanted."""
+    params: dict[str, Any] = {"k": int(k), "exclude_self": bool(exclude_self),
+                              "include_images": bool(include_images)}
+    if category:
+        params["category"] = category
+    return params
+
+
+def encode_image(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_image(text: str | None) -> bytes | None:
+    if not text:
+        return None
+    return base64.b64decode(text)
+
+
+def parse_response(status: int, body: str) -> list[Neighbour]:
+    """Neighbours from a response, or EndpointError carrying the server's own message."""
+    import json
+
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if status != 200:
+        message = None
+        code = None
+        if isinstance(data, dict):
+            message = data.get("message") or data.get("error")
+            code = data.get("error_code")
+        if not message:
+            message = (body or "").strip()[:500] or f"HTTP {status}"
+        if status in (401, 403):
+            prefix = "The endpoint refused the credentials"
+        elif 400 <= status < 500:
+            prefix = "The endpoint rejected the request"
+        else:
+            prefix = "The endpoint failed"
+        raise EndpointError(f"{prefix} (HTTP {status}): {message}", status=status, error_code=code)
+    if not isinstance(data, dict) or not isinstance(data.get("predictions"), list):
+        raise EndpointError("The endpoint answered without a 'predictions' list: "
+                            f"{(body or '')[:200]!r}", status=status)
+    neighbours = []
+    for row in data["predictions"]:
+        neighbours.append(Neighbour(
+            query=int(row.get("query", 0)), rank=int(row.get("rank", 0)),
+            product_id=str(row.get("product_id")), category=str(row.get("category")),
+            distance=float(row.get("distance", float("nan"))),
+            image=decode_image(row.get("image"))))
+    return sorted(neighbours, key=lambda n: (n.query, n.rank))
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """JPEG, PNG or WEBP from the first bytes; None for anything else."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def check_upload(name: str, data: bytes, max_bytes: int = 10_000_000) -> str | None:
+    """A plain-language problem with an uploaded file, or None if it can be sent.
+
+    Only cheap checks (size, magic bytes): decoding is the endpoint's job, and its 400
+    message is shown as is.
+    """
+    if not data:
+        return f"{name} is empty."
+    if len(data) > max_bytes:
+        return f"{name} is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB."
+    if sniff_image_format(data) is None:
+        return f"{name} is not a JPEG, PNG or WebP image."
+    return None
+
+
+def default_sample_path(environ: dict[str, str] | None = None) -> Path:
+    """LOOKALIKE_CATALOGUE_SAMPLE, else <LOOKALIKE_HOME or ~/.lookalike>/app/catalogue_sample.parquet."""
+    environ = os.environ if environ is None else environ
+    if environ.get(SAMPLE_ENV):
+        return Path(environ[SAMPLE_ENV]).expanduser()
+    home = environ.get("LOOKALIKE_HOME") or "~/.lookalike"
+    return Path(home).expanduser() / SAMPLE_RELATIVE_PATH
+
+
+def read_catalogue_sample(path: str | Path):
+    """The exported catalogue sample as a DataFrame (thumbnail column: PNG bytes); None if absent."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("product_id", "category", "thumbnail") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; re-export it with "
+                         "`lookalike demo` or lookalike.pipeline.export_catalogue_sample")
+    if "title" not in frame.columns:
+        frame["title"] = None
+    return frame.reset_index(drop=True)
+
+
+def random_page(frame, size: int, seed: int, category: str | None = None):
+    """``size`` random rows (deterministic for a seed), optionally of one category."""
+    if frame is None or len(frame) == 0:
+        return frame
+    if category:
+        frame = frame[frame["category"] == category]
+    if len(frame) <= size:
+        return frame.reset_index(drop=True)
+    rows = random.Random(seed).sample(range(len(frame)), size)
+    return frame.iloc[rows].reset_index(drop=True)
+
+
+def thumbnail(data: bytes, max_side: int = 160) -> bytes:
+    """PNG no larger than max_side (small images are kept as they are, re-encoded as PNG)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if max(image.size) > max_side:
+            image.thumbnail((max_side, max_side))
+        if image.mode not in ("L", "RGB", "RGBA"):
+            image = image.convert("RGBA" if "A" in image.mode else "RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def caption(neighbour: Neighbour) -> str:
+    return f"#{neighbour.rank} {neighbour.category} · distance {neighbour.distance:.3f}"

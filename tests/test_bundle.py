@@ -1,0 +1,276 @@
+"""The Databricks bundle (databricks.yml + conf/bundle/*.yml) is consistent with the code.
+
+No Databricks CLI here: the YAML is parsed and checked for what would otherwise fail only
+on a workspace: task files that do not exist, parameters the CLI would reject, bad cron
+expressions, an endpoint serving a model the jobs never register.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lookalike import cli
+from lookalike.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
+BUNDLE_REF = re.compile(r"\$\{bundle\.(name|target)\}")
+JOB_PARAM = re.compile(r"\{\{\s*job\.parameters\.([A-Za-z0-9_]+)\s*\}\}")
+TASK_VALUE = re.compile(r"\{\{\s*tasks\.([A-Za-z0-9_]+)\.values\.([A-Za-z0-9_]+)\s*\}\}")
+ANY_REF = re.compile(r"\$\{[^}]*\}|\{\{[^}]*\}\}")
+
+
+def _load_bundle():
+    """databricks.yml and its includes: [(file, document)], first the root."""
+    root_file = ROOT / "databricks.yml"
+    root = yaml.safe_load(root_file.read_text())
+    documents = [(root_file, root)]
+    for pattern in root.get("include", []):
+        matches = sorted(glob.glob(str(ROOT / pattern)))
+        assert matches, f"include {pattern!r} matches no file"
+        for match in matches:
+            documents.append((Path(match), yaml.safe_load(Path(match).read_text())))
+    return documents
+
+
+BUNDLE = _load_bundle()
+ROOT_DOC = BUNDLE[0][1]
+TARGETS = sorted(ROOT_DOC["targets"])
+
+
+def _resources(kind: str):
+    """[(defining file, key, definition)] of one resource kind over all bundle files."""
+    found = []
+    for path, document in BUNDLE:
+        for key, value in ((document or {}).get("resources", {}).get(kind) or {}).items():
+            found.append((path, key, value))
+    return found
+
+
+def _variables(target: str) -> dict:
+    values = {name: spec.get("default") for name, spec in ROOT_DOC["variables"].items()}
+    values.update((ROOT_DOC["targets"][target] or {}).get("variables") or {})
+    return values
+
+
+def _resolve(text, variables: dict, target: str, depth: int = 0):
+    """Substitute ${var.X} (recursively) and ${bundle.*}; unknown variables fail the test."""
+    if not isinstance(text, str):
+        return text
+    assert depth < 10, f"variable cycle in {text!r}"
+
+    def var(match):
+        name = match.group(1)
+        assert name in variables, f"${{var.{name}}} is not declared in databricks.yml"
+        return str(_resolve(variables[name], variables, target, depth + 1))
+
+    text = VAR.sub(var, text)
+    return BUNDLE_REF.sub(lambda m: ROOT_DOC["bundle"]["name"] if m.group(1) == "name"
+                          else target, text)
+
+
+def _wrapper_command(python_file: Path) -> str:
+    """The sub-command a jobs/X.py wrapper passes to lookalike.cli.main (read from its code)."""
+    tree = ast.parse(python_file.read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "main"
+                and node.args and isinstance(node.args[0], ast.List)):
+            first = node.args[0].elts[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                return first.value
+    raise AssertionError(f"{python_file} does not call main([<command>, ...])")
+
+
+def _tasks():
+    for path, key, job in _resources("jobs"):
+        for task in job.get("tasks", []):
+            yield path, key, job, task
+
+
+def test_bundle_has_dev_and_prod_targets_and_a_wheel():
+    assert {"dev", "prod"} <= set(TARGETS)
+    assert ROOT_DOC["targets"]["dev"].get("default") is True
+    assert ROOT_DOC["targets"]["dev"]["mode"] == "development"
+    assert ROOT_DOC["targets"]["prod"]["mode"] == "production"
+    wheels = [a for a in ROOT_DOC["artifacts"].values() if a.get("type") == "whl"]
+    assert wheels, "no python wheel artifact"
+    assert (ROOT / wheels[0]["path"] / "pyproject.toml").exists()
+
+
+def test_expected_jobs_exist():
+    jobs = {key: job for _, key, job in _resources("jobs")}
+    assert len(jobs) >= 2
+    commands: dict[str, set] = {}
+    for path, key, _, task in _tasks():
+        python_file = (path.parent / task["spark_python_task"]["python_file"]).resolve()
+        commands.setdefault(key, set()).add(_wrapper_command(python_file))
+    daily = [k for k, c in commands.items() if {"ingest", "embed", "build-index"} <= c]
+    weekly = [k for k, c in commands.items()
+              if {"tune", "train", "evaluate", "package", "promote"} <= c]
+    assert daily and weekly, commands
+    train_task = next(t for p, k, _, t in _tasks() if k == weekly[0]
+                      and t["spark_python_task"]["python_file"].endswith("train.py"))
+    assert "{{job.parameters.processes}}" in train_task["spark_python_task"]["parameters"]
+    cluster = next(c["new_cluster"] for c in jobs[weekly[0]]["job_clusters"]
+                   if c["job_cluster_key"] == train_task["job_cluster_key"])
+    for target in TARGETS:
+        variables = _variables(target)
+        assert "gpu-ml" in _resolve(cluster["spark_version"], variables, target)
+        assert _resolve(cluster["spark_version"], variables, target).startswith("15.4")
+        assert int(_resolve(str(cluster["num_workers"]), variables, target)) >= 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_task_runs_an_existing_entry_point_with_accepted_parameters(target):
+    variables = _variables(target)
+    checked = 0
+    for path, job_key, job, task in _tasks():
+        where = f"{path.name}: {job_key}.{task['task_key']}"
+        spt = task.get("spark_python_task")
+        assert spt, f"{where}: expected a spark_python_task"
+        python_file = (path.parent / spt["python_file"]).resolve()
+        assert python_file.exists(), f"{where}: {spt['python_file']} does not exist"
+        assert python_file.parent == ROOT / "jobs", f"{where}: entry points live in jobs/"
+        command = _wrapper_command(python_file)
+
+        job_params = {p["name"]: p["default"] for p in job.get("parameters", [])}
+        upstream = {d["task_key"] for d in task.get("depends_on", [])}
+        all_tasks = {t["task_key"]: t for t in job["tasks"]}
+
+        def ancestors(key, seen=None):
+            seen = set() if seen is None else seen
+            for dep in all_tasks[key].get("depends_on", []):
+                if dep["task_key"] not in seen:
+                    seen.add(dep["task_key"])
+                    ancestors(dep["task_key"], seen)
+            return seen
+
+        arguments = []
+        for raw in spt.get("parameters", []):
+            value = _resolve(raw, variables, target)
+
+            def job_param(match):
+                assert match.group(1) in job_params, f"{where}: undeclared job parameter {raw}"
+                return str(job_params[match.group(1)])
+
+            def task_value(match):
+                assert match.group(1) in ancestors(task["task_key"]), \
+                    f"{where}: {raw} refers to a task it does not depend on"
+                return "0123456789abcdef0123456789abcdef"
+
+            value = TASK_VALUE.sub(task_value, JOB_PARAM.sub(job_param, value))
+            assert not ANY_REF.search(value), f"{where}: unresolved reference in {raw!r}"
+            arguments.append(value)
+        assert upstream <= set(all_tasks), f"{where}: depends on unknown tasks"
+        try:
+            args = cli.parse([command, *arguments])
+        except SystemExit as error:
+            raise AssertionError(f"{where}: `lookalike {command} {' '.join(arguments)}` is "
+                                 "rejected by the CLI") from error
+        assert args.command == command
+        if args.profile:
+            assert (ROOT / "conf" / f"{args.profile}.yaml").exists(), f"{where}: no profile"
+        for library in task.get("libraries", []):
+            if "whl" in library:
+                assert library["whl"].endswith(".whl")
+        checked += 1
+    assert checked >= 8
+
+
+QUARTZ_RANGES = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (1, 7), (1970, 2099)]
+MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+DAYS = "SUN MON TUE WED THU FRI SAT".split()
+
+
+def _quartz_value(text: str, position: int) -> int:
+    names = MONTHS if position == 4 else DAYS if position == 5 else []
+    if text.upper() in names:
+        return names.index(text.upper()) + 1
+    assert text.isdigit(), f"{text!r} is not a number"
+    low, high = QUARTZ_RANGES[position]
+    assert low <= int(text) <= high, f"{text} outside {low}-{high}"
+    return int(text)
+
+
+def quartz_valid(expression: str) -> bool:
+    """Quartz cron: sec min hour day-of-month month day-of-week [year], one of the day fields '?'."""
+    fields = expression.split()
+    if len(fields) not in (6, 7):
+        return False
+    if (fields[3] == "?") == (fields[5] == "?"):
+        return False
+    try:
+        for position, value in enumerate(fields):
+            if value in ("*", "?") and (value == "*" or position in (3, 5)):
+                continue
+            for part in value.split(","):
+                base, _, step = part.partition("/")
+                if step:
+                    assert step.isdigit() and int(step) > 0
+                if base == "*":
+                    continue
+                if position == 3 and base in ("L", "LW"):
+                    continue
+                if position == 3 and base.endswith("W"):
+                    base = base[:-1]
+                if position == 5 and "#" in base:
+                    day, nth = base.split("#")
+                    _quartz_value(day, position)
+                    assert nth.isdigit() and 1 <= int(nth) <= 5
+                    continue
+                if position == 5 and base.endswith("L") and len(base) > 1:
+                    base = base[:-1]
+                low, _, high = base.partition("-")
+                _quartz_value(low, position)
+                if high:
+                    _quartz_value(high, position)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_quartz_validator_itself():
+    for good in ("0 0 2 * * ?", "0 0 4 ? * SUN", "0 15 10 ? * MON-FRI", "0 0/5 * * * ?",
+                 "0 0 12 L * ?", "0 0 12 ? * 6#3 2030"):
+        assert quartz_valid(good), good
+    for bad in ("0 2 * * *", "0 0 2 * * *", "0 0 25 * * ?", "0 61 1 ? * MON",
+                "0 0 2 ? * FUNDAY", "0 0 2 ? * ?"):
+        assert not quartz_valid(bad), bad
+
+
+def test_schedules_are_valid_quartz_cron():
+    schedules = [(key, job["schedule"]) for _, key, job in _resources("jobs")
+                 if "schedule" in job]
+    assert len(schedules) >= 2
+    for key, schedule in schedules:
+        assert quartz_valid(schedule["quartz_cron_expression"]), key
+        assert schedule.get("timezone_id")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_serving_endpoint_serves_the_registered_model(target):
+    endpoints = _resources("model_serving_endpoints")
+    assert len(endpoints) == 1
+    _, _, endpoint = endpoints[0]
+    variables = _variables(target)
+    entities = endpoint["config"]["served_entities"]
+    assert len(entities) == 1
+    name = _resolve(entities[0]["entity_name"], variables, target)
+    # Unity Catalog three-level name whose model part is conf's registry.model_name ...
+    parts = name.split(".")
+    assert len(parts) == 3 and all(parts), name
+    assert parts[-1] == load_settings().registry.model_name
+    assert _resolve(str(entities[0]["entity_version"]), variables, target).isdigit()
+    # ... and exactly the name the jobs register (they get it through the environment).
+    for _, key, job in _resources("jobs"):
+        for cluster in job.get("job_clusters", []):
+            env = cluster["new_cluster"].get("spark_env_vars", {})
+            registered = _resolve(env.get("LOOKALIKE__REGISTRY__MODEL_NAME", ""), variables,
+                                  target)
+            assert registered == name, f"{key}: registers {registered!r}, endpoint serves {name!r}"
