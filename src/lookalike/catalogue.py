@@ -147,7 +147,8 @@ def upsert_validated(spark, settings: Settings, validated, source: str) -> Inges
                    .select("product_id", F.col("content_hash").alias("old_hash"),
                            F.col("category").alias("old_category"),
                            F.col("title").alias("old_title")))
-        diff = good.join(current, "product_id", "left").withColumn(
+        # Only key columns of the table are broadcast: the image bytes never cross a shuffle.
+        diff = good.join(F.broadcast(current), "product_id", "left").withColumn(
             "change",
             F.when(F.col("old_hash").isNull(), F.lit("insert"))
             .when((F.col("old_hash") != F.col("content_hash"))

@@ -49,6 +49,8 @@ def get_spark(settings: Settings):
     # Spark workers must run this interpreter, not whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # Local mode stays on loopback (otherwise Spark binds the first non-loopback interface).
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
         SparkSession.builder.master(settings.spark.master)
         .appName(settings.spark.app_name)
@@ -65,6 +67,8 @@ def get_spark(settings: Settings):
         .config("spark.databricks.delta.snapshotPartitions", "2")
         # Tables are small; the default 200 files per MERGE would dominate run time.
         .config("spark.databricks.delta.merge.repartitionBeforeWrite.enabled", "true")
+        # MERGE sources here are persisted DataFrames: copying them again is wasted work.
+        .config("spark.databricks.delta.merge.materializeSource", "none")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
     )
