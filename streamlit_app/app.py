@@ -58,12 +58,20 @@ def set_query(kind: str, value, label: str, image: bytes | None = None,
                                  "category": category}
 
 
-def show_image(data: bytes, width: int) -> None:
-    """st.image, or a note when the bytes do not decode (the endpoint says why)."""
-    try:
-        st.image(data, width=width)
-    except Exception:  # noqa: BLE001 - undecodable upload: the endpoint's answer explains
-        st.caption("(no preview)")
+def show_image(data: bytes, width: int, trusted: bool = True) -> None:
+    """st.image of a data: URI; untrusted bytes (uploads) are decoded into a small thumbnail
+    first, with a note instead when they do not decode (the endpoint's answer says why).
+
+    Data URIs keep images inside the page message: no /media round trip (which Streamlit 1.60
+    on Starlette 1.x fails for image types) and nothing to expire between reruns.
+    """
+    if not trusted:
+        try:
+            data = lc.thumbnail(data, max_side=256)
+        except Exception:  # noqa: BLE001 - undecodable upload
+            st.caption("(no preview)")
+            return
+    st.image(lc.data_uri(data), width=width)
 
 
 def sample_row(sample, product_id: str):
@@ -129,7 +137,7 @@ def browse_section(sample, category: str | None) -> None:
         columns = st.columns(GRID_COLUMNS)
         for column, (_, row) in zip(columns, page.iloc[start:start + GRID_COLUMNS].iterrows()):
             with column:
-                st.image(row["thumbnail"], width=96)
+                show_image(row["thumbnail"], width=96)
                 st.caption(f"{row['category']} · {row['product_id']}")
                 if st.button("More like this", key=f"more-{row['product_id']}"):
                     set_query("product", row["product_id"], row["product_id"],
@@ -146,7 +154,7 @@ def results_section(endpoint: str, token: str, k: int, category: str | None, sam
     with left:
         st.markdown("**Query**")
         if query["image"] is not None:
-            show_image(query["image"], width=128)
+            show_image(query["image"], width=128, trusted=query["kind"] != "image")
         st.caption(query["label"] + (f" ({query['category']})" if query.get("category") else ""))
     with right:
         try:

@@ -251,5 +251,12 @@ def thumbnail(data: bytes, max_side: int = 160) -> bytes:
         return buffer.getvalue()
 
 
+def data_uri(data: bytes) -> str:
+    """``data:image/...;base64,...`` of image bytes (for st.image: no media-file round trip)."""
+    mime = {"JPEG": "image/jpeg", "WEBP": "image/webp"}.get(sniff_image_format(data) or "",
+                                                            "image/png")
+    return f"data:{mime};base64,{encode_image(data)}"
+
+
 def caption(neighbour: Neighbour) -> str:
     return f"#{neighbour.rank} {neighbour.category} · distance {neighbour.distance:.3f}"

@@ -188,8 +188,13 @@ def test_ping_and_signature(served_model, packaged_model):
 def _model_parts(packaged_model, tmp_path):
     import mlflow
 
+    from lookalike.serving import packaged_artifacts
+
     local = mlflow.artifacts.download_artifacts(packaged_model.model_uri,
                                                 dst_path=str(tmp_path / "model"))
+    parts = packaged_artifacts(local)
+    # Logged under the pyfunc's own artifact names.
+    assert sorted(p.name for p in parts.values()) == sorted(parts)
     return f"{local}/artifacts"
 
 

@@ -158,3 +158,26 @@ def test_trained_run_is_logged_and_its_model_reloads(trained_run, tmp_path):
     assert again["metrics"]["a_map_at_r"] == pytest.approx(run.data.metrics["a_map_at_r"],
                                                            abs=1e-6)
     assert run.data.metrics["a_recall_at_1"] > run.data.metrics["a_recall_at_1"] * 0 + 0.3
+
+
+@pytest.mark.slow
+def test_generalisation_model_is_trained_without_unseen_categories(catalogue):
+    import mlflow
+
+    from lookalike.evaluation import GENERALISATION_ARTIFACT
+    from lookalike.model import load_embedding_model
+    from lookalike.training import train_and_log
+
+    settings, _ = catalogue
+    run_settings = settings.replace(training={"steps_per_epoch": 10},
+                                    evaluation={"generalisation": True})
+    result = train_and_log(run_settings, processes=1, use_tuned=False)
+    unseen = set(settings.evaluation.unseen_categories)
+    for name in ("a_recall_at_1", "b_recall_at_1", "b_map_at_r", "baseline_b_recall_at_1"):
+        assert 0.0 <= result[name] <= 1.0
+    assert result["b_n_queries"] > 0
+    local = mlflow.artifacts.download_artifacts(run_id=result["run_id"],
+                                                artifact_path=GENERALISATION_ARTIFACT)
+    info = load_embedding_model(local).info
+    assert info["train_categories"] and not unseen & set(info["train_categories"])
+    assert len(info["categories"]) == 10  # label ids still index the full sorted list

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="ignore the latest tuning result, train with configured values")
 
     evaluate = add("evaluate", help="retrieval metrics of a training run")
-    evaluate.add_argument("--run-id", required=True)
+    evaluate.add_argument("--run-id", help="training run (default: latest finished one)")
 
     embed = add("embed", help="embed new/changed products into Delta")
     embed.add_argument("--run-id", help="training run (default: latest finished training run)")
@@ -191,7 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is not None:
         # One JSON line on stdout: what schedulers and scripts parse.
         print(json.dumps(result, default=str, sort_keys=False))
+        _publish_task_values(result)
     return 0
+
+
+def _publish_task_values(result) -> None:
+    """On Databricks, expose scalar results (run_id, version, ...) to later tasks of the job
+    as ``{{tasks.<task>.values.<key>}}``."""
+    from lookalike.spark import on_databricks
+
+    if not on_databricks() or not isinstance(result, dict):
+        return
+    from pyspark.dbutils import DBUtils  # only exists on Databricks Runtime
+    from pyspark.sql import SparkSession
+
+    task_values = DBUtils(SparkSession.builder.getOrCreate()).jobs.taskValues
+    for key, value in result.items():
+        if isinstance(value, (str, int, float, bool)):
+            task_values.set(key=key, value=value)
 
 
 if __name__ == "__main__":

@@ -129,14 +129,14 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
         probe_x, probe_y = _probe_batch(batches)
         digest = hashlib.sha256(np.asarray(probe_y).tobytes()
                                 + np.asarray(probe_x)[:, ::7].tobytes()).hexdigest()[:16]
-        before = float(loss_fn(tf.constant(probe_y), model(probe_x, training=False)))
+        before = _probe_loss(model, loss_fn, probe_x, probe_y)
         history = {}
         if initial_epoch < t.epochs:
             fit = model.fit(batches, epochs=t.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=t.steps_per_epoch, callbacks=callbacks,
                             verbose=2 if rank == 0 else 0)
             history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-        after = float(loss_fn(tf.constant(probe_y), model(probe_x, training=False)))
+        after = _probe_loss(model, loss_fn, probe_x, probe_y)
 
     result: dict[str, Any] = {
         "rank": rank, "size": size, "initial_epoch": initial_epoch, "epochs": t.epochs,
@@ -154,6 +154,18 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     if return_weights:
         result["trainable_weights"] = [w.numpy().tolist() for w in model.trainable_weights]
     return result
+
+
+def _probe_loss(model, loss_fn, x, y) -> float:
+    """Loss on a fixed batch, BatchNorm using batch statistics (as in training), so it measures
+    the trainable weights only; BN moving statistics are restored afterwards."""
+    import tensorflow as tf
+
+    saved = [v.numpy() for v in model.non_trainable_weights]
+    value = float(loss_fn(tf.constant(y), model(x, training=True)))
+    for variable, old in zip(model.non_trainable_weights, saved):
+        variable.assign(old)
+    return value
 
 
 def _probe_batch(batches):

@@ -125,6 +125,10 @@ def _embed_partitions(model_dir: str, batch_size: int, threads: int):
     """mapInPandas body: model loaded once per worker, images embedded ``batch_size`` at a time."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # Module globals are reached by import, never captured: cloudpickle would ship them
+        # by value (the driver's model cache included).
+        from lookalike import embedding
+        from lookalike.model import configure_threads
         from lookalike.preprocessing import batch_to_model_input
 
         model = None
@@ -132,12 +136,10 @@ def _embed_partitions(model_dir: str, batch_size: int, threads: int):
             if frame.empty:
                 continue
             if model is None:
-                if model_dir not in _MODEL_CACHE:
-                    from lookalike.model import configure_threads
-
+                if model_dir not in embedding._MODEL_CACHE:
                     # Concurrent partitions share the cores: don't let each take them all.
                     configure_threads(intra=threads, inter=1)
-                model = cached_embedding_model(model_dir)
+                model = embedding.cached_embedding_model(model_dir)
             for start in range(0, len(frame), batch_size):
                 chunk = frame.iloc[start:start + batch_size]
                 pixels = batch_to_model_input((bytes(b) for b in chunk["image"]),
@@ -445,7 +447,8 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
     import mlflow
 
     from lookalike.catalogue import table_version
-    from lookalike.serving import ARTIFACT_INDEX, ARTIFACT_PRODUCTS, default_model_uri
+    from lookalike.serving import (ARTIFACT_INDEX, ARTIFACT_PRODUCTS, default_model_uri,
+                                   packaged_artifacts)
     from lookalike.spark import get_spark
     from lookalike.tracking import configure_mlflow
 
@@ -457,10 +460,10 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
     local = Path(settings.home_path / "downloads" / "pyfunc" / uuid.uuid4().hex[:12])
     local.mkdir(parents=True, exist_ok=True)
     model_path = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(local)))
-    artifacts = model_path / "artifacts"
-    manifest = json.loads((artifacts / ARTIFACT_INDEX / "manifest.json").read_text())
+    artifacts = packaged_artifacts(model_path)
+    manifest = json.loads((artifacts[ARTIFACT_INDEX] / "manifest.json").read_text())
     model_version = str(manifest.get("metadata", {}).get("model_version", ""))
-    ids = pd.read_parquet(artifacts / ARTIFACT_PRODUCTS, columns=["product_id"])["product_id"]
+    ids = pd.read_parquet(artifacts[ARTIFACT_PRODUCTS], columns=["product_id"])["product_id"]
 
     spark = get_spark(settings)
     frame = spark.createDataFrame(pd.DataFrame({"product_id": ids.astype(str)}),

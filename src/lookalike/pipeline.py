@@ -458,7 +458,9 @@ def run_pipeline(settings: Settings, force: bool = False, skip_tuning: bool = Fa
         "products_version": (outputs.get("ingest") or {}).get("table_version"),
         "model_name": settings.registry.model_name,
         "model_version": package.get("version"),
-        "alias": promote.get("alias", CHAMPION) if promote else None,
+        # The alias the packaged version holds now: champion unless promotion kept the old one.
+        "alias": ((CHAMPION if promote.get("champion_version") == package.get("version")
+                   else "challenger") if promote else None),
         "promoted": promote,
         **serve_commands(settings),
         "seconds": result["seconds"],
@@ -644,11 +646,25 @@ def _stop_local_spark() -> None:
 
     if on_databricks() or "pyspark" not in sys.modules:
         return
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         active.stop()
+    # stop() leaves the driver JVM running; it exits when its stdin (our pipe) closes.
+    gateway = SparkContext._gateway
+    if gateway is not None:
+        try:
+            gateway.shutdown()
+            proc = getattr(gateway, "proc", None)
+            if proc is not None:
+                proc.stdin.close()
+                proc.wait(timeout=20)
+        except Exception as error:  # noqa: BLE001 - freeing memory is best effort
+            _say(f"could not stop the Spark JVM ({error!r}); continuing")
+        SparkContext._gateway = None
+        SparkContext._jvm = None
 
 
 def run_demo(settings: Settings, run_pipeline_first: bool = True, app_port: int = 8501,

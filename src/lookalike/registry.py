@@ -116,18 +116,29 @@ def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
     tags = {"training_run": run_id, "delta_version": str(meta.get("products_version")),
             "embeddings_version": str(meta.get("embeddings_version")),
             "index_size": str(manifest.get("count")), "package_run": package_run}
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():  # some registries ignore tags= on register_model
-        client.set_model_version_tag(name, version.version, key, value)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    version = register_version(settings, info.model_uri, tags)
     result = {"model_name": name, "version": int(version.version),
+              "logged_model_uri": info.model_uri,
               "model_uri": f"models:/{name}/{version.version}", "alias": CHALLENGER,
               "package_run_id": package_run, "training_run_id": run_id,
               "index_size": manifest.get("count"), "products": n_products,
               "delta_version": meta.get("products_version")}
     log.info("package_and_register: %s", result)
     return result
+
+
+def register_version(settings: Settings, model_uri: str, tags: dict[str, str]):
+    """Register ``model_uri`` as a new version of ``registry.model_name`` with ``tags``
+    (``training_run`` is what promotion reads) and point alias ``challenger`` at it."""
+    import mlflow
+
+    name = settings.registry.model_name
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():  # some registries ignore tags= on register_model
+        client.set_model_version_tag(name, version.version, key, value)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return client.get_model_version(name, version.version)
 
 
 def _alias(client, name: str, alias: str):
@@ -140,19 +151,18 @@ def _alias(client, name: str, alias: str):
 
 
 def version_metric(client, version, metric: str) -> float | None:
-    """``metric`` of a model version: from its training run, else its package run."""
+    """``metric`` of a model version, from its ``training_run`` tag's run (else from the run
+    that logged it, which holds copies of the training metrics); None if not logged."""
     from mlflow.exceptions import MlflowException
 
-    for run_id in (version.tags.get("training_run"), version.run_id):
-        if not run_id:
-            continue
-        try:
-            value = client.get_run(run_id).data.metrics.get(metric)
-        except MlflowException:
-            continue
-        if value is not None:
-            return float(value)
-    return None
+    run_id = version.tags.get("training_run") or version.run_id
+    if not run_id:
+        return None
+    try:
+        value = client.get_run(run_id).data.metrics.get(metric)
+    except MlflowException:
+        return None
+    return None if value is None else float(value)
 
 
 def _available_metrics(client, version) -> list[str]:

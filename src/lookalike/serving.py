@@ -54,13 +54,16 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -353,8 +356,26 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
     example = pd.DataFrame({"image": [image_b64, None], "product_id": [None, first]})
     params = default_params(settings)
     output = recommender.recommend(example, {**params, "k": 3})
-    signature = infer_signature(example, output, params=params)
+    with warnings.catch_warnings():
+        # "integer columns cannot represent missing values": our ints (query, rank) never are.
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, output, params=params)
     code = Path(lookalike.__file__).resolve().parent
+    staging = None
+    if Path(index_path).name != ARTIFACT_INDEX:
+        # MLflow names an artifact folder after its source; stage it as "index".
+        staging = Path(tempfile.mkdtemp(prefix="lookalike-index-"))
+        index_path = shutil.copytree(index_path, staging / ARTIFACT_INDEX)
+    try:
+        return _log_model(mlflow, name, limits, model_dir, index_path, products_path, code,
+                          signature, example, params)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _log_model(mlflow, name, limits, model_dir, index_path, products_path, code, signature,
+               example, params):
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=LookalikeModel(limits),
@@ -365,6 +386,15 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
         input_example=(example, {**params, "k": 3}),
         pip_requirements=_requirements(),
     )
+
+
+def packaged_artifacts(model_path: str | Path) -> dict[str, Path]:
+    """Local paths of the pyfunc's artifacts (keys ARTIFACT_*) in a downloaded model folder."""
+    from mlflow.models import Model
+
+    model_path = Path(model_path)
+    flavor = Model.load(str(model_path)).flavors["python_function"]
+    return {key: model_path / value["path"] for key, value in flavor["artifacts"].items()}
 
 
 # --------------------------------------------------------------------------- REST server
