@@ -210,7 +210,8 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     removed_ids = existing.select("product_id").join(products.select("product_id"),
                                                      "product_id", "left_anti")
     total = products.count()
-    removed = removed_ids.count()
+    already = existing.limit(1).count() > 0
+    removed = removed_ids.count() if already else 0
 
     from lookalike.model import cpu_count
 
@@ -226,11 +227,17 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
                        "embedded_at")
                .persist())
     try:
+        started = time.perf_counter()
         embedded = vectors.count()
+        embed_seconds = time.perf_counter() - started
         table = DeltaTable.forPath(spark, path)
+        started = time.perf_counter()
         with _CommitMetadata(spark, {"model_version": run_id,
                                      "products_version": products_version}):
-            if embedded:
+            if embedded and not already:
+                # First embedding of this model version: a plain append, no MERGE needed.
+                vectors.write.format("delta").mode("append").save(path)
+            elif embedded:
                 (table.alias("t")
                  .merge(vectors.alias("s"),
                         f"t.model_version = '{run_id}' AND t.product_id = s.product_id")
@@ -243,12 +250,14 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
                         f"t.model_version = '{run_id}' AND t.product_id = s.product_id")
                  .whenMatchedDelete()
                  .execute())
+        write_seconds = time.perf_counter() - started
     finally:
         vectors.unpersist()
     result = {"model_version": run_id, "embedded": int(embedded),
               "unchanged": int(total - embedded), "removed": int(removed),
               "products_version": int(products_version),
-              "table_version": table_version(spark, path)}
+              "table_version": table_version(spark, path),
+              "embed_seconds": round(embed_seconds, 1), "write_seconds": round(write_seconds, 1)}
     log.info("embed_catalogue: %s", result)
     return result
 
@@ -311,7 +320,7 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
     from pyspark.sql import functions as F
 
     from lookalike.catalogue import table_version
-    from lookalike.index import load_index, make_index
+    from lookalike.index import load_index
     from lookalike.spark import get_spark
 
     run_id, model_dir = resolve_model(settings, run_id)
