@@ -70,10 +70,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-try:  # the class must subclass PythonModel; mlflow is always installed with lookalike
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object  # type: ignore[misc,assignment]
+from mlflow.pyfunc import PythonModel
 
 from lookalike.config import Settings
 
