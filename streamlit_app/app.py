@@ -24,6 +24,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from lookalike.preprocessing import thumbnail_png  # noqa: E402
 from streamlit_app import client as lc  # noqa: E402
 
 PAGE_SIZE = 10
@@ -67,7 +68,7 @@ def show_image(data: bytes, width: int, trusted: bool = True) -> None:
     """
     if not trusted:
         try:
-            data = lc.thumbnail(data, max_side=256)
+            data = thumbnail_png(data, max_side=256)
         except Exception:  # noqa: BLE001 - undecodable upload
             st.caption("(no preview)")
             return

@@ -18,7 +18,6 @@ Request/response contract (see the package's serving module)::
 from __future__ import annotations
 
 import base64
-import io
 import os
 import random
 from dataclasses import dataclass, field
@@ -234,21 +233,6 @@ def random_page(frame, size: int, seed: int, category: str | None = None):
         return frame.reset_index(drop=True)
     rows = random.Random(seed).sample(range(len(frame)), size)
     return frame.iloc[rows].reset_index(drop=True)
-
-
-def thumbnail(data: bytes, max_side: int = 160) -> bytes:
-    """PNG no larger than max_side (small images are kept as they are, re-encoded as PNG)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if max(image.size) > max_side:
-            image.thumbnail((max_side, max_side))
-        if image.mode not in ("L", "RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.mode else "RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
 
 
 def data_uri(data: bytes) -> str:

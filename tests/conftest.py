@@ -8,6 +8,7 @@ import os
 import uuid
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -116,7 +117,7 @@ class PackagedModel(typing.NamedTuple):
     run_id: str
     model_uri: str
     version: int
-    products: "pd.DataFrame"
+    products: pd.DataFrame
 
 
 def _tiny_training_run(settings: Settings) -> str:

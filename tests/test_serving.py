@@ -222,8 +222,6 @@ def test_load_context_rejects_index_of_other_dimension(packaged_model, tmp_path)
 
 
 def test_load_context_rejects_index_of_other_model_version(packaged_model, tmp_path):
-    import mlflow
-
     from lookalike.index import load_index
     from lookalike.serving import ConsistencyError, Recommender, limits_from
     from lookalike.tracking import configure_mlflow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -181,6 +182,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CUDA probes, TensorRT) would bury progress lines; set
+    # before any import of TF so Spark workers, tuning trials and Horovod ranks inherit it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse(argv)
     try:
         settings = load_settings(args.profile, _overrides(args.set))

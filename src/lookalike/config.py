@@ -16,7 +16,7 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +331,7 @@ def load_settings(profile: str | None = None, overrides: dict[str, Any] | None =
         path = directory / f"{profile}.yaml"
         if not path.exists():
             choices = sorted(p.stem for p in directory.glob("*.yaml")
-                             if p.stem not in ("base", "search_space"))
+                             if p.stem != "base" and not p.stem.startswith("search_space"))
             raise ConfigError(f"config error at 'profile': unknown profile {profile!r}; "
                               f"choose one of {['base', *choices]}")
         data = _deep_merge(data, _read_yaml(path))

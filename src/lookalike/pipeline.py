@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lookalike.config import Settings
+from lookalike.preprocessing import thumbnail_png
 
 STATE_FILE = "pipeline_state.json"
 STATE_FORMAT = 1
@@ -476,22 +477,6 @@ def catalogue_sample_path(settings: Settings) -> Path:
     return Path(env).expanduser() if env else settings.home_path / SAMPLE_RELATIVE_PATH
 
 
-def _thumbnail(data: bytes, max_side: int = 160) -> bytes:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if max(image.size) > max_side:
-            image.thumbnail((max_side, max_side))
-        if image.mode not in ("L", "RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.mode else "RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
-
-
 def export_catalogue_sample(settings: Settings, n: int = 200, path: str | Path | None = None,
                             spark=None) -> dict:
     """Write a small browsable sample of the catalogue for the Streamlit app.
@@ -524,7 +509,7 @@ def export_catalogue_sample(settings: Settings, n: int = 200, path: str | Path |
         "product_id": rows["product_id"].astype(str),
         "category": rows["category"].astype(str),
         "title": rows["title"],
-        "thumbnail": [_thumbnail(bytes(b)) for b in rows["image"]],
+        "thumbnail": [thumbnail_png(bytes(b), 160) for b in rows["image"]],
     })
     target = Path(path) if path else catalogue_sample_path(settings)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -131,3 +131,18 @@ def array_to_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()
+
+
+def thumbnail_png(data: bytes, max_side: int) -> bytes:
+    """PNG whose longest side is at most ``max_side``, for display only (API responses, the app,
+    catalogue samples); model input always goes through :func:`to_model_input`."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.format == "PNG" and max(image.size) <= max_side:
+            return bytes(data)
+        if image.mode not in ("L", "RGB", "RGBA", "LA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        image.thumbnail((max_side, max_side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=6)
+        return buffer.getvalue()

@@ -37,13 +37,13 @@ PROMOTION_TAG = "lookalike.promotion"
 
 def _thumbnails(max_side: int):
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from lookalike.serving import make_thumbnail
+        from lookalike.preprocessing import thumbnail_png
 
         for frame in batches:
             yield pd.DataFrame({
                 "product_id": frame["product_id"], "category": frame["category"],
                 "title": frame["title"],
-                "thumbnail": [make_thumbnail(bytes(b), max_side) for b in frame["image"]],
+                "thumbnail": [thumbnail_png(bytes(b), max_side) for b in frame["image"]],
             })
     return run
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import logging
 import os
@@ -299,24 +298,6 @@ class LookalikeModel(PythonModel):
 
 
 # --------------------------------------------------------------------------- packaging
-
-
-def make_thumbnail(data: bytes, max_side: int) -> bytes:
-    """PNG thumbnail (longest side <= max_side) of catalogue image bytes, for include_images.
-
-    Output only (what the shop shows); model input always goes through preprocessing."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if image.format == "PNG" and max(image.size) <= max_side:
-            return bytes(data)
-        if image.mode not in ("L", "RGB", "RGBA", "LA"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        image.thumbnail((max_side, max_side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False, compress_level=6)
-        return buffer.getvalue()
 
 
 def _requirements() -> list[str]:
