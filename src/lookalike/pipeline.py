@@ -562,7 +562,8 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None)
 
 def start_app(endpoint: str, port: int, sample_path: str | Path | None = None,
               token: str | None = None, host: str = "127.0.0.1", timeout: float = 60.0,
-              log_file: str | Path | None = None) -> tuple[subprocess.Popen, str]:
+              log_file: str | Path | None = None, max_upload_mb: int = 10
+              ) -> tuple[subprocess.Popen, str]:
     """Start ``streamlit run streamlit_app/app.py`` on host:port against ``endpoint``.
 
     Returns (process, app URL) once Streamlit's health check answers. The process runs in its
@@ -582,7 +583,9 @@ def start_app(endpoint: str, port: int, sample_path: str | Path | None = None,
     command = [sys.executable, "-m", "streamlit", "run", str(script),
                "--server.address", host, "--server.port", str(port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none"]
+               "--server.fileWatcherType", "none",
+               # The endpoint refuses larger images anyway; refuse them at the upload already.
+               "--server.maxUploadSize", str(max_upload_mb)]
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL
     try:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
@@ -686,7 +689,8 @@ def run_demo(settings: Settings, run_pipeline_first: bool = True, app_port: int 
              f"{settings.serving.port}")
         server, endpoint = start_server(settings, model_uri, settings.serving.port)
         _say(f"starting Streamlit app on 127.0.0.1:{app_port}")
-        app, app_url = start_app(endpoint, app_port, sample_path)
+        app, app_url = start_app(endpoint, app_port, sample_path,
+                                 max_upload_mb=max(1, settings.serving.max_image_bytes // 1_000_000))
         print(f"\n  REST endpoint : {endpoint}/invocations\n  Demo app      : {app_url}\n"
               "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
         while server.poll() is None and app.poll() is None:
