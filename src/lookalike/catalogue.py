@@ -241,7 +241,8 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
                                     f"{len(str(root)) + 2})"))
     if metadata_csv:
         metadata = read_metadata_csv(metadata_csv)
-        metadata["path"] = metadata["path"].map(lambda p: os.path.normpath(p).lstrip("./"))
+        # normpath turns "./a.png" into "a.png", matching the relative paths of binaryFile.
+        metadata["path"] = metadata["path"].map(os.path.normpath)
         meta_df = spark.createDataFrame(metadata)
         candidates = files.join(meta_df, files["relative"] == meta_df["path"], "left").select(
             "product_id", "category", "title", F.col("content").alias("image"),
