@@ -17,9 +17,19 @@ pipeline: setup
 serve: setup
 	$(VENV)/bin/lookalike serve --profile $(PROFILE)
 
+# The Streamlit app alone, against LOOKALIKE_ENDPOINT (default http://127.0.0.1:5001).
+app: setup
+	$(PY) -m streamlit run streamlit_app/app.py --server.address 127.0.0.1 --server.headless true
+
 test: setup
 	$(PY) -m pytest -q
 
+# The suite without the tests marked slow (real training runs, Horovod, tuning): a quick check
+# while editing; CI runs `make test`.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# Every benchmark, each in its own process; results to benchmarks/results/ (BENCHMARKS.md).
 benchmarks: setup
 	$(PY) -m benchmarks.run_all
 

@@ -27,7 +27,7 @@ def log_untrained_model(settings) -> str:
     import mlflow
     import tensorflow as tf
 
-    from lookalike.model import build_model, save_embedding_model
+    from lookalike.learning.model import build_model, save_embedding_model
     from lookalike.tracking import KIND_TAG, MODEL_ARTIFACT, configure_mlflow
 
     tf.keras.utils.set_random_seed(0)
@@ -45,10 +45,11 @@ def log_untrained_model(settings) -> str:
 
 def prepare(home: str | None, limit_per_split: int | None, run_id: str | None,
             package: bool) -> dict:
-    from lookalike.catalogue import ingest_fashion_mnist
+    from lookalike.catalogue.ingest import ingest_fashion_mnist
     from lookalike.config import load_settings
-    from lookalike.embedding import build_index, cached_embedding_model, embed_catalogue, \
-        resolve_model
+    from lookalike.embeddings import embed_catalogue
+    from lookalike.index.build import build_index
+    from lookalike.learning.artifacts import cached_embedding_model, resolve_model
     from lookalike.spark import get_spark
 
     home = home or tempfile.mkdtemp(prefix="lookalike-bench-")
@@ -88,7 +89,8 @@ def prepare(home: str | None, limit_per_split: int | None, run_id: str | None,
         "ingested": ingest.inserted,
     }
     if package:
-        from lookalike.registry import package_and_register, promote
+        from lookalike.registry import promote
+        from lookalike.serving.package import package_and_register
 
         started = time.perf_counter()
         index = build_index(settings, run_id=run_id)

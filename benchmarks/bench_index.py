@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from lookalike.catalogue.tables import table_path
 from lookalike.index import make_index
 
 
@@ -35,7 +36,7 @@ def _delta_embeddings(home: str, run_id: str) -> np.ndarray:
     from lookalike.spark import get_spark
 
     settings = load_settings(overrides={"home": home})
-    path = settings.table_path(settings.catalogue.embeddings_table)
+    path = table_path(settings, "embeddings")
     rows = (get_spark(settings).read.format("delta").load(path)
             .where(f"model_version = '{run_id}'").select("vector").toPandas())
     return np.stack([np.asarray(v, dtype=np.float32) for v in rows["vector"]])

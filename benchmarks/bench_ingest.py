@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 
-from lookalike.catalogue import ingest_fashion_mnist
+from lookalike.catalogue.ingest import ingest_fashion_mnist
 from lookalike.config import load_settings
 from lookalike.spark import get_spark
 

@@ -25,7 +25,7 @@ import numpy as np
 
 
 def _images(settings, count: int) -> list[str]:
-    from lookalike.catalogue import read_products
+    from lookalike.catalogue.tables import read_products
     from lookalike.spark import get_spark
 
     frame, _ = read_products(get_spark(settings), settings)
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lookalike.config import load_settings
-    from lookalike.serving import post_json, start_server, stop_server
+    from lookalike.serving.server import post_json, start_server, stop_server
 
     prepared = None
     if args.prepare:

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     if args.home:
         os.environ["LOOKALIKE_HOME"] = args.home
-    from lookalike.catalogue import ingest_fashion_mnist
+    from lookalike.catalogue.ingest import ingest_fashion_mnist
     from lookalike.cli import _overrides
     from lookalike.config import load_settings
     from lookalike.spark import get_spark
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     out["ingest"] = ingest_fashion_mnist(spark, settings).__dict__
 
     if "throughput" not in args.skip:
-        from lookalike.data import prepare_training_data
-        from lookalike.distributed import run_training
+        from lookalike.learning.data import prepare_training_data
+        from lookalike.learning.distributed import run_training
 
         quick = settings.replace(training={"epochs": 1, "steps_per_epoch": args.throughput_steps})
         spec = prepare_training_data(spark, quick)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                   file=sys.stderr, flush=True)
 
     if "tuning" not in args.skip:
-        from lookalike.tuning import tune
+        from lookalike.learning.tuning import tune
 
         t0 = time.time()
         tuned = tune(settings, max_evals=args.tuning_trials, parallelism=2)
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         out["tuning_best"] = tuned
 
     if "quality" not in args.skip:
-        from lookalike.training import train_and_log
+        from lookalike.learning.training import train_and_log
 
         t0 = time.time()
         result = train_and_log(settings.replace(evaluation={"generalisation": True}),

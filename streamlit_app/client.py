@@ -18,7 +18,6 @@ Request/response contract (see the package's serving module)::
 from __future__ import annotations
 
 import base64
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,14 @@ from typing import Any, Sequence
 
 import requests
 
-ENDPOINT_ENV = "LOOKALIKE_ENDPOINT"
-TOKEN_ENV = "LOOKALIKE_TOKEN"
-SAMPLE_ENV = "LOOKALIKE_CATALOGUE_SAMPLE"
-DEFAULT_ENDPOINT = "http://127.0.0.1:5001"
-# Relative to LOOKALIKE_HOME; written by lookalike.pipeline.export_catalogue_sample.
-SAMPLE_RELATIVE_PATH = Path("app") / "catalogue_sample.parquet"
+from lookalike.app_env import (  # noqa: F401
+    DEFAULT_ENDPOINT,
+    ENDPOINT_ENV,
+    SAMPLE_ENV,
+    TOKEN_ENV,
+    catalogue_sample_path,
+)
+
 SAMPLE_COLUMNS = ("product_id", "category", "title", "thumbnail")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
 
@@ -199,11 +200,7 @@ def check_upload(name: str, data: bytes, max_bytes: int = 10_000_000) -> str | N
 
 def default_sample_path(environ: dict[str, str] | None = None) -> Path:
     """LOOKALIKE_CATALOGUE_SAMPLE, else <LOOKALIKE_HOME or ~/.lookalike>/app/catalogue_sample.parquet."""
-    environ = os.environ if environ is None else environ
-    if environ.get(SAMPLE_ENV):
-        return Path(environ[SAMPLE_ENV]).expanduser()
-    home = environ.get("LOOKALIKE_HOME") or "~/.lookalike"
-    return Path(home).expanduser() / SAMPLE_RELATIVE_PATH
+    return catalogue_sample_path(None, environ)
 
 
 def read_catalogue_sample(path: str | Path):

@@ -3,14 +3,11 @@ rooted in a temporary LOOKALIKE_HOME so tests never touch a user's data."""
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from lookalike.config import Settings, load_settings
 
@@ -48,14 +45,6 @@ def spark(base_settings):
     session.stop()
 
 
-def encode_image(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
-    """Encode a uint8 array as image bytes (test helper)."""
-    image = Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
 # ==== training fixtures (owner: training; session-scoped) ======================================
 #   training_settings -> Settings for tiny, fast models (width 8, 32-d, 10 classes x 4 / batch).
 #   trained_run       -> (settings, run_id): a real `train_and_log` run (see its docstring).
@@ -85,8 +74,8 @@ def trained_run(training_settings, spark) -> tuple[Settings, str]:
     ``lookalike.model.load_embedding_model``), ``eval/`` plots and tables, and metrics
     ``a_recall_at_1``, ``a_map_at_r``, ``baseline_a_*``, ``train_loss``.
     """
-    from lookalike.catalogue import ingest_fashion_mnist
-    from lookalike.training import train_and_log
+    from lookalike.catalogue.ingest import ingest_fashion_mnist
+    from lookalike.learning.training import train_and_log
 
     settings = training_settings.replace(catalogue={"database": f"trained{uuid.uuid4().hex[:8]}"})
     ingest_fashion_mnist(spark, settings, limit_per_split=TRAINED_RUN_ITEMS_PER_SPLIT)
@@ -125,11 +114,10 @@ def _tiny_training_run(settings: Settings) -> str:
     import tempfile
 
     import mlflow
-
-    from lookalike.model import build_model, save_embedding_model
-    from lookalike.tracking import KIND_TAG, MODEL_ARTIFACT, configure_mlflow
-
     import tensorflow as tf
+
+    from lookalike.learning.model import build_model, save_embedding_model
+    from lookalike.tracking import KIND_TAG, MODEL_ARTIFACT, configure_mlflow
 
     tf.keras.utils.set_random_seed(7)
     configure_mlflow(settings)
@@ -154,9 +142,12 @@ def embedding_run(request, base_settings) -> tuple[Settings, str]:
 
 @pytest.fixture(scope="session")
 def packaged_model(embedding_run, spark) -> PackagedModel:
-    from lookalike.catalogue import ingest_fashion_mnist, read_products
-    from lookalike.embedding import build_index, embed_catalogue
-    from lookalike.registry import package_and_register, promote
+    from lookalike.catalogue.ingest import ingest_fashion_mnist
+    from lookalike.catalogue.tables import read_products
+    from lookalike.embeddings import embed_catalogue
+    from lookalike.index.build import build_index
+    from lookalike.registry import promote
+    from lookalike.serving.package import package_and_register
 
     run_settings, run_id = embedding_run
     settings = run_settings.replace(
@@ -176,7 +167,7 @@ def packaged_model(embedding_run, spark) -> PackagedModel:
 
 @pytest.fixture(scope="session")
 def served_model(packaged_model) -> str:
-    from lookalike.serving import start_server, stop_server
+    from lookalike.serving.server import start_server, stop_server
 
     process, url = start_server(packaged_model.settings, packaged_model.model_uri)
     yield url

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode_image
-from lookalike.preprocessing import ImageRejected, batch_to_model_input, inspect_image, to_model_input
+from imagegen import encode_image
+from lookalike.preprocessing import (
+    ImageRejected,
+    batch_to_model_input,
+    inspect_image,
+    to_model_input,
+)
 
 LIMITS = dict(max_bytes=1_000_000, max_pixels=1_000_000, allowed_formats=("JPEG", "PNG", "WEBP"))
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Callable, Sequence
 
 from lookalike.config import ConfigError, Settings, load_settings
+from lookalike.console import quiet_environment, quiet_libraries, say
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +91,7 @@ def _overrides(pairs: Sequence[str]) -> dict:
 
 
 def _ingest(args, settings: Settings) -> dict:
-    from lookalike.catalogue import ingest_fashion_mnist, ingest_folder
+    from lookalike.catalogue.ingest import ingest_fashion_mnist, ingest_folder
     from lookalike.spark import get_spark
 
     spark = get_spark(settings)
@@ -103,38 +103,38 @@ def _ingest(args, settings: Settings) -> dict:
 
 
 def _tune(args, settings: Settings):
-    from lookalike.tuning import tune
+    from lookalike.learning.tuning import tune
 
     return tune(settings, max_evals=args.max_evals, parallelism=args.parallelism)
 
 
 def _train(args, settings: Settings):
-    from lookalike.training import train_and_log
+    from lookalike.learning.training import train_and_log
 
     return train_and_log(settings, processes=args.processes, params_run_id=args.params_run_id,
                          use_tuned=not args.no_tuned_params)
 
 
 def _evaluate(args, settings: Settings):
-    from lookalike.evaluation import evaluate_run
+    from lookalike.learning.evaluation import evaluate_run
 
     return evaluate_run(settings, args.run_id)
 
 
 def _embed(args, settings: Settings):
-    from lookalike.embedding import embed_catalogue
+    from lookalike.embeddings import embed_catalogue
 
     return embed_catalogue(settings, run_id=args.run_id)
 
 
 def _build_index(args, settings: Settings):
-    from lookalike.embedding import build_index
+    from lookalike.index.build import build_index
 
     return build_index(settings, run_id=args.run_id)
 
 
 def _package(args, settings: Settings):
-    from lookalike.registry import package_and_register
+    from lookalike.serving.package import package_and_register
 
     return package_and_register(settings, run_id=args.run_id)
 
@@ -146,25 +146,25 @@ def _promote(args, settings: Settings):
 
 
 def _recommend(args, settings: Settings):
-    from lookalike.embedding import write_neighbours
+    from lookalike.serving.neighbours import write_neighbours
 
     return write_neighbours(settings, model_uri=args.model_uri, k=args.k)
 
 
 def _serve(args, settings: Settings):
-    from lookalike.serving import serve
+    from lookalike.serving.server import serve
 
     return serve(settings, model_uri=args.model_uri, port=args.port)
 
 
 def _pipeline(args, settings: Settings):
-    from lookalike.pipeline import run_pipeline
+    from lookalike.pipeline.steps import run_pipeline
 
     return run_pipeline(settings, force=args.force, skip_tuning=args.skip_tuning)
 
 
 def _demo(args, settings: Settings):
-    from lookalike.pipeline import run_demo
+    from lookalike.pipeline.demo import run_demo
 
     return run_demo(settings, run_pipeline_first=not args.no_pipeline, app_port=args.app_port)
 
@@ -182,15 +182,19 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (CUDA probes, TensorRT) would bury progress lines; set
-    # before any import of TF so Spark workers, tuning trials and Horovod ranks inherit it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Before TensorFlow, Spark or nmslib load: their start-up chatter goes to the log file, and
+    # Spark workers, tuning trials and Horovod ranks inherit the quiet environment.
+    quiet_environment()
     args = parse(argv)
     try:
         settings = load_settings(args.profile, _overrides(args.set))
     except ConfigError as error:
         print(f"lookalike: {error}", file=sys.stderr)
         return 2
+    # `serve` runs the server in the foreground: its request log belongs on the terminal.
+    log_file = None if args.command == "serve" else quiet_libraries(settings.home_path / "logs")
+    if log_file is not None and args.command in ("pipeline", "demo", "train", "tune"):
+        say("lookalike", f"library logs: {log_file} (LOOKALIKE_VERBOSE=1 keeps them here)")
     result = COMMANDS[args.command](args, settings)
     if result is not None:
         # One JSON line on stdout: what schedulers and scripts parse.

@@ -82,3 +82,17 @@ def get_spark(settings: Settings):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def chunks_with_model(batches, load_model, chunk_rows: int):
+    """For ``mapInPandas`` bodies: yield ``(model, chunk)`` for chunks of at most ``chunk_rows``
+    rows of the non-empty Arrow batches, calling ``load_model()`` once, on the first one (an
+    empty partition never loads a model)."""
+    model = None
+    for frame in batches:
+        if frame.empty:
+            continue
+        if model is None:
+            model = load_model()
+        for start in range(0, len(frame), chunk_rows):
+            yield model, frame.iloc[start:start + chunk_rows]

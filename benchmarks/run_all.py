@@ -1,0 +1,97 @@
+"""Run every benchmark (``make benchmarks``), each in its own process, and save its JSON line.
+
+Each entry is the command BENCHMARKS.md quotes; results go to ``benchmarks/results/<name>.json``
+(written only when the benchmark exits 0, so a failed run never overwrites a good figure).
+Everything stays on loopback. On 2 cores the whole set takes about two hours, most of it the
+training benchmark; ``--only NAME`` (repeatable) runs a subset, ``--list`` shows the names.
+
+The serving and index-on-real-embeddings benchmarks use the home the embedding benchmark
+prepares (``--package``: an embedded, indexed and registered model), so the order matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def plan(home: str) -> list[tuple[str, list[str]]]:
+    """(result name, module arguments) in run order."""
+    return [
+        ("ingest", ["benchmarks.bench_ingest"]),
+        ("embedding", ["benchmarks.bench_embedding", "--home", home, "--package"]),
+        ("serving", ["benchmarks.bench_serving", "--home", home, "--requests", "1000",
+                     "--seconds", "45"]),
+        ("index_synthetic_70k", ["benchmarks.bench_index", "--n", "70000", "--queries", "1000"]),
+        ("index_synthetic_1m", ["benchmarks.bench_index", "--n", "1000000", "--queries", "200"]),
+        ("training_quality", ["benchmarks.bench_training", "--profile", "full", "--home",
+                              str(Path(home) / "training")]),
+    ]
+
+
+def last_json_line(text: str) -> dict:
+    """The benchmark's result: the last stdout line (or block) that parses as a JSON object."""
+    for start in range(len(text)):
+        if text[start] == "{":
+            try:
+                value = json.loads(text[start:])
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    raise ValueError("no JSON object in the benchmark's output")
+
+
+def run(name: str, module_args: list[str]) -> dict:
+    print(f"[benchmarks] {name}: python -m {' '.join(module_args)}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", *module_args], stdout=subprocess.PIPE,
+                          text=True, check=False)
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark {name} failed with exit code {done.returncode}")
+    result = last_json_line(done.stdout)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"[benchmarks] {name}: done in {seconds:.0f}s -> benchmarks/results/{name}.json",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="LOOKALIKE_HOME for the benchmarks (default: a temp dir)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME")
+    parser.add_argument("--list", action="store_true", help="list the benchmark names")
+    args = parser.parse_args(argv)
+    home = args.home or tempfile.mkdtemp(prefix="lookalike-bench-")
+    steps = plan(home)
+    if args.list:
+        print("\n".join(name for name, _ in steps))
+        return 0
+    unknown = set(args.only) - {name for name, _ in steps}
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; see --list")
+    failed = []
+    for name, module_args in steps:
+        if args.only and name not in args.only:
+            continue
+        try:
+            run(name, module_args)
+        except (RuntimeError, ValueError) as error:
+            print(f"[benchmarks] {name}: {error}", file=sys.stderr, flush=True)
+            failed.append(name)
+    if failed:
+        print(f"[benchmarks] failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

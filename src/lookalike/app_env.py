@@ -1,0 +1,27 @@
+"""What the demo app (``streamlit_app/``) reads from its environment: one definition shared by
+the app and by ``lookalike demo``, which starts it. No dependencies, so the app stays light."""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+
+ENDPOINT_ENV = "LOOKALIKE_ENDPOINT"
+TOKEN_ENV = "LOOKALIKE_TOKEN"
+SAMPLE_ENV = "LOOKALIKE_CATALOGUE_SAMPLE"
+DEFAULT_ENDPOINT = "http://127.0.0.1:5001"
+DEFAULT_HOME = "~/.lookalike"
+# Relative to LOOKALIKE_HOME; written by lookalike.pipeline.sample.export_catalogue_sample.
+SAMPLE_RELATIVE_PATH = Path("app") / "catalogue_sample.parquet"
+
+
+def catalogue_sample_path(home: str | Path | None = None,
+                          environ: typing.Mapping[str, str] | None = None) -> Path:
+    """``LOOKALIKE_CATALOGUE_SAMPLE`` if set, else ``<home>/app/catalogue_sample.parquet``
+    (``home``: given, else ``LOOKALIKE_HOME``, else ``~/.lookalike``)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(SAMPLE_ENV):
+        return Path(environ[SAMPLE_ENV]).expanduser()
+    home = home or environ.get("LOOKALIKE_HOME") or DEFAULT_HOME
+    return Path(home).expanduser() / SAMPLE_RELATIVE_PATH

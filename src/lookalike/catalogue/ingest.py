@@ -1,0 +1,249 @@
+"""Ingestion: candidate rows from a source -> validated rows -> MERGE into ``products``.
+
+Every file is decoded and checked (:func:`lookalike.preprocessing.inspect_image`); bad ones go to
+``rejects`` with a reason. Ingestion computes the diff against the table first and MERGEs only
+new or changed rows, so an unchanged rerun writes nothing and leaves the table version as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from lookalike.catalogue.tables import ensure_tables, table_path, table_version
+from lookalike.config import Settings
+from lookalike.preprocessing import ImageRejected, inspect_image
+
+_VALIDATED_SCHEMA = (
+    "product_id STRING, category STRING, title STRING, image BINARY, format STRING, width INT, "
+    "height INT, channels INT, content_hash STRING, source_uri STRING, split STRING, "
+    "reason STRING, detail STRING"
+)
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    source: str
+    inserted: int
+    updated: int
+    unchanged: int
+    rejected: int
+    table_version: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=False)
+
+
+def split_for(product_id: str, train: float, val: float) -> str:
+    """Deterministic split from a stable hash of product_id: reruns never move an item."""
+    bucket = int.from_bytes(hashlib.sha256(product_id.encode("utf-8")).digest()[:8], "big")
+    fraction = bucket / 2**64
+    if fraction < train:
+        return "train"
+    if fraction < train + val:
+        return "val"
+    return "test"
+
+
+def validate_rows(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Decode-check each candidate row; add image facts, hash and split, or a reject reason.
+
+    Expects columns product_id, category, title, image, source_uri and optionally
+    official_split ("train"/"test", as Fashion-MNIST has). Pure: used inside mapInPandas.
+    """
+    cat = settings.catalogue
+    out = []
+    for row in rows.itertuples(index=False):
+        record = {"product_id": row.product_id, "category": row.category,
+                  "title": row.title if row.title else None, "image": None, "format": None,
+                  "width": None, "height": None, "channels": None, "content_hash": None,
+                  "source_uri": row.source_uri, "split": None, "reason": None, "detail": None}
+        data = bytes(row.image) if row.image is not None else b""
+        try:
+            info = inspect_image(data, cat.max_image_bytes, cat.max_pixels, cat.allowed_formats)
+            if not row.product_id:
+                raise ImageRejected("no_product_id", "no product_id for this file")
+            if not row.category:
+                raise ImageRejected("no_category", "no category for this file")
+        except ImageRejected as rejected:
+            record.update(reason=rejected.reason, detail=rejected.detail[:500])
+            out.append(record)
+            continue
+        official = getattr(row, "official_split", None)
+        if official == "test":
+            split = "test"
+        elif official == "train":
+            # Keep Fashion-MNIST's official test set; carve validation out of its training set.
+            val = cat.fashion_mnist_val_fraction
+            split = split_for(row.product_id, 1.0 - val, val)
+        else:
+            split = split_for(row.product_id, cat.split.train, cat.split.val)
+        record.update(image=data, format=info.format, width=info.width, height=info.height,
+                      channels=info.channels, content_hash=hashlib.sha256(data).hexdigest(),
+                      split=split)
+        out.append(record)
+    return pd.DataFrame(out, columns=[c.split()[0] for c in _VALIDATED_SCHEMA.split(", ")])
+
+
+def upsert_validated(spark, settings: Settings, validated, source: str) -> IngestSummary:
+    """MERGE validated rows into products and record rejects; return the summary.
+
+    ``validated`` is a Spark DataFrame in the ``_VALIDATED_SCHEMA`` layout. Rows whose content
+    hash, category and title equal the stored ones are left alone, so unchanged data never
+    creates a new table version.
+    """
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    ensure_tables(spark, settings)
+    products_path = table_path(settings, "products")
+    rejects_path = table_path(settings, "rejects")
+    validated = validated.persist()
+    try:
+        good = validated.where(F.col("reason").isNull()).drop("reason", "detail")
+        bad = validated.where(F.col("reason").isNotNull())
+
+        duplicates = good.groupBy("product_id").count().where("count > 1").limit(5).collect()
+        if duplicates:
+            raise ValueError(f"source repeats product_id {[r['product_id'] for r in duplicates]}")
+
+        current = (spark.read.format("delta").load(products_path)
+                   .select("product_id", F.col("content_hash").alias("old_hash"),
+                           F.col("category").alias("old_category"),
+                           F.col("title").alias("old_title")))
+        # Only key columns of the table are broadcast: the image bytes never cross a shuffle.
+        diff = good.join(F.broadcast(current), "product_id", "left").withColumn(
+            "change",
+            F.when(F.col("old_hash").isNull(), F.lit("insert"))
+            .when((F.col("old_hash") != F.col("content_hash"))
+                  | (F.col("old_category") != F.col("category"))
+                  | ~F.col("old_title").eqNullSafe(F.col("title")), F.lit("update"))
+            .otherwise(F.lit("unchanged"))).persist()
+        counts = {r["change"]: r["count"] for r in diff.groupBy("change").count().collect()}
+        changed = (diff.where(F.col("change") != "unchanged")
+                   .drop("old_hash", "old_category", "old_title", "change")
+                   .withColumn("ingested_at", F.current_timestamp()))
+        if counts.get("insert", 0) + counts.get("update", 0) > 0:
+            (DeltaTable.forPath(spark, products_path).alias("t")
+             .merge(changed.alias("s"), "t.product_id = s.product_id")
+             .whenMatchedUpdateAll()
+             .whenNotMatchedInsertAll()
+             .execute())
+        diff.unpersist()
+
+        rejected = bad.count()
+        if rejected:
+            rejects = (bad.select("source_uri", "reason", "detail")
+                       .dropDuplicates(["source_uri"])
+                       .withColumn("rejected_at", F.current_timestamp()))
+            # One row per file and reason: a rerun over the same bad file adds nothing.
+            (DeltaTable.forPath(spark, rejects_path).alias("t")
+             .merge(rejects.alias("s"), "t.source_uri = s.source_uri AND t.reason = s.reason")
+             .whenNotMatchedInsertAll()
+             .execute())
+        return IngestSummary(source=source, inserted=counts.get("insert", 0),
+                             updated=counts.get("update", 0),
+                             unchanged=counts.get("unchanged", 0), rejected=rejected,
+                             table_version=table_version(spark, products_path))
+    finally:
+        validated.unpersist()
+
+
+def _validate_partitions(settings: Settings):
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield validate_rows(batch, settings)
+    return run
+
+
+def ingest_candidates(spark, settings: Settings, rows: pd.DataFrame, source: str) -> IngestSummary:
+    """Validate candidate rows (see :func:`validate_rows`) on Spark and upsert them."""
+    if "official_split" not in rows.columns:
+        rows = rows.assign(official_split=None)
+    candidates = spark.createDataFrame(
+        rows[["product_id", "category", "title", "image", "source_uri", "official_split"]],
+        "product_id STRING, category STRING, title STRING, image BINARY, "
+        "source_uri STRING, official_split STRING")
+    validated = candidates.repartition(settings.catalogue.ingest_partitions).mapInPandas(
+        _validate_partitions(settings), _VALIDATED_SCHEMA)
+    return upsert_validated(spark, settings, validated, source)
+
+
+def ingest_fashion_mnist(spark, settings: Settings, limit_per_split: int | None = None
+                         ) -> IngestSummary:
+    """Ingest Fashion-MNIST (Debian package files, else downloaded): all 70,000 images, or the
+    first ``limit_per_split`` of its train and test sets (small catalogues for tests)."""
+    from lookalike.catalogue.sources import fashion_mnist_rows, locate_fashion_mnist
+
+    folder = locate_fashion_mnist(settings.catalogue.fashion_mnist_dir,
+                                  settings.catalogue.fashion_mnist_url,
+                                  settings.home_path / "downloads" / "fashion-mnist")
+    rows = fashion_mnist_rows(folder, limit_per_split)
+    return ingest_candidates(spark, settings, rows, "fashion-mnist")
+
+
+def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | None = None
+                  ) -> IngestSummary:
+    """Ingest every file under ``folder`` through Spark's binaryFile source.
+
+    Without metadata, the category is the first sub-folder name and the product_id is the
+    path relative to ``folder`` without its extension. With a metadata CSV, files are matched
+    by its ``path`` column (relative to ``folder``) and files it does not list are rejected.
+    """
+    from pyspark.sql import functions as F
+
+    from lookalike.catalogue.sources import read_metadata_csv
+
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+             .load(str(root)).select("path", "content", "length"))
+    # binaryFile gives file: URIs; the path relative to the root is the stable product key.
+    files = files.withColumn("relative",
+                             F.expr(f"substring(regexp_replace(path, '^file:/+', '/'), "
+                                    f"{len(str(root)) + 2})"))
+    if metadata_csv:
+        metadata = read_metadata_csv(metadata_csv)
+        # normpath turns "./a.png" into "a.png", matching the relative paths of binaryFile.
+        metadata["path"] = metadata["path"].map(os.path.normpath)
+        meta_df = spark.createDataFrame(metadata)
+        candidates = files.join(meta_df, files["relative"] == meta_df["path"], "left").select(
+            "product_id", "category", "title", F.col("content").alias("image"),
+            files["path"].alias("source_uri"))
+    else:
+        candidates = files.select(
+            F.regexp_replace("relative", r"\.[^./]+$", "").alias("product_id"),
+            F.when(F.instr("relative", "/") > 0, F.substring_index("relative", "/", 1))
+            .otherwise(F.lit(None)).alias("category"),
+            F.lit(None).cast("string").alias("title"),
+            F.col("content").alias("image"),
+            F.col("path").alias("source_uri"))
+    empty = _empty_files(spark, str(root))
+    if empty:
+        candidates = candidates.unionByName(spark.createDataFrame(
+            [(None, None, None, b"", uri) for uri in empty],
+            "product_id STRING, category STRING, title STRING, image BINARY, source_uri STRING"))
+    validated = candidates.mapInPandas(_validate_partitions(settings), _VALIDATED_SCHEMA)
+    return upsert_validated(spark, settings, validated, f"folder:{root}")
+
+
+def _empty_files(spark, root: str) -> list[str]:
+    """Zero-byte files under root: Spark's binaryFile source skips them silently, but a shop
+    should see them in rejects. Listed with Hadoop's FileSystem so it works on cluster storage."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(root)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    files = fs.listFiles(path, True)
+    empty = []
+    while files.hasNext():
+        status = files.next()
+        if status.getLen() == 0:
+            empty.append(status.getPath().toString())
+    return empty

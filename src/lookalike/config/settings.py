@@ -1,0 +1,320 @@
+"""The typed settings: one frozen dataclass per section of ``conf/base.yaml``.
+
+Each section checks its own values (``validate``); backbone and index backend names are checked
+against their open registries, so a newly registered one is accepted without editing this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lookalike.config.schema import ConfigError, build, require
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    master: str
+    app_name: str
+    driver_memory: str
+    shuffle_partitions: int
+    # Local folder of Delta jars filled by `make setup`; empty = look in the venv, then Maven.
+    jars_dir: str
+    delta_version: str
+    scala_version: str
+
+    def validate(self, key: str) -> None:
+        require(self.shuffle_partitions > 0, f"{key}.shuffle_partitions", "must be > 0")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """Fractions of products assigned to each split by a hash of product_id."""
+
+    train: float
+    val: float
+    test: float
+
+    def validate(self, key: str) -> None:
+        for name in ("train", "val", "test"):
+            require(0.0 <= getattr(self, name) <= 1.0, f"{key}.{name}", "must be in [0, 1]")
+        require(abs(self.train + self.val + self.test - 1.0) < 1e-6, key, "fractions must sum to 1")
+
+
+@dataclass(frozen=True)
+class CatalogueSettings:
+    database: str
+    products_table: str
+    rejects_table: str
+    embeddings_table: str
+    neighbours_table: str
+    split: SplitSettings
+    # Fashion-MNIST's official training set is split into train/val by this fraction.
+    fashion_mnist_val_fraction: float
+    fashion_mnist_dir: str
+    fashion_mnist_url: str
+    max_image_bytes: int
+    # Decompression-bomb guard: decoded width * height above this is rejected.
+    max_pixels: int
+    allowed_formats: tuple[str, ...]
+    ingest_partitions: int
+
+    def validate(self, key: str) -> None:
+        self.split.validate(f"{key}.split")
+        require(0.0 < self.fashion_mnist_val_fraction < 1.0, f"{key}.fashion_mnist_val_fraction",
+                 "must be in (0, 1)")
+        require(self.max_image_bytes > 0, f"{key}.max_image_bytes", "must be > 0")
+        require(self.max_pixels > 0, f"{key}.max_pixels", "must be > 0")
+        require(self.ingest_partitions > 0, f"{key}.ingest_partitions", "must be > 0")
+        known = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+        bad = [f for f in self.allowed_formats if f not in known]
+        require(not bad, f"{key}.allowed_formats", f"unknown formats {bad}; known: {sorted(known)}")
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Model input geometry: every image is converted to size x size x channels in [0, 1]."""
+
+    size: int
+    channels: int
+
+    def validate(self, key: str) -> None:
+        require(8 <= self.size <= 1024, f"{key}.size", "must be between 8 and 1024")
+        require(self.channels in (1, 3), f"{key}.channels", "must be 1 or 3")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    backbone: str
+    embedding_size: int
+    distance: str
+    width: int
+    augmentation: bool
+    # For keras.applications backbones: "imagenet" where it can be loaded, else None.
+    pretrained_weights: str | None
+
+    def validate(self, key: str) -> None:
+        from lookalike.learning.backbones import backbone_names
+
+        require(self.backbone in backbone_names(), f"{key}.backbone",
+                f"unknown backbone {self.backbone!r}; registered: {backbone_names()}")
+        require(self.embedding_size > 0, f"{key}.embedding_size", "must be > 0")
+        require(self.distance in ("cosine", "l2"), f"{key}.distance", "must be 'cosine' or 'l2'")
+        require(self.width > 0, f"{key}.width", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int
+    steps_per_epoch: int
+    classes_per_batch: int
+    examples_per_class: int
+    learning_rate: float
+    processes: int
+    # memory: load the split into RAM; petastorm: stream from Delta; auto: by max_in_memory_rows.
+    data_path: str
+    max_in_memory_rows: int
+    seed: int
+    # Protocol (b): train only on these category names; empty = all categories.
+    train_categories: tuple[str, ...]
+    # Cosine learning-rate decay over epochs * steps_per_epoch (to 5% of the start value).
+    cosine_decay: bool
+
+    def validate(self, key: str) -> None:
+        for name in ("epochs", "steps_per_epoch", "classes_per_batch", "examples_per_class",
+                     "processes", "max_in_memory_rows"):
+            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        require(0.0 < self.learning_rate < 1.0, f"{key}.learning_rate", "must be in (0, 1)")
+        require(self.data_path in ("auto", "memory", "petastorm"), f"{key}.data_path",
+                 "must be auto, memory or petastorm")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    k_values: tuple[int, ...]
+    # Protocol (b): categories held out of training, queried against the full catalogue.
+    unseen_categories: tuple[str, ...]
+    max_queries: int
+    plot_queries: int
+    # Train a second model without unseen_categories during `train` for protocol (b).
+    generalisation: bool
+
+    def validate(self, key: str) -> None:
+        require(len(self.k_values) > 0 and all(k > 0 for k in self.k_values),
+                 f"{key}.k_values", "must be a non-empty list of positive integers")
+        require(self.max_queries > 0, f"{key}.max_queries", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    max_evals: int
+    # 0 means one trial per local core.
+    parallelism: int
+    search_space_file: str
+    # Steps per trial are usually fewer than for the final model.
+    epochs: int
+    max_validation_queries: int
+    # Tuned parameters NOT carried into `train` (budget knobs such as steps_per_epoch).
+    exclude_from_training: tuple[str, ...]
+
+    def validate(self, key: str) -> None:
+        require(self.max_evals > 0, f"{key}.max_evals", "must be > 0")
+        require(self.parallelism >= 0, f"{key}.parallelism", "must be >= 0 (0 = local cores)")
+        require(self.epochs > 0, f"{key}.epochs", "must be > 0")
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    batch_size: int
+    partitions: int
+
+    def validate(self, key: str) -> None:
+        require(self.batch_size > 0, f"{key}.batch_size", "must be > 0")
+        require(self.partitions > 0, f"{key}.partitions", "must be > 0")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """``backend``: a registered index backend (:mod:`lookalike.index.registry`); ``params``:
+    backend name -> that backend's settings (checked against its ``Params`` dataclass)."""
+
+    backend: str
+    params: dict
+
+    def validate(self, key: str) -> None:
+        from lookalike.index import backend_names
+
+        names = backend_names()
+        require(self.backend in names, f"{key}.backend",
+                f"unknown index backend {self.backend!r}; registered: {names}")
+        for name in self.params:
+            require(name in names, f"{key}.params.{name}",
+                    f"no index backend {name!r} is registered; registered: {names}")
+            self.params_of(name, key)
+
+    def params_of(self, backend: str, key: str = "index"):
+        """The typed ``Params`` of ``backend`` (defaults for what the settings leave out)."""
+        from lookalike.index import get_backend
+
+        cls = get_backend(backend).Params
+        params = build(cls, self.params.get(backend) or {}, f"{key}.params.{backend}",
+                       use_defaults=True)
+        if hasattr(params, "validate"):
+            try:
+                params.validate(f"{key}.params.{backend}")
+            except ValueError as error:
+                raise ConfigError(f"config error: {error}") from None
+        return params
+
+    @property
+    def backend_params(self):
+        """The typed parameters of the selected backend."""
+        return self.params_of(self.backend)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    host: str
+    port: int
+    workers: int
+    default_k: int
+    max_k: int
+    max_batch: int
+    max_image_bytes: int
+    max_pixels: int
+    timeout_seconds: int
+    # How long start_server waits for /ping (model + index load) before giving up.
+    startup_timeout_seconds: int
+    # Longest side of the PNG thumbnails packaged for include_images.
+    thumbnail_size: int
+
+    def validate(self, key: str) -> None:
+        require(self.startup_timeout_seconds > 0, f"{key}.startup_timeout_seconds", "must be > 0")
+        require(8 <= self.thumbnail_size <= 1024, f"{key}.thumbnail_size",
+                 "must be between 8 and 1024")
+        require(0 < self.port < 65536, f"{key}.port", "must be a TCP port (1-65535)")
+        require(self.workers > 0, f"{key}.workers", "must be > 0")
+        require(0 < self.default_k <= self.max_k, f"{key}.default_k", "must be in (0, max_k]")
+        require(self.max_batch > 0, f"{key}.max_batch", "must be > 0")
+        require(self.max_image_bytes > 0, f"{key}.max_image_bytes", "must be > 0")
+        require(self.max_pixels > 0, f"{key}.max_pixels", "must be > 0")
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    model_name: str
+    promotion_metric: str
+    # Champion is replaced only if challenger >= champion - tolerance.
+    promotion_tolerance: float
+
+    def validate(self, key: str) -> None:
+        require(bool(self.model_name), f"{key}.model_name", "must not be empty")
+        require(self.promotion_tolerance >= 0, f"{key}.promotion_tolerance", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    # Empty = sqlite under LOOKALIKE_HOME (MLflow 3 refuses a plain file store); on
+    # Databricks "databricks" is used automatically.
+    tracking_uri: str
+    registry_uri: str
+    experiment: str
+
+    def validate(self, key: str) -> None:
+        require(bool(self.experiment), f"{key}.experiment", "must not be empty")
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    home: str
+    spark: SparkSettings
+    catalogue: CatalogueSettings
+    image: ImageSettings
+    model: ModelSettings
+    training: TrainingSettings
+    evaluation: EvaluationSettings
+    tuning: TuningSettings
+    embedding: EmbeddingSettings
+    index: IndexSettings
+    serving: ServingSettings
+    registry: RegistrySettings
+    mlflow: MlflowSettings
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f.name)
+
+    # Derived locations: kept as properties so there is one source of truth (home).
+    @property
+    def home_path(self) -> Path:
+        return Path(os.path.expanduser(self.home)).resolve()
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home_path / "warehouse"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.home_path / "artifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.home_path / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow.registry_uri or self.tracking_uri
+
+    def replace(self, **sections: Any) -> "Settings":
+        """Copy with whole sections or nested keys replaced: ``replace(training={"epochs": 1})``."""
+        from lookalike.config.loader import deep_merge, settings_from_dict
+
+        return settings_from_dict(deep_merge(dataclasses.asdict(self), sections))
+
+

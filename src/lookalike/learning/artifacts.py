@@ -1,0 +1,82 @@
+"""The embedding model of a training run, as a local folder: downloaded once, loaded once.
+
+Jobs after training (embed, build-index, package) name a model by its training run id; this
+module turns that into ``LOOKALIKE_HOME/models/<run_id>/embedding_model`` and a per-process cache
+of loaded models (Spark reuses Python workers across tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lookalike.config import Settings
+
+# Loaded embedding models per Python process.
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+def models_cache_dir(settings: Settings) -> Path:
+    return settings.home_path / "models"
+
+
+def resolve_model(settings: Settings, run_id: str | None = None) -> tuple[str, Path]:
+    """The training run (given or latest) and a local folder holding its embedding model.
+
+    The artifact is downloaded once into ``LOOKALIKE_HOME/models/<run_id>/`` and reused.
+    """
+    import mlflow
+
+    from lookalike.learning.model import INFO_FILE
+    from lookalike.tracking import MODEL_ARTIFACT, require_run
+
+    run = require_run(settings, "train", run_id)
+    run_id = run.info.run_id
+    target = models_cache_dir(settings) / run_id
+    local = target / MODEL_ARTIFACT
+    if not (local / INFO_FILE).exists():
+        staging = target.with_name(f".{run_id}-{uuid.uuid4().hex[:8]}")
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            downloaded = Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=MODEL_ARTIFACT, dst_path=str(staging)))
+        except Exception as error:  # noqa: BLE001 - re-raised with context
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ValueError(f"training run {run_id} has no '{MODEL_ARTIFACT}' artifact "
+                             f"({error})") from error
+        if not (downloaded / INFO_FILE).exists():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ValueError(f"artifact '{MODEL_ARTIFACT}' of run {run_id} has no {INFO_FILE}")
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(local, ignore_errors=True)
+        os.replace(downloaded, local)
+        shutil.rmtree(staging, ignore_errors=True)
+    return run_id, local
+
+
+def is_cached(directory: str) -> bool:
+    return directory in _MODEL_CACHE
+
+
+def cached_embedding_model(directory: str):
+    """``load_embedding_model(directory)``, once per process."""
+    model = _MODEL_CACHE.get(directory)
+    if model is None:
+        from lookalike.learning.model import load_embedding_model
+
+        model = _MODEL_CACHE[directory] = load_embedding_model(directory)
+    return model
+
+
+def model_distance(info: dict, settings: Settings) -> str:
+    return str(info.get("distance") or settings.model.distance)
+
+
+def read_info(model_dir: Path) -> dict:
+    from lookalike.learning.model import INFO_FILE
+
+    return json.loads((Path(model_dir) / INFO_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,314 @@
+"""Products in Delta -> model-ready data for training, tuning and evaluation.
+
+Two paths, chosen by ``training.data_path`` (``auto``: memory when the train split has at most
+``training.max_in_memory_rows`` rows):
+
+* **memory**: Spark decodes every image with :func:`lookalike.preprocessing.batch_to_model_input`
+  (distributed, in ``mapInPandas``) and the arrays are cached as ``.npy`` files under
+  ``LOOKALIKE_HOME/cache/arrays/<key>`` (key = table path + Delta version + split + geometry).
+  Trainers, Horovod ranks and Hyperopt trials memory-map these files, so nothing re-reads Delta.
+  Batches come from tensorflow-similarity's class-balanced ``MultiShotMemorySampler``.
+* **petastorm**: the same Spark preprocessing is materialised once with
+  ``petastorm.spark.make_spark_converter`` (parquet cache under ``LOOKALIKE_HOME/petastorm``) and
+  streamed with ``make_tf_dataset(cur_shard=rank, shard_count=size)``; class-balanced batches
+  are formed in tf.data by :func:`balanced_batches`.
+
+Labels are integer ids into the **sorted list of every category** in the products table at the
+version read (:attr:`DataSpec.categories`); that list is stored with the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lookalike.config import Settings
+
+_PIXELS_SCHEMA = "product_id STRING, category STRING, features ARRAY<FLOAT>"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Picklable description of the training data (shipped to Horovod ranks and trials)."""
+
+    mode: str                              # "memory" | "petastorm"
+    categories: tuple[str, ...]            # sorted; label id i <-> categories[i]
+    train_label_ids: tuple[int, ...]       # the classes training sees
+    products_table: str
+    products_version: int
+    num_rows: int
+    image_shape: tuple[int, int, int]
+    arrays_dir: str | None = None          # memory: x.npy (float32), y.npy (int32 label ids)
+    petastorm_cache_dir: str | None = None
+    petastorm_file_urls: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataSpec":
+        data = dict(data)
+        for key in ("categories", "train_label_ids", "image_shape", "petastorm_file_urls"):
+            data[key] = tuple(data[key] or ())
+        return cls(**data)
+
+
+@dataclass
+class SplitArrays:
+    """One split in memory: ``x`` float32 [n, size, size, channels], ``labels`` category names."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    product_ids: np.ndarray
+
+    def label_ids(self, categories: Sequence[str]) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(categories)}
+        return np.array([lookup[c] for c in self.labels], dtype=np.int32)
+
+    def subset(self, mask: np.ndarray) -> "SplitArrays":
+        return SplitArrays(self.x[mask], self.labels[mask], self.product_ids[mask])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+# --------------------------------------------------------------------------- Spark side
+
+
+def _preprocess_partitions(size: int, channels: int):
+    from lookalike.preprocessing import batch_to_model_input
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            pixels = batch_to_model_input((bytes(b) for b in batch["image"]), size, channels)
+            yield pd.DataFrame({"product_id": batch["product_id"].values,
+                                "category": batch["category"].values,
+                                "features": list(pixels.reshape(len(batch), -1))})
+    return run
+
+
+def preprocessed_frame(spark, settings: Settings, split: str, version: int | None = None):
+    """Spark DataFrame (product_id, category, features = flattened model input) and version."""
+    from lookalike.catalogue.tables import read_products
+
+    frame, version = read_products(spark, settings, (split,), version)
+    size, channels = settings.image.size, settings.image.channels
+    out = frame.select("product_id", "category", "image").mapInPandas(
+        _preprocess_partitions(size, channels), _PIXELS_SCHEMA)
+    return out, version
+
+
+def list_categories(spark, settings: Settings, version: int | None = None
+                    ) -> tuple[tuple[str, ...], int]:
+    """Sorted distinct categories over every split of the products table, and the version."""
+    from lookalike.catalogue.tables import read_products
+
+    frame, version = read_products(spark, settings, None, version)
+    rows = frame.select("category").distinct().collect()
+    return tuple(sorted(r["category"] for r in rows)), version
+
+
+def split_dir(settings: Settings, split: str, version: int) -> Path:
+    """Cache folder of one split's arrays: keyed by table, Delta version, split and geometry."""
+    from lookalike.catalogue.tables import table_path
+
+    raw = json.dumps([table_path(settings, "products"), int(version), split,
+                      settings.image.size, settings.image.channels])
+    return settings.home_path / "cache" / "arrays" / hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def load_split(spark, settings: Settings, split: str, version: int) -> SplitArrays:
+    """The whole ``split`` at ``version`` as arrays, cached under LOOKALIKE_HOME (memory-mapped)."""
+    directory = split_dir(settings, split, version)
+    if not (directory / "done").exists():
+        frame, _ = preprocessed_frame(spark, settings, split, version)
+        pdf = frame.orderBy("product_id").toPandas()
+        shape = (settings.image.size, settings.image.size, settings.image.channels)
+        if len(pdf):
+            x = np.stack(pdf["features"].to_numpy()).astype(np.float32).reshape(-1, *shape)
+        else:
+            x = np.zeros((0, *shape), dtype=np.float32)
+        tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "x.npy", x)
+        np.save(tmp / "labels.npy", pdf["category"].to_numpy().astype(str))
+        np.save(tmp / "product_ids.npy", pdf["product_id"].to_numpy().astype(str))
+        (tmp / "done").write_text("ok")
+        try:
+            tmp.rename(directory)
+        except OSError:  # another process cached it first
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return read_split_dir(directory)
+
+
+def read_split_dir(directory: str | Path) -> SplitArrays:
+    directory = Path(directory)
+    return SplitArrays(np.load(directory / "x.npy", mmap_mode="r"),
+                       np.load(directory / "labels.npy"),
+                       np.load(directory / "product_ids.npy"))
+
+
+def resolve_train_categories(settings: Settings, categories: Sequence[str]) -> tuple[str, ...]:
+    """Categories used for training: ``training.train_categories`` or all of them."""
+    wanted = settings.training.train_categories
+    if not wanted:
+        return tuple(categories)
+    unknown = sorted(set(wanted) - set(categories))
+    if unknown:
+        raise ValueError(f"training.train_categories names unknown categories {unknown}; "
+                         f"known: {list(categories)}")
+    return tuple(c for c in categories if c in set(wanted))
+
+
+def choose_mode(settings: Settings, num_rows: int) -> str:
+    mode = settings.training.data_path
+    if mode == "auto":
+        return "memory" if num_rows <= settings.training.max_in_memory_rows else "petastorm"
+    return mode
+
+
+def prepare_training_data(spark, settings: Settings, version: int | None = None,
+                          mode: str | None = None) -> DataSpec:
+    """Materialise the train split (memory arrays or a Petastorm cache) and describe it."""
+    from pyspark.sql import functions as F
+
+    from lookalike.catalogue.tables import read_products, table_path
+
+    categories, version = list_categories(spark, settings, version)
+    train_categories = resolve_train_categories(settings, categories)
+    if len(train_categories) < 2:
+        raise ValueError("metric learning needs at least 2 training categories")
+    label_ids = tuple(categories.index(c) for c in train_categories)
+    frame, _ = read_products(spark, settings, ("train",), version)
+    num_rows = frame.where(F.col("category").isin(list(train_categories))).count()
+    mode = mode or choose_mode(settings, num_rows)
+    shape = (settings.image.size, settings.image.size, settings.image.channels)
+    common = dict(categories=categories, train_label_ids=label_ids,
+                  products_table=table_path(settings, "products"),
+                  products_version=int(version), num_rows=int(num_rows), image_shape=shape)
+    if mode == "memory":
+        load_split(spark, settings, "train", version)
+        directory = split_dir(settings, "train", version)
+        return DataSpec(mode="memory", arrays_dir=str(directory), **common)
+    if mode != "petastorm":
+        raise ValueError(f"unknown data path {mode!r}")
+    converter = petastorm_converter(spark, settings, version, categories, train_categories)
+    return DataSpec(mode="petastorm", petastorm_cache_dir=converter.cache_dir_url,
+                    petastorm_file_urls=tuple(converter.file_urls), **common)
+
+
+def petastorm_converter(spark, settings: Settings, version: int, categories: Sequence[str],
+                        train_categories: Sequence[str]):
+    """Materialise (features, label) of the train split with Petastorm's Spark converter."""
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+    from pyspark.sql import functions as F
+
+    cache = settings.home_path / "petastorm"
+    cache.mkdir(parents=True, exist_ok=True)
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache.as_uri())
+    frame, _ = preprocessed_frame(spark, settings, "train", version)
+    mapping = F.create_map(*[item for i, c in enumerate(categories)
+                             for item in (F.lit(c), F.lit(i))])
+    frame = (frame.where(F.col("category").isin(list(train_categories)))
+             .select("features", mapping[F.col("category")].cast("int").alias("label")))
+    # Petastorm shards by parquet row group: several files so every Horovod rank gets data.
+    frame = frame.repartition(max(4, 2 * settings.training.processes))
+    return make_spark_converter(frame, parquet_row_group_size_bytes=4 * 1024 * 1024)
+
+
+# --------------------------------------------------------------------------- trainer side
+
+
+def shard_rows(n: int, rank: int, size: int, seed: int) -> np.ndarray:
+    """Row indices of ``rank``'s shard: a seeded permutation split into ``size`` parts."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[rank::size])
+
+
+def memory_arrays(spec: DataSpec, rank: int = 0, size: int = 1, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``rank``'s shard of the training rows as (x float32, y int32 label ids)."""
+    split = read_split_dir(spec.arrays_dir)
+    y_all = split.label_ids(spec.categories)
+    keep = np.flatnonzero(np.isin(y_all, np.array(spec.train_label_ids)))
+    rows = keep[shard_rows(len(keep), rank, size, seed)]
+    return np.asarray(split.x[rows], dtype=np.float32), y_all[rows]
+
+
+def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int = 1):
+    """Class-balanced ``MultiShotMemorySampler`` over ``rank``'s shard (rank-dependent seed)."""
+    import random
+
+    from tensorflow_similarity.samplers import MultiShotMemorySampler
+
+    t = settings.training
+    x, y = memory_arrays(spec, rank, size, t.seed)
+    # The sampler draws with Python's `random`; a per-rank seed gives each rank its own batches.
+    random.seed(t.seed * 1000 + rank)
+    classes = sorted(set(int(v) for v in y))
+    return MultiShotMemorySampler(
+        x, y, classes_per_batch=min(t.classes_per_batch, len(classes)),
+        examples_per_class_per_batch=t.examples_per_class, steps_per_epoch=t.steps_per_epoch,
+        class_list=classes)
+
+
+def balanced_batches(dataset, image_shape: Sequence[int], classes_per_batch: int,
+                     examples_per_class: int, shuffle_buffer: int = 2048, seed: int | None = None):
+    """Turn a stream of (image, label) into class-balanced batches in tf.data.
+
+    Examples are grouped by label into groups of ``examples_per_class`` (``group_by_window``);
+    ``classes_per_batch`` groups form a batch of ``classes_per_batch * examples_per_class``
+    examples, so every class present contributes a whole number of groups (>= 2 positives
+    each, what pair-based losses need).
+    """
+    import tensorflow as tf
+
+    e = int(examples_per_class)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    dataset = dataset.group_by_window(
+        key_func=lambda x, y: tf.cast(y, tf.int64),
+        reduce_func=lambda key, window: window.batch(e, drop_remainder=True),
+        window_size=e)
+    dataset = dataset.shuffle(4 * classes_per_batch, seed=seed)
+    dataset = dataset.batch(classes_per_batch, drop_remainder=True)
+    shape = [int(s) for s in image_shape]
+    return dataset.map(lambda x, y: (tf.reshape(x, [-1, *shape]), tf.reshape(y, [-1])),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+@contextlib.contextmanager
+def petastorm_dataset(spec: DataSpec, settings: Settings, rank: int = 0, size: int = 1):
+    """Context manager: class-balanced tf.data batches streamed from ``rank``'s Petastorm shard."""
+    import tensorflow as tf
+    from petastorm.spark import SparkDatasetConverter
+
+    converter = SparkDatasetConverter(spec.petastorm_cache_dir, list(spec.petastorm_file_urls),
+                                      spec.num_rows)
+    t = settings.training
+    with converter.make_tf_dataset(batch_size=256, num_epochs=None, workers_count=2,
+                                   cur_shard=rank, shard_count=size,
+                                   seed=t.seed + rank, shuffle_rows=True) as raw:
+        keep = tf.constant(list(spec.train_label_ids), dtype=tf.int32)
+        stream = raw.unbatch().map(lambda row: (row.features, tf.cast(row.label, tf.int32)))
+        stream = stream.filter(lambda x, y: tf.reduce_any(tf.equal(keep, y)))
+        yield balanced_batches(stream, spec.image_shape, t.classes_per_batch,
+                               t.examples_per_class, seed=t.seed + rank)
+
+
+@contextlib.contextmanager
+def training_batches(spec: DataSpec, settings: Settings, rank: int = 0, size: int = 1):
+    """The ``fit`` input for either path (a keras Sequence or a tf.data.Dataset)."""
+    if spec.mode == "memory":
+        yield memory_sampler(spec, settings, rank, size)
+    else:
+        with petastorm_dataset(spec, settings, rank, size) as dataset:
+            yield dataset

@@ -1,0 +1,207 @@
+"""Exact retrieval evaluation of embedding models, logged to MLflow.
+
+Two protocols, each scored for the model and for a raw-pixel baseline (flattened preprocessed
+pixels, cosine) with the same code (:func:`lookalike.metrics.retrieval_metrics`):
+
+* **(a) in-distribution**: test-split queries (at most ``evaluation.max_queries``, a seeded
+  sample) against the train-split catalogue, all categories. Metrics ``a_*``.
+* **(b) generalisation**: a model trained WITHOUT ``evaluation.unseen_categories``; queries
+  are test items of those unseen categories, the catalogue is the whole train split (every
+  category, so seen-category items are distractors). Metrics ``b_*``. The model for (b) is the
+  training run's ``generalisation_model`` artifact (trained when ``evaluation.generalisation``
+  is true), or the main model itself if it was trained without the unseen categories; without
+  either, (b) is skipped for the model (the baseline is still reported).
+
+Metric names: ``a_recall_at_{k}``, ``a_map_at_r``, ``b_...``, ``baseline_a_...``,
+``baseline_b_...``. Per-class tables go to ``eval/<protocol>_per_class.csv``; plots to
+``eval/neighbours.png`` (query + 5 nearest catalogue items) and ``eval/projection.png``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from lookalike.config import Settings
+from lookalike.learning.data import SplitArrays
+from lookalike.vectors import exact_knn, prepare
+
+Embedder = Callable[[np.ndarray], np.ndarray]
+GENERALISATION_ARTIFACT = "generalisation_model"
+
+
+def raw_pixels(x: np.ndarray) -> np.ndarray:
+    """The baseline 'embedding': flattened preprocessed pixels."""
+    x = np.asarray(x, dtype=np.float32)
+    return x.reshape(len(x), -1)
+
+
+def _sample(n: int, limit: int, seed: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _score(settings: Settings, query_vectors, query_labels, catalogue_vectors, catalogue_labels,
+           distance: str):
+    from lookalike.learning.metrics import retrieval_metrics
+
+    return retrieval_metrics(query_vectors, query_labels, catalogue_vectors, catalogue_labels,
+                             k_values=settings.evaluation.k_values, distance=distance)
+
+
+def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays,
+                       embed: Embedder | None, embed_unseen: Embedder | None = None,
+                       baseline: bool = True, out_dir: str | Path | None = None,
+                       distance: str | None = None) -> dict:
+    """Score protocols (a)/(b) for ``embed`` (main model), ``embed_unseen`` (model trained without
+    the unseen categories) and the raw-pixel baseline.
+
+    Returns ``{"metrics": {name: float}, "per_class": {protocol: DataFrame}, "plots": [paths]}``;
+    plots are written to ``out_dir`` when given (needs ``embed``).
+    """
+    ev = settings.evaluation
+    distance = distance or settings.model.distance
+    seed = settings.training.seed
+    metrics: dict[str, float] = {}
+    per_class: dict[str, pd.DataFrame] = {}
+    plots: list[Path] = []
+
+    a_rows = _sample(len(test), ev.max_queries, seed)
+    a_queries = test.subset(a_rows)
+    unseen = set(ev.unseen_categories)
+    b_mask = np.isin(test.labels, list(unseen))
+    b_rows = np.flatnonzero(b_mask)
+    b_rows = b_rows[_sample(len(b_rows), ev.max_queries, seed + 1)]
+    b_queries = test.subset(b_rows)
+
+    def run(prefix: str, fn: Embedder, queries: SplitArrays, catalogue_vectors, dist: str):
+        report = _score(settings, fn(np.asarray(queries.x)), queries.labels, catalogue_vectors,
+                        train.labels, dist)
+        metrics.update(report.as_flat_dict(prefix))
+        metrics[f"{prefix}n_queries"] = float(report.n_queries)
+        per_class[prefix.rstrip("_")] = report.per_class
+        return report
+
+    if embed is not None:
+        catalogue = embed(np.asarray(train.x))
+        if len(a_queries):
+            run("a_", embed, a_queries, catalogue, distance)
+        if embed_unseen is embed and len(b_queries):
+            run("b_", embed, b_queries, catalogue, distance)
+        if out_dir is not None and len(a_queries):
+            plots += _plots(settings, embed, a_queries, train, catalogue, Path(out_dir))
+    if embed_unseen is not None and embed_unseen is not embed and len(b_queries):
+        run("b_", embed_unseen, b_queries, embed_unseen(np.asarray(train.x)), distance)
+    if baseline:
+        pixels = raw_pixels(train.x)
+        if len(a_queries):
+            run("baseline_a_", raw_pixels, a_queries, pixels, "cosine")
+        if len(b_queries):
+            run("baseline_b_", raw_pixels, b_queries, pixels, "cosine")
+    return {"metrics": metrics, "per_class": per_class, "plots": plots}
+
+
+def _plots(settings: Settings, embed: Embedder, queries: SplitArrays, train: SplitArrays,
+           catalogue: np.ndarray, out_dir: Path) -> list[Path]:
+    from lookalike.learning.plots import plot_neighbour_grid, plot_projection
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One query per category first (up to plot_queries), so the grid shows the variety.
+    picks: list[int] = []
+    for category in sorted(set(queries.labels)):
+        picks.append(int(np.flatnonzero(queries.labels == category)[0]))
+    picks = sorted(picks)[: settings.evaluation.plot_queries]
+    q = queries.subset(np.array(picks, dtype=int))
+    distance = settings.model.distance
+    _, top = exact_knn(prepare(embed(np.asarray(q.x)), distance), prepare(catalogue, distance),
+                       5, distance)
+    grid = plot_neighbour_grid(np.asarray(q.x), np.asarray(train.x)[top], train.labels[top],
+                               q.labels, out_dir / "neighbours.png")
+    sample = _sample(len(queries), 2000, settings.training.seed)
+    projection = plot_projection(embed(np.asarray(queries.x[sample])), queries.labels[sample],
+                                 out_dir / "projection.png")
+    return [grid, projection]
+
+
+def log_evaluation(result: dict) -> None:
+    """Log an :func:`evaluate_embedders` result to the active MLflow run."""
+    import mlflow
+
+    mlflow.log_metrics({k: v for k, v in result["metrics"].items() if np.isfinite(v)})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, table in result["per_class"].items():
+            path = Path(tmp) / f"{name}_per_class.csv"
+            table.to_csv(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path="eval")
+    for path in result["plots"]:
+        mlflow.log_artifact(str(path), artifact_path="eval")
+
+
+def load_eval_splits(spark, settings: Settings, version: int) -> tuple[SplitArrays, SplitArrays]:
+    """(train, test) splits at ``version`` as arrays (cached like the training data)."""
+    from lookalike.learning.data import load_split
+
+    return load_split(spark, settings, "train", version), load_split(spark, settings, "test", version)
+
+
+def model_embedder(model, batch_size: int) -> Embedder:
+    return lambda x: model.embed(x, batch_size=batch_size)
+
+
+def evaluate_and_log(settings: Settings, spark, version: int, model, unseen_model=None,
+                     out_dir: str | Path | None = None) -> dict:
+    """Evaluate loaded :class:`~lookalike.model.EmbeddingModel` s on the catalogue at ``version``
+    and log everything to the active MLflow run; returns the metrics dict."""
+    train, test = load_eval_splits(spark, settings, version)
+    batch = settings.embedding.batch_size
+    embed = model_embedder(model, batch)
+    if unseen_model is None and _excludes_unseen(settings, model.info):
+        embed_unseen = embed
+    elif unseen_model is not None:
+        embed_unseen = model_embedder(unseen_model, batch)
+    else:
+        embed_unseen = None
+    with tempfile.TemporaryDirectory() as tmp:
+        result = evaluate_embedders(settings, train, test, embed, embed_unseen,
+                                    out_dir=out_dir or tmp,
+                                    distance=model.info.get("distance", settings.model.distance))
+        log_evaluation(result)
+    return result["metrics"]
+
+
+def _excludes_unseen(settings: Settings, info: dict) -> bool:
+    trained = info.get("train_categories") or []
+    unseen = set(settings.evaluation.unseen_categories)
+    return bool(trained) and bool(unseen) and not (set(trained) & unseen)
+
+
+def evaluate_run(settings: Settings, run_id: str) -> dict:
+    """Re-evaluate a training run's logged model(s) and log the metrics to that run."""
+    import mlflow
+
+    from lookalike.learning.model import load_embedding_model
+    from lookalike.spark import get_spark
+    from lookalike.tracking import MODEL_ARTIFACT, require_run
+
+    run = require_run(settings, "train", run_id)
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                    artifact_path=MODEL_ARTIFACT, dst_path=tmp)
+        model = load_embedding_model(local)
+        unseen_model = None
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        if GENERALISATION_ARTIFACT in names:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=GENERALISATION_ARTIFACT, dst_path=tmp)
+            unseen_model = load_embedding_model(path)
+        spark = get_spark(settings)
+        with mlflow.start_run(run_id=run.info.run_id):
+            metrics = evaluate_and_log(settings, spark, int(model.info["products_version"]),
+                                       model, unseen_model)
+    return {"run_id": run.info.run_id, **metrics}

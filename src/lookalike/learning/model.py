@@ -1,0 +1,193 @@
+"""The embedding network: backbone -> MetricEmbedding head, trained with Multi-Similarity loss.
+
+Public, stable API (used by training, embedding and serving):
+
+* :func:`build_model` -- a ``tensorflow_similarity`` ``SimilarityModel`` for the settings.
+* :func:`save_embedding_model` -- write a TF SavedModel of the embedding function plus
+  ``lookalike.json`` (everything a consumer needs to preprocess inputs and read outputs).
+* :func:`load_embedding_model` -- load that folder back as an :class:`EmbeddingModel`.
+
+Input contract: float32 ``[batch, size, size, channels]`` in [0, 1], exactly what
+:func:`lookalike.preprocessing.batch_to_model_input` produces. The model never rescales
+[0, 1] inputs again, except where a ``keras.applications`` backbone documents a different
+input range (see :func:`_applications_backbone`). The MetricEmbedding head L2-normalises its
+output, so embeddings are unit vectors (cosine similarity == dot product).
+
+Backbones come from the open registry :mod:`lookalike.learning.backbones`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.config import Settings
+
+INFO_FILE = "lookalike.json"
+SAVED_MODEL_DIR = "saved_model"
+FORMAT_VERSION = 1
+
+
+def build_model(settings: Settings, num_classes: int | None = None):
+    """The (uncompiled) ``SimilarityModel`` for ``settings``.
+
+    ``num_classes`` is accepted for API symmetry (metric learning needs no class count; the
+    head size is ``model.embedding_size``). Compile with :func:`compile_model`.
+    """
+    import tensorflow as tf
+    from tensorflow_similarity.layers import MetricEmbedding
+    from tensorflow_similarity.models import SimilarityModel
+
+    from lookalike.learning.backbones import get_backbone
+
+    del num_classes
+    backbone = get_backbone(settings.model.backbone)
+    shape = (settings.image.size, settings.image.size, settings.image.channels)
+    inputs = tf.keras.Input(shape=shape, dtype=tf.float32, name="images")
+    x = inputs
+    if settings.model.augmentation:
+        # Active only when training=True; identity in the exported embedding function.
+        x = tf.keras.layers.RandomFlip("horizontal", name="aug_flip")(x)
+        x = tf.keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant",
+                                              fill_value=0.0, name="aug_shift")(x)
+    features = backbone.builder(shape, settings.model.width, settings)(x)
+    outputs = MetricEmbedding(settings.model.embedding_size, name="metric_embedding")(features)
+    return SimilarityModel(inputs, outputs, name="lookalike")
+
+
+def make_loss(settings: Settings):
+    from tensorflow_similarity.losses import MultiSimilarityLoss
+
+    return MultiSimilarityLoss(distance=settings.model.distance)
+
+
+def compile_model(model, settings: Settings, optimizer) -> None:
+    """Compile with Multi-Similarity loss. ``optimizer`` is used as given (Horovod passes its
+    DistributedOptimizer here, so that very object applies the averaged gradients)."""
+    model.compile(optimizer=optimizer, loss=make_loss(settings),
+                  distance=settings.model.distance)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_embedding_model(model, directory: str | Path, info: dict) -> Path:
+    """Write ``directory/saved_model`` (TF SavedModel, signature ``serving_default``:
+    ``images`` float32 [None, size, size, channels] -> ``embedding`` float32 [None, dim]) and
+    ``directory/lookalike.json`` (``info`` completed with the model's geometry).
+
+    ``info`` should carry: image_size, channels, distance, backbone, categories (sorted list;
+    label id i is categories[i]), products_table, products_version, training_run_id.
+    """
+    import tensorflow as tf
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    input_shape = tuple(model.inputs[0].shape[1:])
+    embedding_size = int(model.outputs[0].shape[-1])
+    keras_model = tf.keras.Model(model.inputs, model.outputs)
+
+    class _Exported(tf.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32,
+                                                    name="images")])
+        def embed(self, images):
+            vectors = self.net(images, training=False)
+            # MetricEmbedding already L2-normalises; normalising again is a no-op safeguard
+            # that makes "cosine distance == 1 - dot product" part of the exported contract.
+            return {"embedding": tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=1)}
+
+    module = _Exported(keras_model)
+    tf.saved_model.save(module, str(directory / SAVED_MODEL_DIR),
+                        signatures={"serving_default": module.embed})
+    full = dict(info)
+    full.update(format_version=FORMAT_VERSION, image_size=int(input_shape[0]),
+                channels=int(input_shape[2]), embedding_size=embedding_size,
+                input="float32 [n, image_size, image_size, channels] in [0, 1] "
+                      "(lookalike.preprocessing.batch_to_model_input)",
+                output="float32 [n, embedding_size], L2-normalised")
+    full.setdefault("categories", [])
+    (directory / INFO_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str),
+                                       encoding="utf-8")
+    return directory
+
+
+class EmbeddingModel:
+    """A loaded embedding SavedModel: ``.info`` (lookalike.json) and ``.embed(images)``."""
+
+    def __init__(self, directory: str | Path):
+        import tensorflow as tf
+
+        self.directory = Path(directory)
+        info_path = self.directory / INFO_FILE
+        if not info_path.exists():
+            raise FileNotFoundError(f"{info_path} not found: not a Lookalike embedding model")
+        self.info: dict = json.loads(info_path.read_text(encoding="utf-8"))
+        self._loaded = tf.saved_model.load(str(self.directory / SAVED_MODEL_DIR))
+        self._fn = self._loaded.signatures["serving_default"]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.info["channels"])
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.info["embedding_size"])
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.info.get("categories", []))
+
+    def embed(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Embed float32 images [n, size, size, channels] in [0, 1] -> float32 [n, dim]."""
+        import tensorflow as tf
+
+        images = np.asarray(images, dtype=np.float32)
+        expected = (self.image_size, self.image_size, self.channels)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"expected images of shape [n, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}], got {images.shape}")
+        if len(images) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        out = []
+        for start in range(0, len(images), max(1, int(batch_size))):
+            chunk = tf.constant(images[start:start + batch_size])
+            out.append(self._fn(images=chunk)["embedding"].numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def load_embedding_model(directory: str | Path) -> EmbeddingModel:
+    """Load a folder written by :func:`save_embedding_model` (e.g. the downloaded MLflow
+    artifact ``embedding_model/`` of a training run)."""
+    return EmbeddingModel(directory)
+
+
+def configure_threads(intra: int | None = None, inter: int | None = None) -> None:
+    """Limit TensorFlow's thread pools (call before TF runs anything); None = leave default."""
+    import tensorflow as tf
+
+    try:
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+    except RuntimeError:
+        # TF was already initialised in this process: the pools cannot change any more.
+        pass
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1

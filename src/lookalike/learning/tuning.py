@@ -1,0 +1,201 @@
+"""``lookalike tune``: Hyperopt TPE over ``conf/search_space.yaml`` with ``SparkTrials``.
+
+* One MLflow parent run tagged ``lookalike.kind=tune``; every trial is a child run (tag
+  ``mlflow.parentRunId``, ``lookalike.kind=tune_trial``) created from inside the Spark worker
+  with an ``MlflowClient`` pointed explicitly at the tracking URI (workers are separate Python
+  processes and inherit no active run).
+* Objective: MAP@R of **validation** queries (at most ``tuning.max_validation_queries``, seeded
+  sample) against the train-split catalogue; the test split is never read. Hyperopt minimises
+  ``-MAP@R``.
+* Data: the train/val splits are decoded once on the driver side into ``.npy`` files under
+  ``LOOKALIKE_HOME/cache/arrays`` (:mod:`lookalike.data`); each trial memory-maps them, so no
+  trial touches Delta. (Tuning therefore needs a catalogue that fits in memory.)
+* Each trial trains ``tuning.epochs`` epochs with the trial's parameters, using
+  ``cores / parallelism`` TensorFlow threads so parallel trials share the machine.
+* Result: the best trial (argmin loss over the children) is logged on the parent as params
+  ``best.<name>``, metric ``best_val_map_at_r``, tag ``lookalike.best_trial_run_id`` and the
+  artifact ``best_params.json`` (read by :func:`lookalike.training.train_and_log`).
+
+Search-space file format: ``name: {loguniform: [low, high]}``, ``{uniform: [low, high]}``,
+``{quniform: [low, high, q]}`` or ``{choice: [v1, v2, ...]}``; names are ``model.*`` or
+``training.*`` setting names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookalike.config import Settings
+from lookalike.console import say
+
+TRIAL_KIND = "tune_trial"
+BEST_TRIAL_TAG = "lookalike.best_trial_run_id"
+_INT_FIELDS = {"embedding_size", "width", "epochs", "steps_per_epoch", "classes_per_batch",
+               "examples_per_class"}
+
+
+def build_space(description: dict[str, Any]) -> dict[str, Any]:
+    """Translate the YAML description into hyperopt expressions."""
+    from hyperopt import hp
+
+    space = {}
+    for name, spec in description.items():
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ValueError(f"search space entry {name!r} must be one {{kind: args}} mapping")
+        (kind, args), = spec.items()
+        if kind == "loguniform":
+            low, high = args
+            space[name] = hp.loguniform(name, math.log(low), math.log(high))
+        elif kind == "uniform":
+            low, high = args
+            space[name] = hp.uniform(name, low, high)
+        elif kind == "quniform":
+            low, high, q = args
+            space[name] = hp.quniform(name, low, high, q)
+        elif kind == "choice":
+            if not isinstance(args, list) or not args:
+                raise ValueError(f"search space entry {name!r}: choice needs a non-empty list")
+            space[name] = hp.choice(name, args)
+        else:
+            raise ValueError(f"search space entry {name!r}: unknown distribution {kind!r}; "
+                             "use loguniform, uniform, quniform or choice")
+    return space
+
+
+def clean_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Plain Python values (hyperopt gives numpy scalars and floats for quniform ints)."""
+    out = {}
+    for name, value in params.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if name in _INT_FIELDS and isinstance(value, float):
+            value = int(round(value))
+        out[name] = value
+    return out
+
+
+def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, params: dict[str, Any],
+              parent_run_id: str, tracking_uri: str, experiment_id: str, threads: int) -> dict:
+    """One Hyperopt evaluation (runs inside a Spark Python worker). Returns a hyperopt result."""
+    from hyperopt import STATUS_OK
+    from mlflow import MlflowClient
+
+    from lookalike.config import settings_from_dict
+    from lookalike.learning.data import DataSpec, read_split_dir
+    from lookalike.learning.distributed import train_embedding
+    from lookalike.learning.metrics import retrieval_metrics
+    from lookalike.learning.training import apply_params
+    from lookalike.tracking import KIND_TAG
+
+    params = clean_params(params)
+    base = settings_from_dict(settings_dict)
+    settings = apply_params(base, params).replace(training={"epochs": base.tuning.epochs})
+    spec = DataSpec.from_dict(spec_dict)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    child = client.create_run(experiment_id, tags={
+        "mlflow.parentRunId": parent_run_id, KIND_TAG: TRIAL_KIND,
+        "mlflow.runName": "trial-" + "-".join(f"{k}={v}" for k, v in sorted(params.items()))[:200],
+    })
+    run_id = child.info.run_id
+    started = time.time()
+    try:
+        for name, value in params.items():
+            client.log_param(run_id, name, value)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train_embedding(dataclasses.asdict(settings), spec_dict, tmp,
+                                     mlflow_run_id=run_id, tracking_uri=tracking_uri,
+                                     threads=threads, keep_model=True)
+        model = result["model"]
+        train = read_split_dir(spec.arrays_dir)
+        val = read_split_dir(val_dir)
+        rows = np.arange(len(val))
+        limit = settings.tuning.max_validation_queries
+        if len(rows) > limit:
+            rows = np.sort(np.random.default_rng(settings.training.seed)
+                           .choice(len(rows), limit, replace=False))
+        batch = settings.embedding.batch_size
+        catalogue = model.predict(np.asarray(train.x), batch_size=batch, verbose=0)
+        queries = model.predict(np.asarray(val.x[rows]), batch_size=batch, verbose=0)
+        report = retrieval_metrics(queries, val.labels[rows], catalogue, train.labels,
+                                   k_values=settings.evaluation.k_values,
+                                   distance=settings.model.distance)
+        map_at_r = float(report.map_at_r)
+        metrics = {f"val_{k}": v for k, v in report.as_flat_dict().items()}
+        metrics["trial_seconds"] = time.time() - started
+        for name, value in metrics.items():
+            client.log_metric(run_id, name, float(value))
+        client.set_terminated(run_id, "FINISHED")
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return {"loss": -map_at_r, "status": STATUS_OK, "val_map_at_r": map_at_r,
+            "run_id": run_id, "params": params, "start": started, "end": time.time()}
+
+
+def tune(settings: Settings, max_evals: int | None = None, parallelism: int | None = None) -> dict:
+    """Run the search and return ``{"run_id", "best_params", "best_val_map_at_r", ...}``."""
+    import mlflow
+    from hyperopt import SparkTrials, fmin, tpe
+
+    from lookalike.config import load_search_space
+    from lookalike.learning.data import load_split, prepare_training_data, split_dir
+    from lookalike.learning.model import cpu_count
+    from lookalike.spark import get_spark
+    from lookalike.tracking import KIND_TAG, configure_mlflow
+
+    experiment_id = configure_mlflow(settings)
+    spark = get_spark(settings)
+    max_evals = int(max_evals or settings.tuning.max_evals)
+    requested = settings.tuning.parallelism if parallelism is None else parallelism
+    parallelism = int(requested) or spark.sparkContext.defaultParallelism or cpu_count()
+    description = load_search_space(settings)
+    space = build_space(description)
+
+    # Tuning trains on every category allowed by training.train_categories, in memory.
+    spec = prepare_training_data(spark, settings, mode="memory")
+    load_split(spark, settings, "val", spec.products_version)
+    val_dir = str(split_dir(settings, "val", spec.products_version))
+    threads = max(1, cpu_count() // min(parallelism, max_evals))
+    settings_dict = dataclasses.asdict(settings)
+    spec_dict = spec.to_dict()
+    tracking_uri = settings.tracking_uri
+
+    with mlflow.start_run(tags={KIND_TAG: "tune",
+                                "lookalike.products_version": str(spec.products_version)}) as run:
+        parent = run.info.run_id
+        mlflow.log_params({"max_evals": max_evals, "parallelism": parallelism,
+                           "tuning_epochs": settings.tuning.epochs,
+                           "search_space": json.dumps(description)[:500]})
+
+        def objective(params):
+            return run_trial(settings_dict, spec_dict, val_dir, params, parent, tracking_uri,
+                             experiment_id, threads)
+
+        trials = SparkTrials(parallelism=parallelism, spark_session=spark)
+        say("tune", f"{max_evals} trials, {parallelism} in parallel")
+        fmin(objective, space, algo=tpe.suggest, max_evals=max_evals, trials=trials,
+             rstate=np.random.default_rng(settings.training.seed), show_progressbar=False)
+        finished = [r for r in trials.results if r.get("status") == "ok"]
+        if not finished:
+            raise RuntimeError("no tuning trial finished; see the Spark worker logs")
+        best = min(finished, key=lambda r: r["loss"])
+        best_params = best["params"]
+        mlflow.log_params({f"best.{k}": v for k, v in best_params.items()})
+        mlflow.log_metric("best_val_map_at_r", best["val_map_at_r"])
+        mlflow.set_tag(BEST_TRIAL_TAG, best["run_id"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "best_params.json"
+            path.write_text(json.dumps(best_params, indent=2, sort_keys=True), encoding="utf-8")
+            mlflow.log_artifact(str(path))
+    return {"run_id": parent, "best_params": best_params,
+            "best_val_map_at_r": best["val_map_at_r"], "best_trial_run_id": best["run_id"],
+            "trials": len(finished), "parallelism": parallelism,
+            "trial_run_ids": [r["run_id"] for r in finished]}

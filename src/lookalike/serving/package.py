@@ -1,0 +1,116 @@
+"""Packaging: a training run's model + its index + product metadata -> a registered pyfunc.
+
+:func:`package_and_register` logs the pyfunc (:mod:`lookalike.serving.pyfunc`) in a run tagged
+``lookalike.kind=package`` (param ``training_run_id``, the training run's metrics copied),
+registers it as ``registry.model_name`` with alias ``challenger`` and tags ``training_run``,
+``delta_version`` (products table version its embeddings came from), ``embeddings_version`` and
+``index_size`` (:func:`lookalike.registry.register_version`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from lookalike.config import Settings
+from lookalike.index import IndexManifest, IndexProvenance
+from lookalike.registry import CHALLENGER, register_version
+
+log = logging.getLogger(__name__)
+
+
+def _thumbnails(max_side: int):
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from lookalike.preprocessing import thumbnail_png
+
+        for frame in batches:
+            yield pd.DataFrame({
+                "product_id": frame["product_id"], "category": frame["category"],
+                "title": frame["title"],
+                "thumbnail": [thumbnail_png(bytes(b), max_side) for b in frame["image"]],
+            })
+    return run
+
+
+def write_products_file(settings: Settings, run_id: str, provenance: IndexProvenance,
+                        path: Path) -> int:
+    """Parquet of the indexed products (product_id, category, title, thumbnail PNG bytes),
+    read at the Delta versions the index was built from. Returns the row count."""
+    from pyspark.sql import functions as F
+
+    from lookalike.catalogue.tables import read_products
+    from lookalike.spark import get_spark
+
+    spark = get_spark(settings)
+    products, _ = read_products(spark, settings, version=provenance.products_version)
+    embedded = (spark.read.format("delta")
+                .option("versionAsOf", provenance.embeddings_version)
+                .load(provenance.embeddings_table)
+                .where(F.col("model_version") == run_id).select("product_id"))
+    rows = (products.join(embedded, "product_id", "inner")
+            .select("product_id", "category", "title", "image")
+            .mapInPandas(_thumbnails(settings.serving.thumbnail_size),
+                         "product_id STRING, category STRING, title STRING, thumbnail BINARY")
+            .toPandas())
+    rows.to_parquet(path, index=False)
+    return len(rows)
+
+
+def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
+    """Log, register and alias-as-challenger the pyfunc of training run ``run_id`` (default:
+    latest). Needs ``embed`` and ``build-index`` for that run first."""
+    import mlflow
+
+    from lookalike.index.build import index_dir
+    from lookalike.learning.artifacts import resolve_model
+    from lookalike.serving.pyfunc import log_lookalike_model
+    from lookalike.tracking import KIND_TAG, configure_mlflow
+
+    configure_mlflow(settings)
+    run_id, model_dir = resolve_model(settings, run_id)
+    training = mlflow.get_run(run_id)
+    index_path = index_dir(settings, run_id)
+    if not IndexManifest.exists(index_path):
+        raise ValueError(f"no index for training run {run_id} at {index_path}: run "
+                         f"`lookalike embed --run-id {run_id}` and `lookalike build-index` first")
+    manifest = IndexManifest.read(index_path)
+    meta = manifest.provenance
+    if meta is None or meta.model_version != run_id:
+        built_for = meta.model_version if meta else None
+        raise ValueError(f"index at {index_path} was built for model {built_for!r}, "
+                         f"not {run_id!r}: rerun build-index")
+    name = settings.registry.model_name
+    scratch = Path(tempfile.mkdtemp(prefix="lookalike-package-"))
+    try:
+        products_path = scratch / "products.parquet"
+        n_products = write_products_file(settings, run_id, meta, products_path)
+        with mlflow.start_run(run_name=f"package-{run_id[:8]}",
+                              tags={KIND_TAG: "package", "lookalike.training_run": run_id}) as run:
+            mlflow.log_params({"training_run_id": run_id,
+                               "products_version": meta.products_version,
+                               "embeddings_version": meta.embeddings_version,
+                               "index_backend": manifest.backend,
+                               "index_size": manifest.count})
+            if training.data.metrics:
+                mlflow.log_metrics(dict(training.data.metrics))
+            info = log_lookalike_model(settings, model_dir, index_path, products_path)
+            package_run = run.info.run_id
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    tags = {"training_run": run_id, "delta_version": str(meta.products_version),
+            "embeddings_version": str(meta.embeddings_version),
+            "index_size": str(manifest.count), "package_run": package_run}
+    version = register_version(settings, info.model_uri, tags)
+    result = {"model_name": name, "version": int(version.version),
+              "logged_model_uri": info.model_uri,
+              "model_uri": f"models:/{name}/{version.version}", "alias": CHALLENGER,
+              "package_run_id": package_run, "training_run_id": run_id,
+              "index_size": manifest.count, "products": n_products,
+              "delta_version": meta.products_version}
+    log.info("package_and_register: %s", result)
+    return result

@@ -1,0 +1,117 @@
+"""The ``lookalike`` MLflow pyfunc: embedding SavedModel + ANN index + product metadata.
+
+:class:`LookalikeModel` wraps :class:`~lookalike.serving.recommender.Recommender`;
+:func:`log_lookalike_model` logs it (artifacts, code, pinned requirements, a signature inferred
+from a real prediction) into the active MLflow run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from lookalike.config import Settings
+from lookalike.serving.recommender import Recommender, b64, default_params, limits_from
+
+# Artifact keys of the pyfunc (folder names under <model>/artifacts/).
+ARTIFACT_MODEL = "embedding_model"
+ARTIFACT_INDEX = "index"
+ARTIFACT_PRODUCTS = "products.parquet"
+
+
+class LookalikeModel(PythonModel):
+    """``mlflow.pyfunc`` wrapper of :class:`Recommender`; see the module docstring for I/O."""
+
+    def __init__(self, limits: dict[str, Any]):
+        self.limits = dict(limits)
+        self.recommender: Recommender | None = None
+
+    def load_context(self, context) -> None:
+        artifacts = context.artifacts
+        self.recommender = Recommender(artifacts[ARTIFACT_MODEL], artifacts[ARTIFACT_INDEX],
+                                       artifacts[ARTIFACT_PRODUCTS], self.limits)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> pd.DataFrame:
+        return self.recommender.recommend(model_input, params)
+
+
+def _requirements() -> list[str]:
+    from importlib import metadata
+
+    pins = []
+    for name in ("mlflow", "tensorflow", "faiss-cpu", "numpy", "pandas", "pyarrow", "pillow",
+                 "pyyaml"):
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
+                        products_path: Path, name: str = "model"):
+    """Log the pyfunc into the active run; returns MLflow's ModelInfo.
+
+    The signature (input columns, output columns, params with defaults) is inferred from a real
+    prediction on a two-row example (one image query, one product_id query).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    import lookalike
+
+    limits = limits_from(settings)
+    recommender = Recommender(model_dir, index_path, products_path, limits)
+    first = recommender.index.ids()[0]
+    products = pd.read_parquet(products_path, columns=["product_id", "thumbnail"])
+    thumb = products.loc[products["product_id"] == first, "thumbnail"]
+    image_b64 = b64(thumb.iloc[0]) if len(thumb) and thumb.iloc[0] is not None else None
+    example = pd.DataFrame({"image": [image_b64, None], "product_id": [None, first]})
+    params = default_params(settings)
+    output = recommender.recommend(example, {**params, "k": 3})
+    with warnings.catch_warnings():
+        # "integer columns cannot represent missing values": our ints (query, rank) never are.
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, output, params=params)
+    code = Path(lookalike.__file__).resolve().parent
+    staging = None
+    if Path(index_path).name != ARTIFACT_INDEX:
+        # MLflow names an artifact folder after its source; stage it as "index".
+        staging = Path(tempfile.mkdtemp(prefix="lookalike-index-"))
+        index_path = shutil.copytree(index_path, staging / ARTIFACT_INDEX)
+    try:
+        return _log_model(mlflow, name, limits, model_dir, index_path, products_path, code,
+                          signature, example, params)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _log_model(mlflow, name, limits, model_dir, index_path, products_path, code, signature,
+               example, params):
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=LookalikeModel(limits),
+        artifacts={ARTIFACT_MODEL: str(model_dir), ARTIFACT_INDEX: str(index_path),
+                   ARTIFACT_PRODUCTS: str(products_path)},
+        code_paths=[str(code)],
+        signature=signature,
+        input_example=(example, {**params, "k": 3}),
+        pip_requirements=_requirements(),
+    )
+
+
+def packaged_artifacts(model_path: str | Path) -> dict[str, Path]:
+    """Local paths of the pyfunc's artifacts (keys ARTIFACT_*) in a downloaded model folder."""
+    from mlflow.models import Model
+
+    model_path = Path(model_path)
+    flavor = Model.load(str(model_path)).flavors["python_function"]
+    return {key: model_path / value["path"] for key, value in flavor["artifacts"].items()}

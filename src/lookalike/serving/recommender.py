@@ -1,0 +1,261 @@
+"""The serving logic behind the REST endpoint: request checks, embedding, search, response.
+
+:class:`Recommender` is what the ``lookalike`` pyfunc (:mod:`lookalike.serving.pyfunc`) runs for
+every request, in ``mlflow models serve`` and in ``spark_udf`` alike.
+
+REST contract (``POST <url>/invocations``, ``Content-Type: application/json``)
+=============================================================================
+
+Request: a DataFrame in any MLflow JSON layout (``dataframe_records`` is simplest), one row per
+query, each row with exactly one of:
+
+* ``image`` -- base64 of a JPEG, PNG or WebP (any size or colour mode; a ``data:image/...;
+  base64,`` prefix is accepted). It goes through :mod:`lookalike.preprocessing` exactly as the
+  catalogue did, then the embedding model.
+* ``product_id`` -- a catalogue product ("more like this"); its stored vector is the query.
+
+and optional ``params``:
+
+============== ======= ============================ =========================================
+param          type    default                      meaning
+============== ======= ============================ =========================================
+k              long    ``serving.default_k`` (10)   neighbours per query, 1..``serving.max_k``
+category       string  ``""`` (any)                 only neighbours of this category
+exclude_self   boolean true                         product_id queries never return themselves
+include_images boolean false                        add ``image``: base64 PNG thumbnail
+============== ======= ============================ =========================================
+
+Response: ``{"predictions": [...]}``, one record per neighbour, ordered by query then rank:
+``query`` (long: 0-based row of the request), ``rank`` (long, 1 = nearest), ``product_id``
+(string), ``category`` (string), ``title`` (string or null), ``distance`` (double: cosine
+distance ``1 - cos`` for cosine models, euclidean for l2), and ``image`` (string, only with
+``include_images``). A query with fewer matching products returns fewer rows.
+
+Errors: every invalid request -- bad base64, bytes that are not an image, unsupported format,
+image over ``serving.max_image_bytes`` / ``serving.max_pixels``, unknown product_id or
+category, k outside 1..max_k, a row with both or neither of image/product_id, no rows, more
+than ``serving.max_batch`` rows -- is answered HTTP 400 with
+``{"error_code": "INVALID_PARAMETER_VALUE", "message": "..."}`` and the server keeps serving.
+
+Example::
+
+    curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d '{
+      "dataframe_records": [{"product_id": "fmnist-test-00042"},
+                            {"image": "iVBORw0KGgoAAAANSUhEUgAA..."}],
+      "params": {"k": 5, "category": "Sneaker"}}'
+
+Servers: :mod:`lookalike.serving.server`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lookalike.config import Settings
+
+OUTPUT_COLUMNS = ["query", "rank", "product_id", "category", "title", "distance"]
+
+
+class ConsistencyError(RuntimeError):
+    """The packaged embedding model and index do not belong together."""
+
+
+def _bad_request(message: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def default_params(settings: Settings) -> dict[str, Any]:
+    return {"k": int(settings.serving.default_k), "category": "", "exclude_self": True,
+            "include_images": False}
+
+
+def limits_from(settings: Settings) -> dict[str, Any]:
+    """The request limits baked into a packaged model (serving section of the settings)."""
+    return {"default_k": settings.serving.default_k, "max_k": settings.serving.max_k,
+            "max_batch": settings.serving.max_batch,
+            "max_image_bytes": settings.serving.max_image_bytes,
+            "max_pixels": settings.serving.max_pixels,
+            "allowed_formats": list(settings.catalogue.allowed_formats)}
+
+
+def check_consistency(info: dict, index) -> None:
+    """Raise :class:`ConsistencyError` unless ``index`` was built for the model ``info`` describes."""
+    dim = int(info.get("embedding_size", -1))
+    if index.dim != dim:
+        raise ConsistencyError(f"index dimension {index.dim} != embedding model dimension {dim}: "
+                               "the index was built by another model; rerun build-index")
+    built_by = index.provenance.model_version if index.provenance else None
+    run = info.get("training_run_id")
+    if run and built_by != run:
+        raise ConsistencyError(f"index was built from embeddings of model version {built_by!r}, "
+                               f"but the embedding model is {run!r}; rerun embed + build-index "
+                               "for this model before packaging")
+    distance = info.get("distance")
+    if distance and index.distance != distance:
+        raise ConsistencyError(f"index distance {index.distance!r} != model distance "
+                               f"{distance!r}")
+
+
+class Recommender:
+    """The serving logic, independent of MLflow's context object (also used by tests)."""
+
+    def __init__(self, model_dir: str | Path, index_dir: str | Path, products_path: str | Path,
+                 limits: dict[str, Any]):
+        from lookalike.index import load_index
+        from lookalike.learning.model import load_embedding_model
+
+        self.limits = dict(limits)
+        self.model = load_embedding_model(model_dir)
+        self.index = load_index(index_dir)
+        check_consistency(self.model.info, self.index)
+        products = pd.read_parquet(products_path)
+        ids = products["product_id"].astype(str).tolist()
+        self.category = dict(zip(ids, products["category"].astype(str)))
+        titles = products["title"] if "title" in products else pd.Series([None] * len(ids))
+        self.title = {i: (t if isinstance(t, str) else None) for i, t in zip(ids, titles)}
+        self.thumbnail = (dict(zip(ids, products["thumbnail"]))
+                          if "thumbnail" in products else {})
+        self.categories = sorted(self.index.categories())
+        self._category_set = set(self.categories)
+        self.size, self.channels = self.model.image_size, self.model.channels
+        # Trace/warm the TF function once so the first request is not slow.
+        self.model.embed(np.zeros((1, self.size, self.size, self.channels), np.float32))
+
+    # -- request parsing -------------------------------------------------------------
+
+    def _params(self, params: dict[str, Any] | None) -> tuple[int, str | None, bool, bool]:
+        params = params or {}
+        k = params.get("k", self.limits["default_k"])
+        try:
+            if isinstance(k, bool) or float(k) != int(k):
+                raise ValueError
+            k = int(k)
+        except (TypeError, ValueError):
+            raise _bad_request(f"k must be an integer, got {k!r}") from None
+        if not 1 <= k <= self.limits["max_k"]:
+            raise _bad_request(f"k must be between 1 and {self.limits['max_k']}, got {k}")
+        category = params.get("category") or None
+        if category is not None:
+            category = str(category)
+            if category not in self._category_set:
+                raise _bad_request(f"unknown category {category!r}; known categories: "
+                                   f"{self.categories}")
+        exclude_self = _as_bool(params.get("exclude_self", True), "exclude_self")
+        include_images = _as_bool(params.get("include_images", False), "include_images")
+        return k, category, exclude_self, include_images
+
+    def _decode(self, text: Any, row: int) -> np.ndarray:
+        from lookalike.preprocessing import ImageRejected, inspect_image, to_model_input
+
+        if isinstance(text, (bytes, bytearray)):
+            data = bytes(text)
+        else:
+            text = str(text).strip()
+            if text.startswith("data:"):
+                text = text.partition(",")[2]
+            text = "".join(text.split())
+            # Refuse oversized payloads before allocating their decoded bytes.
+            if len(text) > (self.limits["max_image_bytes"] + 2) // 3 * 4 + 4:
+                raise _bad_request(f"row {row}: image is larger than "
+                                   f"{self.limits['max_image_bytes']} bytes")
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise _bad_request(f"row {row}: image is not valid base64") from None
+        try:
+            inspect_image(data, self.limits["max_image_bytes"], self.limits["max_pixels"],
+                          self.limits["allowed_formats"])
+            return to_model_input(data, self.size, self.channels)
+        except ImageRejected as rejected:
+            raise _bad_request(f"row {row}: image rejected ({rejected.reason}): "
+                               f"{rejected.detail}") from None
+        except Exception as error:  # noqa: BLE001 - any decoder failure is the client's input
+            raise _bad_request(f"row {row}: image could not be decoded: {error}") from None
+
+    # -- predict ------------------------------------------------------------------------
+
+    def recommend(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        k, category, exclude_self, include_images = self._params(params)
+        if not isinstance(frame, pd.DataFrame):
+            raise _bad_request("input must be a table with columns 'image' and/or 'product_id'")
+        n = len(frame)
+        if n == 0:
+            raise _bad_request("empty input: send at least one row with 'image' or 'product_id'")
+        if n > self.limits["max_batch"]:
+            raise _bad_request(f"too many rows: {n} > max_batch {self.limits['max_batch']}")
+        unknown_columns = sorted(set(frame.columns) - {"image", "product_id"})
+        if unknown_columns:
+            raise _bad_request(f"unknown columns {unknown_columns}; use 'image' or 'product_id'")
+        images = frame["image"].tolist() if "image" in frame else [None] * n
+        products = frame["product_id"].tolist() if "product_id" in frame else [None] * n
+
+        vectors = np.empty((n, self.index.dim), dtype=np.float32)
+        excludes: list[set[str]] = [set() for _ in range(n)]
+        image_rows, pixels = [], []
+        for row, (image, pid) in enumerate(zip(images, products)):
+            has_image, has_pid = _present(image), _present(pid)
+            if has_image == has_pid:
+                which = "both" if has_image else "neither"
+                raise _bad_request(f"row {row}: give exactly one of 'image' or 'product_id' "
+                                   f"(got {which})")
+            if has_pid:
+                pid = str(pid)
+                if not self.index.contains(pid):
+                    raise _bad_request(f"row {row}: unknown product_id {pid!r}")
+                vectors[row] = self.index.vector_of(pid)
+                if exclude_self:
+                    excludes[row] = {pid}
+            else:
+                image_rows.append(row)
+                pixels.append(self._decode(image, row))
+        if image_rows:
+            vectors[image_rows] = self.model.embed(np.stack(pixels))
+        hits = self.index.search(vectors, k, category=category,
+                                 exclude_ids=excludes if exclude_self else None)
+
+        query, rank, ids, distances = [], [], [], []
+        for q, row_hits in enumerate(hits):
+            for r, (pid, dist) in enumerate(row_hits, start=1):
+                query.append(q)
+                rank.append(r)
+                ids.append(pid)
+                distances.append(dist)
+        out = {"query": np.asarray(query, dtype=np.int64), "rank": np.asarray(rank, dtype=np.int64),
+               "product_id": ids, "category": [self.category.get(i) for i in ids],
+               "title": [self.title.get(i) for i in ids],
+               "distance": np.asarray(distances, dtype=np.float64)}
+        if include_images:
+            out["image"] = [b64(self.thumbnail.get(i)) for i in ids]
+        return pd.DataFrame(out)
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and np.isnan(value):
+        return False
+    if isinstance(value, str) and not value.strip():
+        return False
+    return True
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _bad_request(f"{name} must be true or false, got {value!r}")
+
+
+def b64(data: Any) -> str | None:
+    """Base64 text of bytes (None stays None): thumbnails in responses and examples."""
+    return base64.b64encode(bytes(data)).decode("ascii") if data is not None else None

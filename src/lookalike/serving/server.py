@@ -1,0 +1,130 @@
+"""The REST server: ``mlflow models serve`` of a registered ``lookalike`` model, on loopback by
+default; :func:`start_server` (background, waits for ``/ping``) and :func:`serve` (blocking,
+``lookalike serve``). The contract is in :mod:`lookalike.serving.recommender`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from lookalike.config import Settings
+from lookalike.processes import free_port, stop_process, wait_http
+from lookalike.registry import CHAMPION
+
+log = logging.getLogger(__name__)
+
+
+def default_model_uri(settings: Settings) -> str:
+    return f"models:/{settings.registry.model_name}@{CHAMPION}"
+
+
+def server_command(settings: Settings, model_uri: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+            "--env-manager", "local", "-h", settings.serving.host, "-p", str(port),
+            "-w", str(settings.serving.workers)]
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH even when not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    env["MLFLOW_REGISTRY_URI"] = settings.registry_uri
+    env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(settings.serving.timeout_seconds)
+    env["LOOKALIKE_HOME"] = str(settings.home_path)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+def server_url(settings: Settings, port: int) -> str:
+    host = settings.serving.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def start_server(settings: Settings, model_uri: str | None = None, port: int | None = None,
+                 timeout: float | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow models serve`` in the background; return (process, base URL) once
+    ``/ping`` answers. The process leads its own process group: stop it with
+    :func:`stop_server`. Output goes to ``LOOKALIKE_HOME/logs/serve-<port>.log``."""
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(settings)
+    model_uri = model_uri or default_model_uri(settings)
+    port = port or free_port(settings.serving.host)
+    logs = settings.home_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"serve-{port}.log"
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(server_command(settings, model_uri, port),
+                                   env=server_env(settings), stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    url = server_url(settings, port)
+    process.log_path = log_path  # type: ignore[attr-defined]
+    try:
+        wait_http(f"{url}/ping", timeout or settings.serving.startup_timeout_seconds, process,
+                  log_path)
+    except BaseException:
+        stop_server(process)
+        raise
+    log.info("model server %s ready at %s (pid %s)", model_uri, url, process.pid)
+    return process, url
+
+
+def stop_server(process: subprocess.Popen, grace: float = 10.0) -> int | None:
+    """SIGTERM the server's process group (uvicorn and its workers), SIGKILL after ``grace``."""
+    return stop_process(process, grace)
+
+
+def serve(settings: Settings, model_uri: str | None = None, port: int | None = None) -> dict:
+    """Run the REST server in the foreground until it exits or Ctrl-C / SIGTERM."""
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(settings)
+    model_uri = model_uri or default_model_uri(settings)
+    port = port or settings.serving.port
+    command = server_command(settings, model_uri, port)
+    print(f"serving {model_uri} at {server_url(settings, port)} (Ctrl-C stops)", file=sys.stderr)
+    process = subprocess.Popen(command, env=server_env(settings), start_new_session=True)
+
+    def forward(signum, _frame):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        stop_server(process)
+    return {"model_uri": model_uri, "url": server_url(settings, port), "returncode": code}
+
+
+def post_json(url: str, payload: dict, timeout: float = 30.0) -> tuple[int, Any]:
+    """POST ``payload`` to ``url``; (status, parsed JSON or text). Small stdlib client."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode("utf-8", errors="replace")

@@ -1,0 +1,173 @@
+"""Ingestion into real Delta tables on a real local SparkSession."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from imagegen import encode_image
+from lookalike.catalogue.ingest import (
+    ingest_candidates,
+    ingest_fashion_mnist,
+    ingest_folder,
+    split_for,
+)
+from lookalike.catalogue.tables import read_products, table_path, table_version
+
+
+def _image(seed: int, size=(32, 24), fmt="PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_image(rng.integers(0, 255, (*size, 3), dtype=np.uint8), fmt)
+
+
+def _shop_folder(root: Path) -> Path:
+    """A small shop: good images in two category folders plus one of each kind of bad file."""
+    for category, seeds in (("shoes", (1, 2, 3)), ("shirts", (4, 5))):
+        (root / category).mkdir(parents=True)
+        for seed in seeds:
+            (root / category / f"item{seed}.png").write_bytes(_image(seed))
+    (root / "shirts" / "item6.jpg").write_bytes(_image(6, fmt="JPEG"))
+    (root / "shirts" / "item7.webp").write_bytes(_image(7, fmt="WEBP"))
+    corrupt = bytearray(_image(9))
+    corrupt[len(corrupt) // 2:len(corrupt) // 2 + 64] = bytes(64)   # damaged pixel data
+    (root / "shoes" / "corrupt.png").write_bytes(bytes(corrupt))
+    (root / "shoes" / "notes.txt").write_bytes(b"not an image at all")
+    (root / "shoes" / "truncated.jpg").write_bytes(_image(8, size=(200, 200), fmt="JPEG")[:400])
+    (root / "shoes" / "empty.png").write_bytes(b"")
+    huge = Image.new("L", (5000, 5000))           # 25 Mpx, over the test limit of 4 Mpx
+    huge.save(root / "shoes" / "oversized.png")
+    return root
+
+
+def test_folder_ingest_rejects_exactly_the_bad_files(spark, settings, tmp_path):
+    settings = settings.replace(catalogue={"max_pixels": 4_000_000})
+    summary = ingest_folder(spark, settings, str(_shop_folder(tmp_path / "shop")))
+    assert (summary.inserted, summary.rejected, summary.unchanged) == (7, 5, 0)
+
+    rejects = (spark.read.format("delta").load(table_path(settings, "rejects")).toPandas())
+    by_file = {Path(uri).name: reason for uri, reason in zip(rejects.source_uri, rejects.reason)}
+    assert by_file == {"corrupt.png": "corrupt", "notes.txt": "not_an_image",
+                       "truncated.jpg": "truncated",
+                       "empty.png": "empty", "oversized.png": "too_many_pixels"}
+    assert rejects.detail.str.len().min() > 0
+
+    products, _ = read_products(spark, settings)
+    rows = products.toPandas().set_index("product_id")
+    assert sorted(rows.index) == ["shirts/item4", "shirts/item5", "shirts/item6", "shirts/item7",
+                                  "shoes/item1", "shoes/item2", "shoes/item3"]
+    assert set(rows.category) == {"shoes", "shirts"}
+    assert rows.loc["shirts/item6", "format"] == "JPEG"
+    assert rows.loc["shirts/item7", "format"] == "WEBP"
+    assert (rows.loc["shoes/item1", "width"], rows.loc["shoes/item1", "height"]) == (24, 32)
+    assert rows.loc["shoes/item1", "image"] == (tmp_path / "shop/shoes/item1.png").read_bytes()
+
+    # A rerun over the same bad files does not duplicate rejects.
+    again = ingest_folder(spark, settings, str(tmp_path / "shop"))
+    assert (again.inserted, again.unchanged, again.rejected) == (0, 7, 5)
+    assert spark.read.format("delta").load(table_path(settings, "rejects")).count() == 5
+
+
+def test_rerun_is_idempotent_and_change_updates_one_row(spark, settings, tmp_path):
+    shop = tmp_path / "shop"
+    for i in range(5):
+        (shop / "bags").mkdir(parents=True, exist_ok=True)
+        (shop / "bags" / f"b{i}.png").write_bytes(_image(i))
+    first = ingest_folder(spark, settings, str(shop))
+    products_path = table_path(settings, "products")
+    version_after_first = table_version(spark, products_path)
+    before = read_products(spark, settings)[0].toPandas().set_index("product_id").sort_index()
+
+    second = ingest_folder(spark, settings, str(shop))
+    assert (second.inserted, second.updated, second.unchanged) == (0, 0, 5)
+    assert second.table_version == first.table_version == version_after_first
+
+    (shop / "bags" / "b3.png").write_bytes(_image(99))
+    third = ingest_folder(spark, settings, str(shop))
+    assert (third.inserted, third.updated, third.unchanged) == (0, 1, 4)
+    assert third.table_version == version_after_first + 1
+    after = read_products(spark, settings)[0].toPandas().set_index("product_id").sort_index()
+    changed = [pid for pid in before.index
+               if before.loc[pid, "content_hash"] != after.loc[pid, "content_hash"]]
+    assert changed == ["bags/b3"]
+    # Unchanged rows were not rewritten.
+    assert (after.drop("bags/b3").ingested_at == before.drop("bags/b3").ingested_at).all()
+    assert (after.split == before.split).all()
+
+    # Time travel: the version before the change still has the old image.
+    old, version = read_products(spark, settings, version=version_after_first)
+    old_row = old.where("product_id = 'bags/b3'").toPandas().iloc[0]
+    assert version == version_after_first
+    assert old_row.content_hash == before.loc["bags/b3", "content_hash"]
+
+
+def test_metadata_csv_sets_category_title_and_rejects_unlisted(spark, settings, tmp_path):
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    for name, seed in (("a.png", 1), ("b.png", 2), ("unlisted.png", 3)):
+        (shop / name).write_bytes(_image(seed))
+    csv = tmp_path / "meta.csv"
+    pd.DataFrame({"product_id": ["SKU-1", "SKU-2"], "category": ["Sneaker", "Bag"],
+                  "title": ["Red runner", "Tote"], "path": ["a.png", "./b.png"]}).to_csv(csv, index=False)
+    summary = ingest_folder(spark, settings, str(shop), str(csv))
+    assert (summary.inserted, summary.rejected) == (2, 1)
+    rows = read_products(spark, settings)[0].toPandas().set_index("product_id")
+    assert rows.loc["SKU-1", ["category", "title"]].tolist() == ["Sneaker", "Red runner"]
+    reasons = spark.read.format("delta").load(table_path(settings, "rejects")).toPandas()
+    assert reasons.reason.tolist() == ["no_product_id"]
+
+
+def test_metadata_csv_with_wrong_schema_is_refused_before_writing(spark, settings, tmp_path):
+    (tmp_path / "shop").mkdir()
+    csv = tmp_path / "meta.csv"
+    csv.write_text("sku,label\n1,x\n")
+    with pytest.raises(ValueError, match="missing columns.*category"):
+        ingest_folder(spark, settings, str(tmp_path / "shop"), str(csv))
+
+
+def test_duplicate_product_ids_are_refused(spark, settings):
+    rows = pd.DataFrame({"product_id": ["p1", "p1"], "category": ["c", "c"], "title": None,
+                         "image": [_image(1), _image(2)], "source_uri": ["u1", "u2"]})
+    with pytest.raises(ValueError, match="repeats product_id.*p1"):
+        ingest_candidates(spark, settings, rows, "test")
+
+
+def test_fashion_mnist_subset_keeps_official_test_split(spark, settings):
+    summary = ingest_fashion_mnist(spark, settings, limit_per_split=300)
+    assert (summary.inserted, summary.rejected) == (600, 0)
+    products = read_products(spark, settings)[0].toPandas()
+    test_ids = products[products.split == "test"].product_id
+    assert len(test_ids) == 300 and test_ids.str.startswith("fmnist-test-").all()
+    train_side = products[products.product_id.str.startswith("fmnist-train-")]
+    assert set(train_side.split) == {"train", "val"}
+    assert 0.03 < (train_side.split == "val").mean() < 0.2
+    assert products.category.nunique() == 10
+    # Stored dark-on-white like product photos: the border of every item is white.
+    first = Image.open(__import__("io").BytesIO(products.image.iloc[0]))
+    assert np.asarray(first)[0, 0] == 255
+
+
+def test_split_is_a_pure_function_of_product_id():
+    ids = [f"sku-{i}" for i in range(20000)]
+    splits = [split_for(i, 0.8, 0.1) for i in ids]
+    assert splits == [split_for(i, 0.8, 0.1) for i in ids]
+    counts = pd.Series(splits).value_counts(normalize=True)
+    assert abs(counts["train"] - 0.8) < 0.02 and abs(counts["val"] - 0.1) < 0.02
+
+
+def test_cli_ingest_prints_one_json_line(tmp_path, home):
+    shop = tmp_path / "shop" / "hats"
+    shop.mkdir(parents=True)
+    (shop / "h1.png").write_bytes(_image(1))
+    env = {**__import__("os").environ, "LOOKALIKE_HOME": str(tmp_path / "home"),
+           "LOOKALIKE__SPARK__MASTER": "local[1]", "LOOKALIKE__SPARK__DRIVER_MEMORY": "1g"}
+    result = subprocess.run([sys.executable, "jobs/ingest.py", "--source", "folder",
+                             str(tmp_path / "shop")], capture_output=True, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["inserted"] == 1 and summary["rejected"] == 0

@@ -1,0 +1,102 @@
+"""lookalike.evaluation: protocols (a)/(b) and the raw-pixel baseline on a hand-made case, and
+re-evaluation of a real training run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.config import load_settings
+from lookalike.learning.data import SplitArrays
+from lookalike.learning.evaluation import evaluate_embedders, raw_pixels
+
+
+def points_as_images(points, labels) -> SplitArrays:
+    """4x4 'images' whose first two pixels are the 2-D point: raw-pixel cosine == point cosine."""
+    x = np.zeros((len(points), 4, 4, 1), np.float32)
+    x[:, 0, 0, 0] = [p[0] for p in points]
+    x[:, 0, 1, 0] = [p[1] for p in points]
+    return SplitArrays(x, np.array(labels), np.array([f"p{i}" for i in range(len(points))]))
+
+
+def stretched(x: np.ndarray) -> np.ndarray:
+    """A hand-made 'model': the point with its second coordinate scaled by 10."""
+    return np.stack([x[:, 0, 0, 0], 10.0 * x[:, 0, 1, 0]], axis=1)
+
+
+@pytest.fixture()
+def case():
+    train = points_as_images([(1, 0), (1, 0.1), (0, 1), (0.1, 1), (-1, 0), (-1, -0.1)],
+                             ["A", "A", "B", "B", "C", "C"])
+    test = points_as_images([(1, 0.05), (0.9, 0.3), (-1, 0.05)], ["A", "B", "C"])
+    settings = load_settings(overrides={"evaluation": {"unseen_categories": ["C"],
+                                                       "k_values": [1, 5], "plot_queries": 3}})
+    return settings, train, test
+
+
+def test_hand_made_case_scores_model_and_baseline_for_both_protocols(case, tmp_path):
+    settings, train, test = case
+    result = evaluate_embedders(settings, train, test, stretched, stretched, out_dir=tmp_path)
+    m = result["metrics"]
+    # Model: every query's nearest item is right; C's 2nd neighbour is a B -> AP@R 1/2.
+    assert m["a_recall_at_1"] == pytest.approx(1.0)
+    assert m["a_map_at_r"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert m["b_recall_at_1"] == pytest.approx(1.0) and m["b_map_at_r"] == pytest.approx(0.5)
+    assert m["b_n_queries"] == 1  # only the unseen category C is queried in (b)
+    # Raw pixels: the B query (0.9, 0.3) is nearer both A items -> miss at 1, AP@R 0.
+    assert m["baseline_a_recall_at_1"] == pytest.approx(2 / 3)
+    assert m["baseline_a_recall_at_5"] == pytest.approx(1.0)
+    assert m["baseline_a_map_at_r"] == pytest.approx(2 / 3)
+    assert m["baseline_b_map_at_r"] == pytest.approx(1.0)
+    per_class = result["per_class"]["baseline_a"].set_index("class")
+    assert per_class.loc["B", "recall_at_1"] == 0.0 and per_class.loc["A", "recall_at_1"] == 1.0
+    assert sorted(p.name for p in result["plots"]) == ["neighbours.png", "projection.png"]
+    assert all(p.stat().st_size > 1000 for p in result["plots"])
+
+
+def test_protocol_b_is_skipped_without_a_model_that_excluded_unseen(case):
+    settings, train, test = case
+    m = evaluate_embedders(settings, train, test, stretched, None)["metrics"]
+    assert "a_map_at_r" in m and "baseline_b_map_at_r" in m
+    assert not any(k.startswith("b_") for k in m)
+
+
+def test_queries_are_capped_by_max_queries(case):
+    settings, train, test = case
+    capped = settings.replace(evaluation={"max_queries": 2})
+    m = evaluate_embedders(capped, train, test, None, None)["metrics"]
+    assert m["baseline_a_n_queries"] == 2
+
+
+def test_raw_pixels_flattens():
+    x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
+    assert raw_pixels(x).shape == (2, 9)
+
+
+def test_evaluate_run_reproduces_the_metrics_logged_by_training(trained_run):
+    import mlflow
+
+    from lookalike.learning.evaluation import evaluate_run
+
+    settings, run_id = trained_run
+    logged = mlflow.get_run(run_id).data.metrics
+    again = evaluate_run(settings, run_id)
+    assert again["run_id"] == run_id
+    for name in ("a_recall_at_1", "a_map_at_r", "baseline_a_recall_at_1"):
+        assert again[name] == pytest.approx(logged[name], abs=1e-6)
+    # A trained model must beat chance (10 classes) by far even after 30 steps.
+    assert again["a_recall_at_1"] > 0.3
+
+
+def test_evaluate_run_refuses_a_run_that_is_not_a_training_run(trained_run):
+    import mlflow
+
+    from lookalike.learning.evaluation import evaluate_run
+    from lookalike.tracking import KIND_TAG, configure_mlflow
+
+    settings, _ = trained_run
+    configure_mlflow(settings)
+    with mlflow.start_run(tags={KIND_TAG: "not-a-training-run"}) as run:
+        pass
+    with pytest.raises(ValueError, match="not a 'train' run"):
+        evaluate_run(settings, run.info.run_id)

@@ -1,0 +1,88 @@
+"""lookalike.model: backbones, the exported SavedModel contract, reload fidelity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lookalike.config import load_settings
+from lookalike.learning.backbones import backbone_names
+from lookalike.learning.model import (
+    build_model,
+    load_embedding_model,
+    save_embedding_model,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_settings(overrides={"model": {"width": 4, "embedding_size": 16}})
+
+
+def images(n: int, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, size, size, channels), dtype=np.float32)
+
+
+def test_compact_cnn_outputs_unit_vectors_of_embedding_size(tiny):
+    model = build_model(tiny)
+    out = model(images(5), training=False).numpy()
+    assert out.shape == (5, 16)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert type(model).__name__ == "SimilarityModel"
+    assert model.layers[-1].__class__.__name__ == "MetricEmbedding"
+
+
+def test_augmentation_only_when_enabled_and_identity_at_inference(tiny):
+    plain = build_model(tiny)
+    assert not [layer for layer in plain.layers if layer.name.startswith("aug_")]
+    augmented = build_model(tiny.replace(model={"augmentation": True}))
+    names = [layer.name for layer in augmented.layers]
+    assert "aug_flip" in names and "aug_shift" in names
+    x = images(3)
+    np.testing.assert_allclose(augmented(x, training=False), augmented(x, training=False))
+
+
+@pytest.mark.parametrize("backbone,scale", [("efficientnet_b0", 255.0), ("mobilenet_v2", 2.0)])
+def test_applications_backbones_rescale_unit_inputs_explicitly(tiny, backbone, scale):
+    settings = tiny.replace(model={"backbone": backbone}, image={"channels": 3})
+    model = build_model(settings)
+    out = model(images(2, channels=3), training=False)
+    assert out.shape == (2, 16)
+    inner = [layer for layer in model.layers if layer.name == backbone][0]
+    rescales = [layer for layer in inner.layers if layer.__class__.__name__ == "Rescaling"
+                and layer.name.startswith("to_")]
+    assert len(rescales) == 1 and rescales[0].scale == scale
+    # keras.applications need >= 32 px: 28 px Fashion-MNIST inputs are resized inside.
+    assert any(layer.name == "resize_min" for layer in inner.layers)
+
+
+def test_registry_lists_all_configurable_backbones():
+    assert {"compact_cnn", "efficientnet_b0", "mobilenet_v2"} <= set(backbone_names())
+
+
+def test_saved_model_reloads_and_embeds_identically(tiny, tmp_path):
+    model = build_model(tiny)
+    x = images(37, seed=3)
+    expected = model.predict(x, verbose=0)
+    info = {"categories": ["a", "b"], "distance": "cosine", "backbone": "compact_cnn",
+            "products_table": "/t", "products_version": 3, "training_run_id": "r1"}
+    save_embedding_model(model, tmp_path / "m", info)
+    written = json.loads((tmp_path / "m" / "lookalike.json").read_text())
+    assert written["image_size"] == 28 and written["channels"] == 1
+    assert written["embedding_size"] == 16 and written["products_version"] == 3
+
+    loaded = load_embedding_model(tmp_path / "m")
+    got = loaded.embed(x, batch_size=8)  # several batches, last one partial
+    assert got.dtype == np.float32 and got.shape == (37, 16)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert loaded.info["categories"] == ["a", "b"] and loaded.embedding_size == 16
+    assert loaded.embed(np.zeros((0, 28, 28, 1), np.float32)).shape == (0, 16)
+    with pytest.raises(ValueError, match="shape"):
+        loaded.embed(images(2, size=32))
+
+
+def test_load_rejects_folder_without_info(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lookalike.json"):
+        load_embedding_model(tmp_path)

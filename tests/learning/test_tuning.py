@@ -1,0 +1,99 @@
+"""Tuning: search-space translation, and a real SparkTrials search with nested MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import numpy as np
+import pytest
+import yaml
+
+from lookalike.learning.tuning import build_space, clean_params
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def test_search_space_yaml_translates_to_hyperopt():
+    from hyperopt import pyll
+
+    space = build_space({"learning_rate": {"loguniform": [0.001, 0.01]},
+                         "width": {"choice": [8, 16]},
+                         "examples_per_class": {"quniform": [4, 8, 2]},
+                         "dropout": {"uniform": [0.1, 0.2]}})
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        sample = clean_params(pyll.stochastic.sample(space, rng=rng))
+        assert 0.001 <= sample["learning_rate"] <= 0.01
+        assert sample["width"] in (8, 16)
+        assert isinstance(sample["examples_per_class"], int) and sample["examples_per_class"] % 2 == 0
+        assert 0.1 <= sample["dropout"] <= 0.2
+
+
+def test_project_search_space_loads():
+    from lookalike.config import load_search_space, load_settings
+
+    space = build_space(load_search_space(load_settings()))
+    assert "learning_rate" in space and "embedding_size" in space
+
+
+@pytest.mark.parametrize("bad", [{"x": {"gaussian": [0, 1]}}, {"x": {"choice": []}}, {"x": 3}])
+def test_bad_search_space_entries_are_named(bad):
+    with pytest.raises(ValueError, match="'x'"):
+        build_space(bad)
+
+
+@pytest.mark.slow
+def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
+        training_settings, spark, tmp_path):
+    import mlflow
+
+    from lookalike.catalogue.ingest import ingest_fashion_mnist
+    from lookalike.learning.training import resolve_params
+    from lookalike.learning.tuning import BEST_TRIAL_TAG, TRIAL_KIND, tune
+    from lookalike.tracking import KIND_TAG
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump({
+        "learning_rate": {"loguniform": [0.0005, 0.005]},
+        "embedding_size": {"choice": [16, 32]},
+        "steps_per_epoch": {"choice": [6, 10]},
+    }))
+    settings = training_settings.replace(
+        catalogue={"database": f"tune{uuid.uuid4().hex[:8]}"},
+        tuning={"search_space_file": str(space_file), "epochs": 1,
+                "max_validation_queries": 50})
+    ingest_fashion_mnist(spark, settings, limit_per_split=150)
+
+    result = tune(settings, max_evals=2, parallelism=2)
+
+    client = mlflow.MlflowClient()
+    parent = mlflow.get_run(result["run_id"])
+    assert parent.data.tags[KIND_TAG] == "tune" and result["parallelism"] == 2
+    children = [mlflow.get_run(r) for r in result["trial_run_ids"]]
+    assert len(children) == 2
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags[KIND_TAG] == TRIAL_KIND and child.info.status == "FINISHED"
+        assert "val_map_at_r" in child.data.metrics and "learning_rate" in child.data.params
+    # The two trials overlapped in time: SparkTrials ran them concurrently.
+    (s0, e0), (s1, e1) = [(c.info.start_time, c.info.end_time) for c in children]
+    assert s0 < e1 and s1 < e0
+    best = max(children, key=lambda c: c.data.metrics["val_map_at_r"])
+    assert parent.data.tags[BEST_TRIAL_TAG] == best.info.run_id
+    assert parent.data.metrics["best_val_map_at_r"] == pytest.approx(
+        best.data.metrics["val_map_at_r"])
+    local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                artifact_path="best_params.json",
+                                                dst_path=str(tmp_path / "dl"))
+    best_params = json.loads(open(local).read())
+    assert best_params["embedding_size"] == int(best.data.params["embedding_size"])
+    assert math.isclose(best_params["learning_rate"], float(best.data.params["learning_rate"]),
+                        rel_tol=1e-6)
+    # Training picks the latest tuning run's best params, minus budget knobs.
+    params, source = resolve_params(settings, None, use_tuned=True)
+    assert source == parent.info.run_id and "steps_per_epoch" not in params
+    assert params["embedding_size"] == best_params["embedding_size"]
+    assert resolve_params(settings, None, use_tuned=False) == ({}, None)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

@@ -1,0 +1,21 @@
+"""The pipeline's steps and their command-line wiring."""
+
+from __future__ import annotations
+
+from lookalike import cli
+from lookalike.pipeline.engine import fingerprint
+from lookalike.pipeline.steps import default_steps
+
+
+def test_default_steps_are_the_documented_order():
+    names = [s.name for s in default_steps()]
+    assert names == ["ingest", "tune", "train", "evaluate", "embed", "build-index", "package",
+                     "promote"]
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+
+
+def test_cli_wires_pipeline_and_demo_options():
+    args = cli.parse(["pipeline", "--force", "--skip-tuning", "--profile", "quick"])
+    assert (args.force, args.skip_tuning, args.profile) == (True, True, "quick")
+    args = cli.parse(["demo", "--no-pipeline", "--app-port", "8600"])
+    assert (args.no_pipeline, args.app_port) == (True, 8600)

@@ -1,0 +1,45 @@
+"""Packaging a training run: the registered pyfunc, its lineage tags, clear errors."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from mlflow_runs import copy_training_run
+
+
+def test_package_registers_challenger_with_lineage_tags(packaged_model):
+    import mlflow
+
+    from lookalike.tracking import KIND_TAG, configure_mlflow
+
+    settings = packaged_model.settings
+    configure_mlflow(settings)
+    client = mlflow.MlflowClient()
+    name = settings.registry.model_name
+    version = client.get_model_version(name, str(packaged_model.version))
+    assert version.tags["training_run"] == packaged_model.run_id
+    assert int(version.tags["index_size"]) == len(packaged_model.products)
+    assert int(version.tags["delta_version"]) >= 0
+    assert client.get_model_version_by_alias(name, "challenger").version == version.version
+    # The fixture promoted it: the first version becomes champion.
+    assert client.get_model_version_by_alias(name, "champion").version == version.version
+    assert "first version" in version.tags["lookalike.promotion"]
+
+    package_run = client.get_run(version.tags["package_run"])
+    assert package_run.data.tags[KIND_TAG] == "package"
+    assert package_run.data.params["training_run_id"] == packaged_model.run_id
+    training = client.get_run(packaged_model.run_id)
+    assert package_run.data.metrics.keys() >= training.data.metrics.keys()
+
+
+def test_package_without_index_is_a_clear_error(embedding_run):
+    from lookalike.serving.package import package_and_register
+    from lookalike.tracking import configure_mlflow
+
+    settings, run_id = embedding_run
+    settings = settings.replace(registry={"model_name": f"noindex-{uuid.uuid4().hex[:6]}"})
+    configure_mlflow(settings)
+    with pytest.raises(ValueError, match="build-index"):
+        package_and_register(settings, run_id=copy_training_run(settings, run_id))

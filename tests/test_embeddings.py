@@ -1,0 +1,113 @@
+"""The batch-embedding job (and the index built from it): incremental, per model version."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lookalike.catalogue.tables import table_path
+
+
+@pytest.fixture()
+def catalogue(embedding_run, spark):
+    """(settings, run_id) with a fresh, small Fashion-MNIST catalogue of its own."""
+    from lookalike.catalogue.ingest import ingest_fashion_mnist
+
+    run_settings, run_id = embedding_run
+    settings = run_settings.replace(catalogue={"database": f"emb{uuid.uuid4().hex[:8]}"})
+    ingest_fashion_mnist(spark, settings, limit_per_split=10)
+    return settings, run_id
+
+
+def _embeddings(spark, settings, run_id) -> pd.DataFrame:
+    path = table_path(settings, "embeddings")
+    return (spark.read.format("delta").load(path).where(f"model_version = '{run_id}'")
+            .toPandas().set_index("product_id"))
+
+
+def test_incremental_embedding_and_index(catalogue, spark):
+    from delta.tables import DeltaTable
+
+    from lookalike.catalogue.ingest import ingest_candidates
+    from lookalike.catalogue.tables import read_products
+    from lookalike.embeddings import embed_catalogue
+    from lookalike.index import load_index
+    from lookalike.index.build import build_index, index_dir
+    from lookalike.learning.artifacts import cached_embedding_model, resolve_model
+    from lookalike.preprocessing import batch_to_model_input
+
+    settings, run_id = catalogue
+    first = embed_catalogue(settings, run_id=run_id)
+    assert (first["embedded"], first["unchanged"], first["removed"]) == (20, 0, 0)
+    assert first["model_version"] == run_id
+    table = _embeddings(spark, settings, run_id)
+    assert len(table) == 20 and len(table.iloc[0]["vector"]) > 0
+
+    again = embed_catalogue(settings, run_id=run_id)
+    assert (again["embedded"], again["unchanged"], again["removed"]) == (0, 20, 0)
+    assert again["table_version"] == first["table_version"]     # nothing written
+
+    built = build_index(settings, run_id=run_id)
+    assert (built["mode"], built["count"]) == ("built", 20)
+    assert load_index(index_dir(settings, run_id)).provenance.model_version == run_id
+
+    products = read_products(spark, settings)[0].toPandas().sort_values("product_id")
+    changed, removed, donor = products.iloc[2], products.iloc[5], products.iloc[11]
+    ingest_candidates(spark, settings, pd.DataFrame({
+        "product_id": [changed["product_id"]], "category": [changed["category"]],
+        "title": ["changed picture"], "image": [bytes(donor["image"])],
+        "source_uri": ["test://changed"]}), "test")
+    products_path = table_path(settings, "products")
+    DeltaTable.forPath(spark, products_path).delete(f"product_id = '{removed['product_id']}'")
+
+    third = embed_catalogue(settings, run_id=run_id)
+    assert (third["embedded"], third["unchanged"], third["removed"]) == (1, 18, 1)
+    table = _embeddings(spark, settings, run_id)
+    assert len(table) == 19 and removed["product_id"] not in table.index
+    row = table.loc[changed["product_id"]]
+    assert row["content_hash"] == donor["content_hash"]
+    _, model_dir = resolve_model(settings, run_id)
+    model = cached_embedding_model(str(model_dir))
+    expected = model.embed(batch_to_model_input([bytes(donor["image"])], model.image_size,
+                                                model.channels))[0]
+    np.testing.assert_allclose(np.asarray(row["vector"]), expected, atol=1e-4)
+
+    updated = build_index(settings, run_id=run_id)
+    assert (updated["mode"], updated["count"], updated["added"], updated["removed"]) == \
+        ("updated", 19, 1, 1)
+    index = load_index(index_dir(settings, run_id))
+    assert not index.contains(removed["product_id"])
+    everything = index.search(np.asarray(table.loc[changed["product_id"], "vector"]), k=50)[0]
+    assert removed["product_id"] not in {pid for pid, _ in everything}
+    assert len(everything) == 19
+    assert everything[0][0] in (changed["product_id"], donor["product_id"])
+    assert everything[0][1] == pytest.approx(0.0, abs=1e-4)
+
+    assert build_index(settings, run_id=run_id)["mode"] == "unchanged"
+
+
+def test_new_model_version_embeds_everything(catalogue, spark):
+    from lookalike.embeddings import embed_catalogue
+    from lookalike.index.build import build_index
+    from mlflow_runs import copy_training_run
+
+    settings, run_id = catalogue
+    assert embed_catalogue(settings, run_id=run_id)["embedded"] == 20
+    other = copy_training_run(settings, run_id)
+    fresh = embed_catalogue(settings, run_id=other)
+    assert (fresh["embedded"], fresh["unchanged"], fresh["model_version"]) == (20, 0, other)
+    assert len(_embeddings(spark, settings, run_id)) == 20      # old version untouched
+    assert len(_embeddings(spark, settings, other)) == 20
+    assert embed_catalogue(settings, run_id=run_id)["embedded"] == 0
+    assert build_index(settings, run_id=other)["count"] == 20
+
+
+def test_embed_without_catalogue_model_run_is_clear_error(embedding_run):
+    from lookalike.embeddings import embed_catalogue
+
+    settings, _ = embedding_run
+    with pytest.raises(ValueError, match="no MLflow run"):
+        embed_catalogue(settings, run_id="0" * 32)
