@@ -19,7 +19,8 @@ serve: setup
 
 # The Streamlit app alone, against LOOKALIKE_ENDPOINT (default http://127.0.0.1:5001).
 app: setup
-	$(PY) -m streamlit run streamlit_app/app.py --server.address 127.0.0.1 --server.headless true
+	$(PY) -m streamlit run streamlit_app/app.py --server.address 127.0.0.1 --server.headless true \
+		--client.toolbarMode minimal
 
 test: setup
 	$(PY) -m pytest -q

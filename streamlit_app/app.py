@@ -2,11 +2,16 @@
 
 Run: ``streamlit run streamlit_app/app.py`` (``lookalike demo`` starts it with the REST server).
 
-Configuration (environment, each also editable in the sidebar where it makes sense):
+Configuration (the server's environment; see :class:`streamlit_app.client.AppConfig`):
 
 * ``LOOKALIKE_ENDPOINT``: REST endpoint, e.g. ``http://127.0.0.1:5001`` (``mlflow models serve``)
   or ``https://<workspace>/serving-endpoints/<name>/invocations`` (Databricks model serving).
-* ``LOOKALIKE_TOKEN``: bearer token for Databricks model serving (optional).
+  Fixed for visitors unless ``LOOKALIKE_ALLOW_ENDPOINT_EDIT=1``.
+* ``LOOKALIKE_TOKEN``: bearer token for Databricks model serving (optional). It stays on the
+  server: never rendered into the page, never a widget value, only sent to the configured
+  endpoint (an edited endpoint gets no token).
+* ``LOOKALIKE_MAX_UPLOAD_BYTES`` / ``LOOKALIKE_MAX_UPLOAD_PIXELS``: upload limits, checked
+  before anything is decoded (defaults 10 MB, 25 MP: the REST server's own limits).
 * ``LOOKALIKE_CATALOGUE_SAMPLE``: parquet written by ``lookalike.pipeline.export_catalogue_sample``
   (default ``$LOOKALIKE_HOME/app/catalogue_sample.parquet``) used for browsing; the app never
   reads Delta (no JVM), neighbour images come from the endpoint (``include_images``).
@@ -14,7 +19,6 @@ Configuration (environment, each also editable in the sidebar where it makes sen
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -33,8 +37,9 @@ ALL_CATEGORIES = "All categories"
 
 
 @st.cache_resource(show_spinner=False)
-def get_client(endpoint: str, token: str) -> lc.LookalikeClient:
-    """One HTTP client (connection pool) per endpoint and token, shared by all sessions."""
+def get_client(endpoint: str, token: str | None) -> lc.LookalikeClient:
+    """One HTTP client (connection pool) per endpoint and token, shared by all sessions
+    (server-side memory: the token is never sent to the browser)."""
     return lc.LookalikeClient(endpoint=endpoint, token=token or None)
 
 
@@ -45,7 +50,7 @@ def load_sample(path: str, modified: float):
 
 
 @st.cache_data(ttl=300, max_entries=200, show_spinner=False)
-def recommend(endpoint: str, token: str, kind: str, value, k: int, category: str | None):
+def recommend(endpoint: str, token: str | None, kind: str, value, k: int, category: str | None):
     """Neighbours of a product id or image bytes; errors are raised, never cached."""
     api = get_client(endpoint, token)
     if kind == "image":
@@ -82,14 +87,19 @@ def sample_row(sample, product_id: str):
     return None if rows.empty else rows.iloc[0]
 
 
-def sidebar(sample):
+def sidebar(config: lc.AppConfig, sample):
+    """(endpoint, k, category) chosen in the sidebar. The token is never a widget: the page
+    only says whether the server has one."""
     st.sidebar.header("Endpoint")
-    endpoint = st.sidebar.text_input(
-        "REST endpoint URL", value=os.environ.get(lc.ENDPOINT_ENV, lc.DEFAULT_ENDPOINT),
-        key="endpoint", help="mlflow models serve URL, or a Databricks serving endpoint URL")
-    token = st.sidebar.text_input(
-        "Bearer token (Databricks model serving)", value=os.environ.get(lc.TOKEN_ENV, ""),
-        type="password", key="token")
+    if config.allow_endpoint_edit:
+        endpoint = st.sidebar.text_input(
+            "REST endpoint URL", value=config.endpoint, key="endpoint",
+            help="mlflow models serve URL, or a Databricks serving endpoint URL. The server's "
+                 "bearer token is only sent to the configured endpoint.")
+    else:
+        endpoint = config.endpoint
+        st.sidebar.caption(f"REST endpoint: {endpoint} (set by {lc.ENDPOINT_ENV})")
+    st.sidebar.caption("Bearer token: " + ("set on the server" if config.token else "none"))
     st.sidebar.header("Results")
     k = st.sidebar.slider("How many lookalikes (k)", min_value=1, max_value=50, value=10, key="k")
     if sample is not None and len(sample):
@@ -99,10 +109,10 @@ def sidebar(sample):
     else:
         category = st.sidebar.text_input("Category filter (exact name, empty = all)",
                                          key="category_text").strip() or None
-    return endpoint.strip(), token.strip(), int(k), category
+    return endpoint.strip(), int(k), category
 
 
-def upload_section() -> None:
+def upload_section(config: lc.AppConfig) -> None:
     uploaded = st.file_uploader("Photo of a product (JPEG, PNG or WebP)",
                                 type=list(lc.UPLOAD_TYPES), key="upload")
     if uploaded is not None:
@@ -110,7 +120,8 @@ def upload_section() -> None:
         seen = (getattr(uploaded, "file_id", None) or uploaded.name, len(data))
         if st.session_state.get("upload_seen") != seen:
             st.session_state["upload_seen"] = seen
-            problem = lc.check_upload(uploaded.name, data)
+            problem = lc.check_upload(uploaded.name, data, config.max_upload_bytes,
+                                      config.max_upload_pixels)
             if problem:
                 st.session_state["query"] = None
                 st.error(problem)
@@ -145,7 +156,8 @@ def browse_section(sample, category: str | None) -> None:
                               image=row["thumbnail"], category=row["category"])
 
 
-def results_section(endpoint: str, token: str, k: int, category: str | None, sample) -> None:
+def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str | None,
+                    sample) -> None:
     st.subheader("You may also like")
     query = st.session_state.get("query")
     if not query:
@@ -160,7 +172,8 @@ def results_section(endpoint: str, token: str, k: int, category: str | None, sam
     with right:
         try:
             with st.spinner("Finding lookalikes…"):
-                neighbours = recommend(endpoint, token, query["kind"], query["value"], k, category)
+                neighbours = recommend(endpoint, config.token_for(endpoint), query["kind"],
+                                       query["value"], k, category)
         except lc.EndpointError as error:
             st.error(str(error))
             return
@@ -199,14 +212,15 @@ def main() -> None:
     except Exception as error:  # a broken sample must not take the page down
         st.warning(f"Could not read the catalogue sample {sample_path}: {error}")
         sample = None
-    endpoint, token, k, category = sidebar(sample)
+    config = lc.AppConfig.from_environ()
+    endpoint, k, category = sidebar(config, sample)
 
     st.title("Lookalike")
     st.caption("Visual “you may also like”: upload a photo or pick a product, "
                "and get the most similar products of the catalogue.")
     upload_tab, browse_tab = st.tabs(["📷 Upload a photo", "🛍️ Browse the catalogue"])
     with upload_tab:
-        upload_section()
+        upload_section(config)
     with browse_tab:
         browse_section(sample, category)
     if "query" not in st.session_state and sample is not None and len(sample):
@@ -215,7 +229,7 @@ def main() -> None:
         set_query("product", first["product_id"], first["product_id"], image=first["thumbnail"],
                   category=first["category"])
     st.divider()
-    results_section(endpoint, token, k, category, sample)
+    results_section(config, endpoint, k, category, sample)
 
 
 main()

@@ -25,13 +25,10 @@ from typing import Any, Sequence
 
 import requests
 
-from lookalike.app_env import (  # noqa: F401
-    DEFAULT_ENDPOINT,
-    ENDPOINT_ENV,
-    SAMPLE_ENV,
-    TOKEN_ENV,
-    catalogue_sample_path,
-)
+from lookalike.app_env import (ALLOW_ENDPOINT_EDIT_ENV, DEFAULT_ENDPOINT,  # noqa: F401
+                               DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, ENDPOINT_ENV,
+                               MAX_UPLOAD_BYTES_ENV, MAX_UPLOAD_PIXELS_ENV, SAMPLE_ENV,
+                               TOKEN_ENV, catalogue_sample_path)
 
 SAMPLE_COLUMNS = ("product_id", "category", "title", "thumbnail")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
@@ -40,6 +37,37 @@ _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
 )
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What the operator configured, read from the server's environment only. The token never
+    leaves the server: it is not rendered, not a widget value, and only sent to ``endpoint``."""
+
+    endpoint: str
+    token: str | None = field(default=None, repr=False)
+    allow_endpoint_edit: bool = False
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | None = None) -> "AppConfig":
+        import os
+
+        environ = os.environ if environ is None else environ
+        return cls(
+            endpoint=(environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).strip(),
+            token=(environ.get(TOKEN_ENV) or "").strip() or None,
+            allow_endpoint_edit=environ.get(ALLOW_ENDPOINT_EDIT_ENV, "").lower()
+            in ("1", "true", "yes"),
+            max_upload_bytes=int(environ.get(MAX_UPLOAD_BYTES_ENV) or DEFAULT_MAX_UPLOAD_BYTES),
+            max_upload_pixels=int(environ.get(MAX_UPLOAD_PIXELS_ENV)
+                                  or DEFAULT_MAX_UPLOAD_PIXELS))
+
+    def token_for(self, endpoint: str) -> str | None:
+        """The bearer token for ``endpoint``: only ever the configured endpoint's."""
+        same = invocations_url(endpoint) == invocations_url(self.endpoint)
+        return self.token if same else None
 
 
 class EndpointError(RuntimeError):
@@ -183,11 +211,13 @@ def sniff_image_format(data: bytes) -> str | None:
     return None
 
 
-def check_upload(name: str, data: bytes, max_bytes: int = 10_000_000) -> str | None:
+def check_upload(name: str, data: bytes, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+                 max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS) -> str | None:
     """A plain-language problem with an uploaded file, or None if it can be sent.
 
-    Only cheap checks (size, magic bytes): decoding is the endpoint's job, and its 400
-    message is shown as is.
+    Only cheap checks, before anything is decoded: size, magic bytes, and width x height read
+    from the header (a small file can declare a huge image). Decoding is the endpoint's job,
+    and its 400 message is shown as is.
     """
     if not data:
         return f"{name} is empty."
@@ -195,7 +225,38 @@ def check_upload(name: str, data: bytes, max_bytes: int = 10_000_000) -> str | N
         return f"{name} is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB."
     if sniff_image_format(data) is None:
         return f"{name} is not a JPEG, PNG or WebP image."
+    size = header_size(data)
+    # An unreadable header is the endpoint's to judge: its 400 says exactly what is wrong.
+    if size is None:
+        return None
+    if size == DECOMPRESSION_BOMB:
+        return f"{name} declares far more pixels than the limit of {max_pixels / 1e6:.0f} MP."
+    if size[0] * size[1] > max_pixels:
+        return (f"{name} is {size[0]} x {size[1]} pixels; the limit is "
+                f"{max_pixels / 1e6:.0f} megapixels.")
     return None
+
+
+# header_size's answer for headers Pillow refuses outright (over twice its own pixel limit).
+DECOMPRESSION_BOMB = (-1, -1)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header, without decoding any pixel; None if unreadable."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we judge the size here
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        return DECOMPRESSION_BOMB
+    except Exception:  # noqa: BLE001 - any header the decoder cannot read
+        return None
 
 
 def default_sample_path(environ: dict[str, str] | None = None) -> Path:

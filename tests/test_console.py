@@ -17,6 +17,8 @@ def test_native_and_library_noise_go_to_the_log_file(tmp_path):
               "from lookalike.console import quiet_libraries, say\n"
               f"path = quiet_libraries({str(tmp_path)!r})\n"
               "import tensorflow_similarity.samplers\n"
+              "import mlflow, logging\n"
+              "logging.getLogger('mlflow.store').info('Creating initial MLflow database tables')\n"
               "say('step', 'one progress line')\n"
               "print(json.dumps({'log': str(path)}))\n")
     env = {k: v for k, v in os.environ.items()

@@ -111,3 +111,19 @@ def test_embed_without_catalogue_model_run_is_clear_error(embedding_run):
     settings, _ = embedding_run
     with pytest.raises(ValueError, match="no MLflow run"):
         embed_catalogue(settings, run_id="0" * 32)
+
+
+def test_search_time_params_change_without_a_rebuild_and_build_params_rebuild(catalogue):
+    from lookalike.embeddings import embed_catalogue
+    from lookalike.index import IndexManifest
+    from lookalike.index.build import build_index, index_dir
+
+    settings, run_id = catalogue
+    embed_catalogue(settings, run_id=run_id)
+    assert build_index(settings, run_id=run_id)["mode"] == "built"
+    wider = settings.replace(index={"params": {"hnsw": {"ef_search": 300}}})
+    assert build_index(wider, run_id=run_id)["mode"] == "unchanged"
+    assert IndexManifest.read(index_dir(settings, run_id)).params["ef_search"] == 300
+    other_graph = settings.replace(index={"params": {"hnsw": {"m": 8}}})
+    assert build_index(other_graph, run_id=run_id)["mode"] == "built"
+    assert IndexManifest.read(index_dir(settings, run_id)).params["m"] == 8

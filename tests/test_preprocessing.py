@@ -94,3 +94,25 @@ def test_byte_limit():
 def test_good_image_facts():
     info = inspect_image(encode_image(np.zeros((12, 34, 3), dtype=np.uint8), "JPEG"), **LIMITS)
     assert (info.format, info.width, info.height, info.channels) == ("JPEG", 34, 12, 3)
+
+
+def test_a_long_strip_is_decoded_within_bounded_memory(tmp_path):
+    """A 100000 x 250 PNG (25 MP, inside the serving limit) is letterboxed at the target size:
+    peak memory stays far below the 10 GB a full-size square would take."""
+    import subprocess
+    import sys
+
+    strip = tmp_path / "strip.png"
+    Image.new("L", (100_000, 250), 40).save(strip)
+    script = ("import resource, sys\n"
+              "from lookalike.preprocessing import checked_model_input\n"
+              f"data = open({str(strip)!r}, 'rb').read()\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "x = checked_model_input(data, 28, 1, 10_000_000, 25_000_000, ['PNG'])\n"
+              "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "print(x.shape, round(float(x[13, 14, 0]), 3), (after - before) // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    shape, centre, extra_mb = " ".join(out[:3]), float(out[3]), int(out[4])
+    assert shape == "(28, 28, 1)" and centre == pytest.approx(40 / 255, abs=0.01)
+    assert extra_mb < 200, f"{extra_mb} MB extra to decode a 25 MP strip"

@@ -10,7 +10,14 @@ from pathlib import Path
 ENDPOINT_ENV = "LOOKALIKE_ENDPOINT"
 TOKEN_ENV = "LOOKALIKE_TOKEN"
 SAMPLE_ENV = "LOOKALIKE_CATALOGUE_SAMPLE"
+# "1" lets visitors edit the endpoint URL (a developer's setting; the token never follows an
+# edited URL). Off by default: the endpoint is what the server was configured with.
+ALLOW_ENDPOINT_EDIT_ENV = "LOOKALIKE_ALLOW_ENDPOINT_EDIT"
+MAX_UPLOAD_BYTES_ENV = "LOOKALIKE_MAX_UPLOAD_BYTES"
+MAX_UPLOAD_PIXELS_ENV = "LOOKALIKE_MAX_UPLOAD_PIXELS"
 DEFAULT_ENDPOINT = "http://127.0.0.1:5001"
+DEFAULT_MAX_UPLOAD_BYTES = 10_000_000
+DEFAULT_MAX_UPLOAD_PIXELS = 25_000_000
 DEFAULT_HOME = "~/.lookalike"
 # Relative to LOOKALIKE_HOME; written by lookalike.pipeline.sample.export_catalogue_sample.
 SAMPLE_RELATIVE_PATH = Path("app") / "catalogue_sample.parquet"

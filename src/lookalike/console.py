@@ -49,6 +49,8 @@ def quiet_libraries(log_dir: str | Path) -> Path | None:
     quiet_environment()
     if os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes"):
         return None
+    # MLflow would otherwise add its own terminal handler when it is first imported.
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
     log_path = Path(log_dir) / "lookalike.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -42,61 +42,99 @@ _CHANNELS_BY_MODE = {"1": 1, "L": 1, "P": 3, "RGB": 3, "RGBA": 4, "LA": 2, "CMYK
                      "I": 1, "I;16": 1, "F": 1, "YCbCr": 3}
 
 
+def _checked_open(data: bytes, max_bytes: int, max_pixels: int,
+                  allowed_formats: Sequence[str]) -> Image.Image:
+    """Open ``data`` and check bytes, format and width x height from the header, before any
+    pixel is decoded (a decompression bomb is refused without allocating it)."""
+    if not data:
+        raise ImageRejected("empty", "file has no bytes")
+    if len(data) > max_bytes:
+        raise ImageRejected("too_large", f"{len(data)} bytes exceeds limit of {max_bytes}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+    fmt = image.format or "unknown"
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected("too_many_pixels",
+                            f"{width}x{height} exceeds limit of {max_pixels} pixels")
+    if fmt not in allowed_formats:
+        raise ImageRejected("unsupported_format", f"{fmt} is not one of {list(allowed_formats)}")
+    if width <= 0 or height <= 0:
+        raise ImageRejected("corrupt", f"invalid size {width}x{height}")
+    return image
+
+
+def _rejection(error: Exception) -> ImageRejected:
+    """A decoder's exception as the ImageRejected a caller reports."""
+    if isinstance(error, ImageRejected):
+        return error
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageRejected("too_many_pixels", str(error))
+    if isinstance(error, UnidentifiedImageError):
+        return ImageRejected("not_an_image", "bytes are not a recognised image format")
+    # Pillow reports truncated and corrupt streams as OSError/SyntaxError/ValueError.
+    text = str(error)
+    reason = "truncated" if "truncated" in text.lower() else "corrupt"
+    return ImageRejected(reason, text or type(error).__name__)
+
+
+_DECODE_ERRORS = (ImageRejected, Image.DecompressionBombError, Image.DecompressionBombWarning,
+                  UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
 def inspect_image(data: bytes, max_bytes: int, max_pixels: int,
                   allowed_formats: Sequence[str]) -> ImageInfo:
     """Validate that ``data`` is one whole, decodable image within limits; raise ImageRejected.
 
     Size is checked from the header before any pixel is decoded, so a decompression bomb is
-    refused without allocating it.
+    refused without allocating it; then every pixel is decoded once (ingest keeps no file that
+    would fail later).
     """
-    if not data:
-        raise ImageRejected("empty", "file has no bytes")
-    if len(data) > max_bytes:
-        raise ImageRejected("too_large", f"{len(data)} bytes exceeds limit of {max_bytes}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                fmt = image.format or "unknown"
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageRejected("too_many_pixels",
-                                        f"{width}x{height} exceeds limit of {max_pixels} pixels")
-                if fmt not in allowed_formats:
-                    raise ImageRejected("unsupported_format",
-                                        f"{fmt} is not one of {list(allowed_formats)}")
-                image.load()
-                mode = image.mode
-    except ImageRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected("too_many_pixels", str(error)) from error
-    except UnidentifiedImageError as error:
-        raise ImageRejected("not_an_image", "bytes are not a recognised image format") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        # Pillow reports truncated and corrupt streams as OSError/SyntaxError.
-        text = str(error)
-        reason = "truncated" if "truncated" in text.lower() else "corrupt"
-        raise ImageRejected(reason, text or type(error).__name__) from error
-    if width <= 0 or height <= 0:
-        raise ImageRejected("corrupt", f"invalid size {width}x{height}")
-    return ImageInfo(format=fmt, width=width, height=height,
-                     channels=_CHANNELS_BY_MODE.get(mode, 3), mode=mode)
+        with _checked_open(data, max_bytes, max_pixels, allowed_formats) as image:
+            image.load()
+            info = ImageInfo(format=image.format or "unknown", width=image.size[0],
+                             height=image.size[1], mode=image.mode,
+                             channels=_CHANNELS_BY_MODE.get(image.mode, 3))
+    except _DECODE_ERRORS as error:
+        raise _rejection(error) from error
+    return info
+
+
+def checked_model_input(data: bytes, size: int, channels: int, max_bytes: int, max_pixels: int,
+                        allowed_formats: Sequence[str]) -> np.ndarray:
+    """:func:`inspect_image`'s checks and :func:`to_model_input` with one decode (serving)."""
+    try:
+        with _checked_open(data, max_bytes, max_pixels, allowed_formats) as image:
+            return _decoded_model_input(image, size, channels)
+    except _DECODE_ERRORS as error:
+        raise _rejection(error) from error
 
 
 def to_model_input(data: bytes, size: int, channels: int) -> np.ndarray:
     """Decode image bytes of any size or colour mode into a float32 (size, size, channels) in [0, 1].
 
     Transparent pixels are composited on white (the usual product-photo background); images are
-    letterboxed on white to a square before resizing so products keep their aspect ratio.
+    letterboxed on white to a square so products keep their aspect ratio.
     """
     with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return pil_to_model_input(image, size, channels)
+        return _decoded_model_input(image, size, channels)
+
+
+def _decoded_model_input(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    # JPEG can decode at a reduced scale (never below the target): less time and memory.
+    image.draft("L" if channels == 1 else "RGB", (size, size))
+    image.load()
+    return pil_to_model_input(image, size, channels)
 
 
 def pil_to_model_input(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """As :func:`to_model_input`, for an already-opened PIL image."""
+    """As :func:`to_model_input`, for an already-opened PIL image.
+
+    The image is resized so its longest side is ``size`` *before* it is letterboxed, so memory
+    follows the output size: a 100000 x 250 strip never becomes a 100000 x 100000 square.
+    """
     if image.mode in ("P", "PA", "LA", "RGBA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -104,14 +142,16 @@ def pil_to_model_input(image: Image.Image, size: int, channels: int) -> np.ndarr
     target_mode = "L" if channels == 1 else "RGB"
     image = image.convert(target_mode)
     width, height = image.size
-    if width != height:
-        side = max(width, height)
-        fill = 255 if channels == 1 else (255, 255, 255)
-        square = Image.new(target_mode, (side, side), fill)
-        square.paste(image, ((side - width) // 2, (side - height) // 2))
-        image = square
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    if (width, height) != (size, size):
+        scale = size / max(width, height)
+        fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if fitted != (width, height):
+            image = image.resize(fitted, Image.Resampling.BILINEAR)
+        if fitted != (size, size):
+            fill = 255 if channels == 1 else (255, 255, 255)
+            square = Image.new(target_mode, (size, size), fill)
+            square.paste(image, ((size - fitted[0]) // 2, (size - fitted[1]) // 2))
+            image = square
     array = np.asarray(image, dtype=np.float32) / 255.0
     if channels == 1:
         array = array[..., np.newaxis]

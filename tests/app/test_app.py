@@ -251,3 +251,112 @@ def test_no_sample_still_allows_upload(monkeypatch, served_model, tmp_path, pack
         ("p.png", bytes(packaged_model.products.iloc[0]["image"]), "image/png"))
     app.run()
     assert not app.error and len(results(app)) == 10
+
+
+# --------------------------------------------------------------------------- safety rules
+
+TOKEN = "dapi-test-secret-7f3a9c"
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (a few hundred bytes, pixels unreadable)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(
+        b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_upload_pixels_are_checked_from_the_header_before_decoding():
+    bomb = png_header_only(100_000, 100_000)
+    assert len(bomb) < 1000
+    assert "far more pixels" in lc.check_upload("bomb.png", bomb)
+    wide = png_header_only(6000, 5000)
+    assert "6000 x 5000 pixels" in lc.check_upload("wide.png", wide, max_pixels=25_000_000)
+    assert lc.check_upload("ok.png", png(np.zeros((40, 30), np.uint8)), max_pixels=1200) is None
+
+
+def texts(app) -> list[str]:
+    """Every string the page holds: labels, values, bodies, captions (main and sidebar)."""
+    found = []
+
+    def walk(node):
+        for name in ("value", "label", "body", "placeholder", "help"):
+            value = getattr(node, name, None) if not callable(getattr(node, name, None)) else None
+            if isinstance(value, str):
+                found.append(value)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(app._tree)
+    return found
+
+
+def test_token_stays_on_the_server(app_env, monkeypatch):
+    monkeypatch.setenv(lc.TOKEN_ENV, TOKEN)
+    app = run_app()
+    assert not [t for t in texts(app) if TOKEN in t]
+    assert not [w for w in app.text_input if w.key in ("token", "endpoint")]
+    assert any("Bearer token: set on the server" in c.value for c in app.sidebar.caption)
+    assert len(results(app)) == 10  # the configured endpoint still answers
+
+
+class RecordingEndpoint:
+    """A loopback HTTP endpoint that records each request's Authorization header."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.authorizations = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                seen.append(self.headers.get("Authorization"))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = b'{"predictions": []}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_endpoint_is_fixed_unless_allowed_and_the_token_never_follows_an_edit(
+        monkeypatch, app_sample):
+    configured, elsewhere = RecordingEndpoint(), RecordingEndpoint()
+    try:
+        monkeypatch.setenv(lc.SAMPLE_ENV, str(app_sample[0]))
+        monkeypatch.setenv(lc.TOKEN_ENV, TOKEN)
+        monkeypatch.setenv(lc.ENDPOINT_ENV, configured.url)
+        monkeypatch.delenv(lc.ALLOW_ENDPOINT_EDIT_ENV, raising=False)
+        app = run_app()
+        assert not [w for w in app.text_input if w.key == "endpoint"]
+        assert configured.authorizations == [f"Bearer {TOKEN}"]
+
+        monkeypatch.setenv(lc.ALLOW_ENDPOINT_EDIT_ENV, "1")
+        app = run_app()
+        field = next(w for w in app.text_input if w.key == "endpoint")
+        assert field.value == configured.url
+        field.input(elsewhere.url).run()
+        assert elsewhere.authorizations == [None]  # the edited endpoint got no token
+        assert not [t for t in texts(app) if TOKEN in t]
+    finally:
+        configured.close()
+        elsewhere.close()

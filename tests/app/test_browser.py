@@ -133,3 +133,37 @@ def test_browser_shows_lookalikes_of_the_default_query(chromium, served_model, a
         assert "#1 " in state["text"] and "distance" in state["text"]
     finally:
         stop_process(process, grace=10)
+
+
+def test_browser_page_never_holds_the_token(chromium, served_model, app_sample, tmp_path):
+    """The bearer token stays on the server: not in the DOM, not in any input's value, not in
+    the browser's storage; and the developer toolbar (Deploy button) is hidden."""
+    from lookalike.pipeline.demo import start_app
+    from lookalike.processes import free_port, stop_process
+
+    token = "dapi-browser-secret-4b1d"
+    process, url = start_app(served_model, free_port(), app_sample[0], token=token,
+                             log_file=tmp_path / "streamlit.log")
+    try:
+        chromium.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 90
+        state = None
+        while time.monotonic() < deadline:
+            state = chromium.evaluate(PROBE)
+            if state and (state["errors"] or state["loaded"] >= 10):
+                break
+            time.sleep(0.5)
+        assert state and not state["errors"] and state["loaded"] == 10, state
+        page = chromium.evaluate("""(() => ({
+          html: document.documentElement.outerHTML,
+          inputs: Array.from(document.querySelectorAll('input, textarea')).map(e => e.value),
+          storage: JSON.stringify(Object.assign({}, localStorage, sessionStorage)),
+          deploy: !!document.querySelector('[data-testid="stAppDeployButton"]'),
+          sidebar: (document.querySelector('[data-testid="stSidebar"]') || {}).innerText || ''
+        }))()""")
+        assert "Bearer token: set on the server" in page["sidebar"]
+        assert token not in page["html"] and token not in page["storage"]
+        assert not [v for v in page["inputs"] if token in v]
+        assert not page["deploy"]
+    finally:
+        stop_process(process, grace=10)

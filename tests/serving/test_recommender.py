@@ -39,7 +39,7 @@ def test_load_context_rejects_index_of_other_dimension(packaged_model, tmp_path)
         str(tmp_path / "mismatched"), python_model=LookalikeModel(limits_from(packaged_model.settings)),
         artifacts={"embedding_model": f"{artifacts}/embedding_model",
                    "index": str(tmp_path / "bad-index"),
-                   "products.parquet": f"{artifacts}/products.parquet"})
+                   "products": f"{artifacts}/products"})
     with pytest.raises(ConsistencyError, match="dimension"):
         mlflow.pyfunc.load_model(str(tmp_path / "mismatched"))
 
@@ -56,4 +56,43 @@ def test_load_context_rejects_index_of_other_model_version(packaged_model, tmp_p
     index.save(tmp_path / "other-index")
     with pytest.raises(ConsistencyError, match="model version"):
         Recommender(f"{artifacts}/embedding_model", tmp_path / "other-index",
-                    f"{artifacts}/products.parquet", limits_from(packaged_model.settings))
+                    f"{artifacts}/products", limits_from(packaged_model.settings))
+
+
+def test_packaged_catalogue_reads_thumbnails_on_demand(tmp_path):
+    from lookalike.serving.catalogue_file import THUMBNAILS_FILE, ServingCatalogue, write_catalogue
+
+    rows = [("p1", "Bag", "red bag", b"\x89PNG-one"), ("p2", "Coat", None, None),
+            ("p3", "Bag", "", b"\x89PNG-three!")]
+    assert write_catalogue(iter(rows), tmp_path / "products") == 3
+    catalogue = ServingCatalogue(tmp_path / "products")
+    assert catalogue.ids == ["p1", "p2", "p3"] and "p2" in catalogue and "p9" not in catalogue
+    assert (catalogue.category("p3"), catalogue.title("p1"), catalogue.title("p3")) == (
+        "Bag", "red bag", None)
+    assert catalogue.thumbnail("p1") == b"\x89PNG-one"
+    assert catalogue.thumbnail("p2") is None and catalogue.thumbnail("p9") is None
+    assert catalogue.thumbnail("p3") == b"\x89PNG-three!"
+    # Thumbnails stay on disk (memory-mapped), not in a per-worker dict.
+    assert isinstance(catalogue._blob, np.memmap)
+    assert (tmp_path / "products" / THUMBNAILS_FILE).stat().st_size == len(b"\x89PNG-one") + len(
+        b"\x89PNG-three!")
+
+
+def test_ef_search_per_deployment_and_the_tflite_engine(packaged_model, tmp_path, monkeypatch):
+    from lookalike.serving.recommender import EF_SEARCH_ENV, Recommender, limits_from
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(packaged_model.settings)
+    artifacts = _model_parts(packaged_model, tmp_path)
+    limits = {**limits_from(packaged_model.settings), "ef_search": 77, "engine": "tflite"}
+    parts = (f"{artifacts}/embedding_model", f"{artifacts}/index", f"{artifacts}/products")
+    served = Recommender(*parts, limits)
+    assert served.index.params.ef_search == 77 and served.model.engine == "tflite"
+    monkeypatch.setenv(EF_SEARCH_ENV, "91")
+    assert Recommender(*parts, limits).index.params.ef_search == 91
+    reference = Recommender(*parts, {**limits, "engine": "tensorflow"})
+    assert reference.model.engine == "tensorflow"
+    images = np.random.default_rng(0).random((3, served.size, served.size, served.channels),
+                                              dtype=np.float32)
+    np.testing.assert_allclose(served.model.embed(images), reference.model.embed(images),
+                               atol=1e-5)

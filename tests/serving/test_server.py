@@ -180,3 +180,13 @@ def test_ping_and_signature(served_model, packaged_model):
     outputs = [c.name for c in info.signature.outputs.inputs]
     assert outputs[:6] == ["query", "rank", "product_id", "category", "title", "distance"]
     assert json.loads(json.dumps(info.saved_input_example_info))  # an example was logged
+
+
+def test_oversized_body_is_413_before_it_is_read_and_the_server_keeps_serving(
+        served_model, packaged_model):
+    limit = packaged_model.settings.serving.max_body_bytes
+    big = {"dataframe_records": [{"product_id": "x" * (limit + 1000)}]}
+    status, body = post_json(f"{served_model}/invocations", big)
+    assert status == 413, (status, str(body)[:200])
+    pid = packaged_model.products.iloc[0]["product_id"]
+    assert len(_ok(served_model, [{"product_id": pid}], k=3)) == 3

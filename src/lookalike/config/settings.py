@@ -219,7 +219,19 @@ class IndexSettings:
 class ServingSettings:
     host: str
     port: int
+    # uvicorn worker processes; 0 = one per core (at most 4), measured in BENCHMARKS.md.
     workers: int
+    # TensorFlow and faiss threads per worker; 0 = cores / workers (at least 1).
+    threads_per_worker: int
+    # HNSW beam width for this deployment; 0 = the index's own (index.params.hnsw.ef_search).
+    # LOOKALIKE_EF_SEARCH in the server's environment overrides both, with no rebuild.
+    ef_search: int
+    # uvicorn refuses connections beyond this many at once (503): bounds memory under load.
+    max_concurrent_requests: int
+    # Request bodies above this get HTTP 413 before they are read whole.
+    max_body_bytes: int
+    # Inference engine of the served model: tflite (CPU, small batches) or tensorflow (GPU).
+    engine: str
     default_k: int
     max_k: int
     max_batch: int
@@ -236,7 +248,15 @@ class ServingSettings:
         require(8 <= self.thumbnail_size <= 1024, f"{key}.thumbnail_size",
                  "must be between 8 and 1024")
         require(0 < self.port < 65536, f"{key}.port", "must be a TCP port (1-65535)")
-        require(self.workers > 0, f"{key}.workers", "must be > 0")
+        require(self.workers >= 0, f"{key}.workers", "must be >= 0 (0 = one per core)")
+        require(self.threads_per_worker >= 0, f"{key}.threads_per_worker",
+                "must be >= 0 (0 = cores / workers)")
+        require(self.ef_search >= 0, f"{key}.ef_search", "must be >= 0 (0 = the index's own)")
+        require(self.max_concurrent_requests > 0, f"{key}.max_concurrent_requests",
+                "must be > 0")
+        require(self.max_body_bytes > 0, f"{key}.max_body_bytes", "must be > 0")
+        require(self.engine in ("tflite", "tensorflow"), f"{key}.engine",
+                "must be 'tflite' or 'tensorflow'")
         require(0 < self.default_k <= self.max_k, f"{key}.default_k", "must be in (0, max_k]")
         require(self.max_batch > 0, f"{key}.max_batch", "must be > 0")
         require(self.max_image_bytes > 0, f"{key}.max_image_bytes", "must be > 0")
@@ -302,6 +322,20 @@ class Settings:
     @property
     def artifacts_path(self) -> Path:
         return self.home_path / "artifacts"
+
+    @property
+    def serving_workers(self) -> int:
+        """``serving.workers``, or one per core (at most 4) when it is 0."""
+        from lookalike.learning.model import cpu_count
+
+        return self.serving.workers or max(1, min(4, cpu_count()))
+
+    @property
+    def serving_threads(self) -> int:
+        """Threads per serving worker: the setting, or cores / workers."""
+        from lookalike.learning.model import cpu_count
+
+        return self.serving.threads_per_worker or max(1, cpu_count() // self.serving_workers)
 
     @property
     def tracking_uri(self) -> str:

@@ -1,5 +1,4 @@
-"""The ANN index interface: :class:`VectorIndex`, its on-disk :class:`IndexManifest` and the
-:class:`IndexProvenance` that says which model and Delta versions an index was built from.
+"""The ANN index interface: :class:`VectorIndex` (its manifest: :mod:`.manifest`).
 
 Backends (:mod:`lookalike.index.exact`, :mod:`lookalike.index.hnsw`, ...) implement a few storage
 and search hooks; this class owns ids, categories, tombstones, validation and persistence.
@@ -23,76 +22,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from lookalike.index.manifest import IndexManifest, IndexProvenance, build_params
 from lookalike.vectors import check_distance, prepare
 
-MANIFEST_FILE = "manifest.json"
 ITEMS_FILE = "items.npz"
-FORMAT_VERSION = 2
 
 SearchResult = list[list[tuple[str, float]]]
-
-
-@dataclass(frozen=True)
-class IndexProvenance:
-    """What an index was built from: the model version and the Delta snapshots it read."""
-
-    model_version: str
-    embeddings_table: str
-    embeddings_version: int
-    products_table: str
-    products_version: int
-    built_at: str
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "IndexProvenance | None":
-        if not data:
-            return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass(frozen=True)
-class IndexManifest:
-    """``manifest.json`` of a saved index; written last, so its presence means a whole index."""
-
-    backend: str
-    dim: int
-    distance: str
-    count: int
-    n_slots: int
-    params: dict
-    provenance: IndexProvenance | None = None
-    format_version: int = FORMAT_VERSION
-
-    @staticmethod
-    def path(directory: str | Path) -> Path:
-        return Path(directory) / MANIFEST_FILE
-
-    @classmethod
-    def exists(cls, directory: str | Path) -> bool:
-        return cls.path(directory).exists()
-
-    @classmethod
-    def read(cls, directory: str | Path) -> "IndexManifest":
-        path = cls.path(directory)
-        if not path.exists():
-            raise FileNotFoundError(f"no index manifest at {path}")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported format_version {data.get('format_version')} "
-                             f"(this version reads {FORMAT_VERSION}); rebuild the index")
-        data["provenance"] = IndexProvenance.from_dict(data.get("provenance"))
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- interface
@@ -147,6 +87,19 @@ class VectorIndex(abc.ABC):
 
     def __len__(self) -> int:
         return len(self._slot_of)
+
+    def build_params(self) -> dict[str, Any]:
+        """The parameters the stored structure depends on (all but ``Params.search_time``)."""
+        return build_params(self.params)
+
+    def set_search_params(self, **values: Any) -> None:
+        """Change search-time parameters (e.g. ``ef_search``) in place, without a rebuild."""
+        allowed = set(getattr(self.Params, "search_time", ()))
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"{unknown} are not search-time parameters of the {self.backend} "
+                             f"backend (those are {sorted(allowed)})")
+        self.params = dataclasses.replace(self.params, **values)
 
     # -- backend hooks ------------------------------------------------------------
 
@@ -301,7 +254,9 @@ class VectorIndex(abc.ABC):
             if code is None:
                 return [[] for _ in range(n)]
             mask = mask & (self._slot_cats == code)
-        n_candidates = int(mask.sum())
+            n_candidates = int(np.count_nonzero(mask))
+        else:
+            n_candidates = len(self._slot_of)  # the live items: no pass over the mask
         if n == 0 or n_candidates == 0:
             return [[] for _ in range(n)]
         # Over-fetch by the largest exclusion set so filtering still leaves k.

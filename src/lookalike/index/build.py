@@ -8,6 +8,7 @@ otherwise it is rebuilt. Saving swaps folders atomically, so a reader never sees
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.config import Settings
+from lookalike.index.manifest import build_params
 from lookalike.index import (
     IndexManifest,
     IndexProvenance,
@@ -72,11 +74,15 @@ def _reusable(settings: Settings, directory: Path, run_id: str, path: str, dim: 
         log.warning("saved index %s unreadable (%s): rebuilding", directory, error)
         return None
     made_by = index.provenance
+    wanted = settings.index.backend_params
     same = (made_by is not None and made_by.model_version == run_id
             and made_by.embeddings_table == path and index.dim == dim
             and index.distance == distance and index.backend == settings.index.backend
-            and index.params == settings.index.backend_params)
-    return index if same else None
+            and index.build_params() == build_params(wanted))
+    if not same:
+        return None
+    index.params = wanted  # search-time parameters (ef_search, ...) follow the settings
+    return index
 
 
 def _apply_changes(index: VectorIndex, current, changed: set[str]) -> tuple[int, int]:
@@ -126,6 +132,7 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
     dim, distance = int(info["embedding_size"]), model_distance(info, settings)
 
     index = None if rebuild else _reusable(settings, directory, run_id, path, dim, distance)
+    saved_params = IndexManifest.read(directory).params if index is not None else None
     changed = (_changed_since(spark, path, run_id, index.provenance.embeddings_version, version)
                if index is not None else None)
     added = removed = 0
@@ -146,7 +153,8 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
         products_table=table_path(settings, "products"),
         products_version=int(history.get("products_version", -1)),
         built_at=datetime.now(timezone.utc).isoformat())
-    if mode != "unchanged" or not IndexManifest.exists(directory):
+    params_changed = saved_params is not None and saved_params != dataclasses.asdict(index.params)
+    if mode != "unchanged" or params_changed or not IndexManifest.exists(directory):
         save_atomically(index, directory)
     result = {"model_version": run_id, "mode": mode, "count": len(index), "added": added,
               "removed": removed, "path": str(directory), "embeddings_version": version,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import faiss
 import numpy as np
@@ -23,6 +23,9 @@ class HnswParams:
     ef_search: int = 128            # query beam width (raised to k when k is larger)
     # Filters (category, tombstones) leaving at most this many candidates are answered exactly.
     filter_brute_force_max: int = 4096
+
+    #: Parameters that only steer searching: changing them never rebuilds the graph.
+    search_time: ClassVar[tuple[str, ...]] = ("ef_search", "filter_brute_force_max")
 
     def validate(self, key: str) -> None:
         for name in ("m", "ef_construction", "ef_search"):

@@ -119,11 +119,19 @@ def save_embedding_model(model, directory: str | Path, info: dict) -> Path:
 
 
 class EmbeddingModel:
-    """A loaded embedding SavedModel: ``.info`` (lookalike.json) and ``.embed(images)``."""
+    """A loaded embedding SavedModel: ``.info`` (lookalike.json) and ``.embed(images)``.
 
-    def __init__(self, directory: str | Path):
+    ``engine``: ``tensorflow`` (batch jobs, GPUs) or ``tflite`` (the REST server: small batches
+    on CPU, see :mod:`lookalike.learning.engines`; falls back to TensorFlow if conversion fails).
+    """
+
+    def __init__(self, directory: str | Path, engine: str = "tensorflow", threads: int = 1):
         import tensorflow as tf
 
+        from lookalike.learning.engines import ENGINES, tflite_or_none
+
+        if engine not in ENGINES:
+            raise ValueError(f"unknown inference engine {engine!r}; choose one of {ENGINES}")
         self.directory = Path(directory)
         info_path = self.directory / INFO_FILE
         if not info_path.exists():
@@ -131,6 +139,12 @@ class EmbeddingModel:
         self.info: dict = json.loads(info_path.read_text(encoding="utf-8"))
         self._loaded = tf.saved_model.load(str(self.directory / SAVED_MODEL_DIR))
         self._fn = self._loaded.signatures["serving_default"]
+        self._tflite = (tflite_or_none(self.directory / SAVED_MODEL_DIR, threads)
+                        if engine == "tflite" else None)
+
+    @property
+    def engine(self) -> str:
+        return "tflite" if self._tflite is not None else "tensorflow"
 
     @property
     def image_size(self) -> int:
@@ -159,6 +173,8 @@ class EmbeddingModel:
                              f"{expected[2]}], got {images.shape}")
         if len(images) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
+        if self._tflite is not None and len(images) <= batch_size:
+            return self._tflite.embed(np.ascontiguousarray(images))
         out = []
         for start in range(0, len(images), max(1, int(batch_size))):
             chunk = tf.constant(images[start:start + batch_size])
@@ -166,10 +182,11 @@ class EmbeddingModel:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def load_embedding_model(directory: str | Path) -> EmbeddingModel:
+def load_embedding_model(directory: str | Path, engine: str = "tensorflow",
+                         threads: int = 1) -> EmbeddingModel:
     """Load a folder written by :func:`save_embedding_model` (e.g. the downloaded MLflow
     artifact ``embedding_model/`` of a training run)."""
-    return EmbeddingModel(directory)
+    return EmbeddingModel(directory, engine, threads)
 
 
 def configure_threads(intra: int | None = None, inter: int | None = None) -> None:

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from lookalike.app_env import ENDPOINT_ENV, SAMPLE_ENV, TOKEN_ENV
+from lookalike.app_env import (ENDPOINT_ENV, MAX_UPLOAD_BYTES_ENV, MAX_UPLOAD_PIXELS_ENV,
+                               SAMPLE_ENV, TOKEN_ENV)
 from lookalike.catalogue.tables import delta_version, table_path
 from lookalike.config import Settings
 from lookalike.console import say
@@ -27,12 +28,14 @@ def app_script() -> Path:
 
 def start_app(endpoint: str, port: int, sample_path: str | Path | None = None,
               token: str | None = None, host: str = "127.0.0.1", timeout: float = 60.0,
-              log_file: str | Path | None = None, max_upload_mb: int = 10
-              ) -> tuple[subprocess.Popen, str]:
+              log_file: str | Path | None = None, max_upload_bytes: int = 10_000_000,
+              max_upload_pixels: int = 25_000_000) -> tuple[subprocess.Popen, str]:
     """Start ``streamlit run streamlit_app/app.py`` on host:port against ``endpoint``.
 
-    Returns (process, app URL) once Streamlit's health check answers. The process runs in its
-    own session so :func:`stop_process` can end it with its children.
+    The token (if any) reaches the app through its environment only. Streamlit's developer
+    toolbar is hidden (``client.toolbarMode minimal``). Returns (process, app URL) once
+    Streamlit's health check answers. The process runs in its own session so
+    :func:`stop_process` can end it with its children.
     """
     script = app_script()
     if not script.exists():
@@ -44,13 +47,15 @@ def start_app(endpoint: str, port: int, sample_path: str | Path | None = None,
         env[SAMPLE_ENV] = str(sample_path)
     if token:
         env[TOKEN_ENV] = token
+    env[MAX_UPLOAD_BYTES_ENV] = str(max_upload_bytes)
+    env[MAX_UPLOAD_PIXELS_ENV] = str(max_upload_pixels)
     env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     command = [sys.executable, "-m", "streamlit", "run", str(script),
                "--server.address", host, "--server.port", str(port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none",
+               "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
                # The endpoint refuses larger images anyway; refuse them at the upload already.
-               "--server.maxUploadSize", str(max_upload_mb)]
+               "--server.maxUploadSize", str(max(1, -(-max_upload_bytes // 1_000_000)))]
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL
     try:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
@@ -130,7 +135,8 @@ def run_demo(settings: Settings, run_pipeline_first: bool = True, app_port: int 
         server, endpoint = start_server(settings, model_uri, settings.serving.port)
         say("demo", f"starting Streamlit app on 127.0.0.1:{app_port}")
         app, app_url = start_app(endpoint, app_port, sample_path,
-                                 max_upload_mb=max(1, settings.serving.max_image_bytes // 1_000_000))
+                                 max_upload_bytes=settings.serving.max_image_bytes,
+                                 max_upload_pixels=settings.serving.max_pixels)
         print(f"\n  REST endpoint : {endpoint}/invocations\n  Demo app      : {app_url}\n"
               "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
         while server.poll() is None and app.poll() is None:

@@ -27,13 +27,14 @@ def _neighbour_partitions(model_path: str, k: int, batch: int, model_version: st
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import mlflow.pyfunc
 
+        from lookalike.serving.recommender import as_frame
         from lookalike.spark import chunks_with_model
 
         for model, frame in chunks_with_model(batches, lambda: mlflow.pyfunc.load_model(
                 model_path), batch):
             chunk = frame["product_id"].tolist()
-            out = model.predict(pd.DataFrame({"product_id": chunk}),
-                                params={"k": k, "exclude_self": True})
+            out = as_frame(model.predict(pd.DataFrame({"product_id": chunk}),
+                                         params={"k": k, "exclude_self": True}))
             yield pd.DataFrame({
                 "product_id": [chunk[q] for q in out["query"]],
                 "rank": out["rank"].astype("int32"),
@@ -61,6 +62,7 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
         ARTIFACT_PRODUCTS,
         packaged_artifacts,
     )
+    from lookalike.serving.catalogue_file import ServingCatalogue
     from lookalike.serving.server import default_model_uri
     from lookalike.spark import get_spark
     from lookalike.tracking import configure_mlflow
@@ -76,7 +78,7 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
     artifacts = packaged_artifacts(model_path)
     provenance = IndexManifest.read(artifacts[ARTIFACT_INDEX]).provenance
     model_version = provenance.model_version if provenance else ""
-    ids = pd.read_parquet(artifacts[ARTIFACT_PRODUCTS], columns=["product_id"])["product_id"]
+    ids = pd.Series(ServingCatalogue(artifacts[ARTIFACT_PRODUCTS]).ids)
 
     spark = get_spark(settings)
     frame = spark.createDataFrame(pd.DataFrame({"product_id": ids.astype(str)}),

@@ -37,13 +37,15 @@ def _thumbnails(max_side: int):
     return run
 
 
-def write_products_file(settings: Settings, run_id: str, provenance: IndexProvenance,
-                        path: Path) -> int:
-    """Parquet of the indexed products (product_id, category, title, thumbnail PNG bytes),
-    read at the Delta versions the index was built from. Returns the row count."""
+def write_products_folder(settings: Settings, run_id: str, provenance: IndexProvenance,
+                          directory: Path) -> int:
+    """The packaged catalogue (:mod:`lookalike.serving.catalogue_file`) of the indexed products,
+    read at the Delta versions the index was built from; streamed to the driver row by row.
+    Returns the row count."""
     from pyspark.sql import functions as F
 
     from lookalike.catalogue.tables import read_products
+    from lookalike.serving.catalogue_file import write_catalogue
     from lookalike.spark import get_spark
 
     spark = get_spark(settings)
@@ -55,10 +57,10 @@ def write_products_file(settings: Settings, run_id: str, provenance: IndexProven
     rows = (products.join(embedded, "product_id", "inner")
             .select("product_id", "category", "title", "image")
             .mapInPandas(_thumbnails(settings.serving.thumbnail_size),
-                         "product_id STRING, category STRING, title STRING, thumbnail BINARY")
-            .toPandas())
-    rows.to_parquet(path, index=False)
-    return len(rows)
+                         "product_id STRING, category STRING, title STRING, thumbnail BINARY"))
+    return write_catalogue(((r["product_id"], r["category"], r["title"],
+                             None if r["thumbnail"] is None else bytes(r["thumbnail"]))
+                            for r in rows.toLocalIterator()), directory)
 
 
 def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
@@ -87,8 +89,8 @@ def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
     name = settings.registry.model_name
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-package-"))
     try:
-        products_path = scratch / "products.parquet"
-        n_products = write_products_file(settings, run_id, meta, products_path)
+        products_path = scratch / "products"
+        n_products = write_products_folder(settings, run_id, meta, products_path)
         with mlflow.start_run(run_name=f"package-{run_id[:8]}",
                               tags={KIND_TAG: "package", "lookalike.training_run": run_id}) as run:
             mlflow.log_params({"training_run_id": run_id,

@@ -17,12 +17,14 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from lookalike.config import Settings
-from lookalike.serving.recommender import Recommender, b64, default_params, limits_from
+from lookalike.serving.recommender import (Recommender, as_frame, b64, default_params,
+                                           limits_from)
 
 # Artifact keys of the pyfunc (folder names under <model>/artifacts/).
 ARTIFACT_MODEL = "embedding_model"
 ARTIFACT_INDEX = "index"
-ARTIFACT_PRODUCTS = "products.parquet"
+ARTIFACT_PRODUCTS = "products"  # lookalike.serving.catalogue_file
+DEFAULT_MAX_BODY_BYTES = 16_000_000  # models packaged before the setting existed
 
 
 class LookalikeModel(PythonModel):
@@ -33,12 +35,17 @@ class LookalikeModel(PythonModel):
         self.recommender: Recommender | None = None
 
     def load_context(self, context) -> None:
+        from lookalike.serving.worker import enable_nodelay, limit_request_bodies
+
+        # In each scoring-server worker, before it serves: see lookalike.serving.worker.
+        enable_nodelay()
+        limit_request_bodies(self.limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
         artifacts = context.artifacts
         self.recommender = Recommender(artifacts[ARTIFACT_MODEL], artifacts[ARTIFACT_INDEX],
                                        artifacts[ARTIFACT_PRODUCTS], self.limits)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-                ) -> pd.DataFrame:
+                ) -> list[dict[str, Any]]:
         return self.recommender.recommend(model_input, params)
 
 
@@ -57,6 +64,7 @@ def _requirements() -> list[str]:
 
 def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
                         products_path: Path, name: str = "model"):
+    # products_path: a folder written by lookalike.serving.catalogue_file.write_catalogue.
     """Log the pyfunc into the active run; returns MLflow's ModelInfo.
 
     The signature (input columns, output columns, params with defaults) is inferred from a real
@@ -70,28 +78,26 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
     limits = limits_from(settings)
     recommender = Recommender(model_dir, index_path, products_path, limits)
     first = recommender.index.ids()[0]
-    products = pd.read_parquet(products_path, columns=["product_id", "thumbnail"])
-    thumb = products.loc[products["product_id"] == first, "thumbnail"]
-    image_b64 = b64(thumb.iloc[0]) if len(thumb) and thumb.iloc[0] is not None else None
+    image_b64 = b64(recommender.catalogue.thumbnail(first))
     example = pd.DataFrame({"image": [image_b64, None], "product_id": [None, first]})
     params = default_params(settings)
-    output = recommender.recommend(example, {**params, "k": 3})
+    output = as_frame(recommender.recommend(example, {**params, "k": 3}))
     with warnings.catch_warnings():
         # "integer columns cannot represent missing values": our ints (query, rank) never are.
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(example, output, params=params)
     code = Path(lookalike.__file__).resolve().parent
-    staging = None
+    staging = Path(tempfile.mkdtemp(prefix="lookalike-package-"))
+    # MLflow names an artifact folder after its source: stage them under their artifact names.
     if Path(index_path).name != ARTIFACT_INDEX:
-        # MLflow names an artifact folder after its source; stage it as "index".
-        staging = Path(tempfile.mkdtemp(prefix="lookalike-index-"))
         index_path = shutil.copytree(index_path, staging / ARTIFACT_INDEX)
+    if Path(products_path).name != ARTIFACT_PRODUCTS:
+        products_path = shutil.copytree(products_path, staging / ARTIFACT_PRODUCTS)
     try:
         return _log_model(mlflow, name, limits, model_dir, index_path, products_path, code,
                           signature, example, params)
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _log_model(mlflow, name, limits, model_dir, index_path, products_path, code, signature,

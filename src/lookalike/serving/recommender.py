@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +80,15 @@ def default_params(settings: Settings) -> dict[str, Any]:
             "include_images": False}
 
 
+EF_SEARCH_ENV = "LOOKALIKE_EF_SEARCH"
+ENGINE_ENV = "LOOKALIKE_SERVING_ENGINE"
+
+
 def limits_from(settings: Settings) -> dict[str, Any]:
     """The request limits baked into a packaged model (serving section of the settings)."""
     return {"default_k": settings.serving.default_k, "max_k": settings.serving.max_k,
+            "ef_search": settings.serving.ef_search, "engine": settings.serving.engine,
+            "max_body_bytes": settings.serving.max_body_bytes,
             "max_batch": settings.serving.max_batch,
             "max_image_bytes": settings.serving.max_image_bytes,
             "max_pixels": settings.serving.max_pixels,
@@ -108,22 +116,27 @@ def check_consistency(info: dict, index) -> None:
 class Recommender:
     """The serving logic, independent of MLflow's context object (also used by tests)."""
 
-    def __init__(self, model_dir: str | Path, index_dir: str | Path, products_path: str | Path,
+    def __init__(self, model_dir: str | Path, index_dir: str | Path, products_dir: str | Path,
                  limits: dict[str, Any]):
         from lookalike.index import load_index
         from lookalike.learning.model import load_embedding_model
+        from lookalike.serving.catalogue_file import ServingCatalogue
 
         self.limits = dict(limits)
-        self.model = load_embedding_model(model_dir)
+        engine = os.environ.get(ENGINE_ENV) or self.limits.get("engine") or "tensorflow"
+        # The scoring server's environment says how many threads a worker may use.
+        threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 1)
+        self.model = load_embedding_model(model_dir, engine, threads)
         self.index = load_index(index_dir)
         check_consistency(self.model.info, self.index)
-        products = pd.read_parquet(products_path)
-        ids = products["product_id"].astype(str).tolist()
-        self.category = dict(zip(ids, products["category"].astype(str)))
-        titles = products["title"] if "title" in products else pd.Series([None] * len(ids))
-        self.title = {i: (t if isinstance(t, str) else None) for i, t in zip(ids, titles)}
-        self.thumbnail = (dict(zip(ids, products["thumbnail"]))
-                          if "thumbnail" in products else {})
+        ef_search = int(os.environ.get(EF_SEARCH_ENV) or self.limits.get("ef_search") or 0)
+        if ef_search > 0:
+            # Per deployment, no rebuild: the beam width is a search-time parameter.
+            self.index.set_search_params(ef_search=ef_search)
+        self.catalogue = ServingCatalogue(products_dir)
+        # The scoring server runs requests in a thread pool: one inference at a time per
+        # worker keeps its share of the cores busy instead of thrashing (BENCHMARKS.md).
+        self._inference = threading.Lock()
         self.categories = sorted(self.index.categories())
         self._category_set = set(self.categories)
         self.size, self.channels = self.model.image_size, self.model.channels
@@ -154,7 +167,7 @@ class Recommender:
         return k, category, exclude_self, include_images
 
     def _decode(self, text: Any, row: int) -> np.ndarray:
-        from lookalike.preprocessing import ImageRejected, inspect_image, to_model_input
+        from lookalike.preprocessing import ImageRejected, checked_model_input
 
         if isinstance(text, (bytes, bytearray)):
             data = bytes(text)
@@ -172,9 +185,10 @@ class Recommender:
             except (binascii.Error, ValueError):
                 raise _bad_request(f"row {row}: image is not valid base64") from None
         try:
-            inspect_image(data, self.limits["max_image_bytes"], self.limits["max_pixels"],
-                          self.limits["allowed_formats"])
-            return to_model_input(data, self.size, self.channels)
+            # Checked from the header, then decoded once, at the model's size.
+            return checked_model_input(data, self.size, self.channels,
+                                       self.limits["max_image_bytes"], self.limits["max_pixels"],
+                                       self.limits["allowed_formats"])
         except ImageRejected as rejected:
             raise _bad_request(f"row {row}: image rejected ({rejected.reason}): "
                                f"{rejected.detail}") from None
@@ -183,7 +197,10 @@ class Recommender:
 
     # -- predict ------------------------------------------------------------------------
 
-    def recommend(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def recommend(self, frame: pd.DataFrame, params: dict[str, Any] | None = None
+                  ) -> list[dict[str, Any]]:
+        """The answer as records, one per neighbour, ordered by query then rank (what the
+        scoring server serializes fastest; :func:`as_frame` makes a DataFrame of it)."""
         k, category, exclude_self, include_images = self._params(params)
         if not isinstance(frame, pd.DataFrame):
             raise _bad_request("input must be a table with columns 'image' and/or 'product_id'")
@@ -218,24 +235,29 @@ class Recommender:
                 image_rows.append(row)
                 pixels.append(self._decode(image, row))
         if image_rows:
-            vectors[image_rows] = self.model.embed(np.stack(pixels))
+            with self._inference:
+                vectors[image_rows] = self.model.embed(np.stack(pixels))
         hits = self.index.search(vectors, k, category=category,
                                  exclude_ids=excludes if exclude_self else None)
 
-        query, rank, ids, distances = [], [], [], []
+        records = []
+        catalogue = self.catalogue
         for q, row_hits in enumerate(hits):
             for r, (pid, dist) in enumerate(row_hits, start=1):
-                query.append(q)
-                rank.append(r)
-                ids.append(pid)
-                distances.append(dist)
-        out = {"query": np.asarray(query, dtype=np.int64), "rank": np.asarray(rank, dtype=np.int64),
-               "product_id": ids, "category": [self.category.get(i) for i in ids],
-               "title": [self.title.get(i) for i in ids],
-               "distance": np.asarray(distances, dtype=np.float64)}
-        if include_images:
-            out["image"] = [b64(self.thumbnail.get(i)) for i in ids]
-        return pd.DataFrame(out)
+                record = {"query": q, "rank": r, "product_id": pid,
+                          "category": catalogue.category(pid), "title": catalogue.title(pid),
+                          "distance": float(dist)}
+                if include_images:
+                    record["image"] = b64(catalogue.thumbnail(pid))
+                records.append(record)
+        return records
+
+
+def as_frame(records: list[dict], include_images: bool = False) -> pd.DataFrame:
+    """A :meth:`Recommender.recommend` answer as a DataFrame (the signature's output schema)."""
+    columns = OUTPUT_COLUMNS + (["image"] if include_images else [])
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    return frame.astype({"query": "int64", "rank": "int64", "distance": "float64"})
 
 
 def _present(value: Any) -> bool:

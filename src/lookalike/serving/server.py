@@ -29,7 +29,7 @@ def default_model_uri(settings: Settings) -> str:
 def server_command(settings: Settings, model_uri: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
             "--env-manager", "local", "-h", settings.serving.host, "-p", str(port),
-            "-w", str(settings.serving.workers)]
+            "-w", str(settings.serving_workers)]
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -43,6 +43,17 @@ def server_env(settings: Settings) -> dict[str, str]:
     env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(settings.serving.timeout_seconds)
     env["LOOKALIKE_HOME"] = str(settings.home_path)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Workers share the cores: TensorFlow and faiss (OpenMP) each get their share, no more;
+    # one request is a handful of images, so more threads only add hand-over costs.
+    threads = str(settings.serving_threads)
+    env["TF_NUM_INTRAOP_THREADS"] = threads
+    env["TF_NUM_INTEROP_THREADS"] = "1"
+    env["OMP_NUM_THREADS"] = threads
+    # uvicorn reads its options from UVICORN_* too: connections past this get HTTP 503, and
+    # no access-log line per request (a few % of a worker's time; UVICORN_ACCESS_LOG=true
+    # in the environment turns it back on).
+    env["UVICORN_LIMIT_CONCURRENCY"] = str(settings.serving.max_concurrent_requests)
+    env.setdefault("UVICORN_ACCESS_LOG", "false")
     return env
 
 
