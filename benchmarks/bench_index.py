@@ -4,8 +4,8 @@ The index is built with the settings' defaults (``index.params.hnsw`` of conf/ba
 ``--m`` / ``--ef-construction`` say otherwise, then searched with every ``--ef-search`` value
 (a search-time parameter: one build serves the whole sweep). Data: clustered synthetic vectors
 (queries near catalogue items, like a photo of a product) or the Delta embeddings of a model.
-Categories: ``rare`` (1 % of items), ``common`` (20 %), the rest spread over 10 others;
-category-filtered recall is measured for the rare and the common one.
+Categories: ``rare`` (1 % of items), ``mid`` (3 %), ``common`` (20 %), the rest spread over 10
+others; category-filtered recall is measured for these three.
 
 Run (one JSON object on stdout):
 
@@ -26,17 +26,19 @@ import numpy as np
 from lookalike.index import make_index
 from lookalike.vectors import exact_knn, prepare
 
-RARE, COMMON = "rare", "common"
+RARE, MID, COMMON = "rare", "mid", "common"
+FILTERS = (RARE, MID, COMMON)
 
 
 def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
-    """Clustered vectors: 1000 centres, unit-variance noise around them."""
+    """Clustered vectors, as in the earlier measurements: n / 1000 centres (scale 3),
+    unit-variance noise around them."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((1000, dim), dtype=np.float32) * 3
+    centres = rng.standard_normal((max(10, n // 1000), dim), dtype=np.float32) * 3.0
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 200_000):  # in chunks: bounded temporary memory
         stop = min(n, start + 200_000)
-        out[start:stop] = centres[rng.integers(0, 1000, stop - start)] + \
+        out[start:stop] = centres[rng.integers(0, len(centres), stop - start)] + \
             rng.standard_normal((stop - start, dim), dtype=np.float32)
     return out
 
@@ -45,7 +47,8 @@ def categories(n: int, seed: int) -> np.ndarray:
     draw = np.random.default_rng(seed + 7).random(n)
     cats = np.array([f"other-{i % 10}" for i in range(n)], dtype=object)
     cats[draw < 0.01] = RARE
-    cats[(draw >= 0.01) & (draw < 0.21)] = COMMON
+    cats[(draw >= 0.01) & (draw < 0.04)] = MID
+    cats[(draw >= 0.04) & (draw < 0.24)] = COMMON
     return cats
 
 
@@ -88,7 +91,7 @@ def ground_truth(queries, base, cats, k) -> dict:
     """Exact neighbours (base rows): unfiltered, and within the rare and common categories."""
     q, b = prepare(queries, "cosine"), prepare(base, "cosine")
     truth = {None: exact_knn(q, b, k, "cosine")[1]}
-    for name in (RARE, COMMON):
+    for name in FILTERS:
         rows = np.flatnonzero(cats == name)
         truth[name] = rows[exact_knn(q, b[rows], k, "cosine")[1]]
     return truth
@@ -101,7 +104,7 @@ def measure(index, queries, truth, ids, k, ef: int, single: int) -> dict:
     batch_s = time.perf_counter() - started
     out = {"ef_search": ef, "recall_at_k": round(recall(found, truth[None], ids, k), 4),
            "batch_qps": round(len(queries) / batch_s), **latency(index, queries[:single], k)}
-    for name in (RARE, COMMON):
+    for name in FILTERS:
         found = index.search(queries, k, category=name)
         out[f"{name}_recall_at_k"] = round(recall(found, truth[name], ids, k), 4)
         out[f"{name}_latency"] = latency(index, queries[:single], k, category=name)
@@ -126,18 +129,20 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    rng = np.random.default_rng(args.seed + 1)
     if args.home:
         data, data_cats = delta_embeddings(args.home, args.run_id)
+        order = rng.permutation(len(data))
+        queries, base = data[order[:args.queries]], data[order[args.queries:]]
+        cats = data_cats[order[args.queries:]]
         source = f"delta-embeddings:{args.run_id}"
     else:
-        data, data_cats = synthetic(args.n + args.queries, args.dim, args.seed), None
+        # Queries near catalogue items, like a shopper's photo of a product.
+        base = synthetic(args.n, args.dim, args.seed)
+        queries = base[rng.integers(0, len(base), args.queries)] + \
+            rng.standard_normal((args.queries, args.dim), dtype=np.float32) * 0.5
+        cats = categories(len(base), args.seed)
         source = "synthetic-clustered"
-    order = np.random.default_rng(args.seed).permutation(len(data))
-    queries, base = data[order[:args.queries]], data[order[args.queries:]]
-    queries = queries + np.random.default_rng(args.seed + 1).standard_normal(
-        queries.shape, dtype=np.float32) * 0.1
-    cats = categories(len(base), args.seed) if data_cats is None else data_cats[order[
-        args.queries:]]
     ids = [str(i) for i in range(len(base))]
     before = rss_mb()
     index = make_index("hnsw", base.shape[1], "cosine", m=args.m,
@@ -156,7 +161,7 @@ def main(argv=None) -> None:
         "m": args.m, "ef_construction": args.ef_construction, "k": args.k,
         "queries": len(queries), "filter_brute_force_max": index.params.filter_brute_force_max,
         "category_share": {name: round(float(np.mean(cats == name)), 4)
-                           for name in (RARE, COMMON)},
+                           for name in FILTERS},
         "build_s": round(build_s, 1), "build_peak_rss_increase_mb": round(build_rss),
         "peak_rss_mb": round(rss_mb()), "sweep": sweep,
         "target": "recall@10 >= 0.95 at >= 2000 q/s (batched, 2 cores)",

@@ -148,7 +148,7 @@ class _Trivial:
 
         class Trivial(mlflow.pyfunc.PythonModel):
             def load_context(self, context):
-                from lookalike.serving.tcp import enable_nodelay
+                from lookalike.serving.worker import enable_nodelay
 
                 enable_nodelay()  # the same transport fix as the lookalike model
 

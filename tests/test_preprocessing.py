@@ -11,6 +11,7 @@ from lookalike.preprocessing import (
     ImageRejected,
     batch_to_model_input,
     inspect_image,
+    pil_to_model_input,
     to_model_input,
 )
 
@@ -116,3 +117,34 @@ def test_a_long_strip_is_decoded_within_bounded_memory(tmp_path):
     shape, centre, extra_mb = " ".join(out[:3]), float(out[3]), int(out[4])
     assert shape == "(28, 28, 1)" and centre == pytest.approx(40 / 255, abs=0.01)
     assert extra_mb < 200, f"{extra_mb} MB extra to decode a 25 MP strip"
+
+
+def test_sixteen_bit_and_float_pictures_match_the_eight_bit_one():
+    """A 16-bit grey PNG (and a float TIFF-like image) of the same picture gives the same model
+    input as the 8-bit one: values are scaled, not clipped at 255."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(20, 30), dtype=np.uint8)
+    eight = to_model_input(encode_image(pixels), 28, 1)
+    sixteen = Image.fromarray((pixels.astype(np.uint16) * 257), mode="I;16")
+    buffer = io.BytesIO()
+    sixteen.save(buffer, format="PNG")
+    from_sixteen = to_model_input(buffer.getvalue(), 28, 1)
+    np.testing.assert_allclose(from_sixteen, eight, atol=1.5 / 255)
+    floats = pil_to_model_input(Image.fromarray(pixels.astype(np.float32) / 255, mode="F"), 28, 1)
+    np.testing.assert_allclose(floats, eight, atol=1.5 / 255)
+
+
+def test_exif_orientation_turns_phone_photos_upright():
+    """A JPEG stored sideways with EXIF orientation 6 (rotate 90° clockwise to view) gives the
+    same model input as the upright picture."""
+    upright = np.full((40, 20, 3), 255, np.uint8)
+    upright[:10] = (200, 30, 30)  # a red band at the top of the upright picture
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # sideways on disk
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    turned = to_model_input(buffer.getvalue(), 32, 3)
+    reference = pil_to_model_input(Image.fromarray(upright), 32, 3)
+    assert np.abs(turned - reference).mean() < 0.03
+    assert turned[:6, 12:20, 0].mean() > 0.6 and turned[:6, 12:20, 1].mean() < 0.3  # red on top

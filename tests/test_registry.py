@@ -67,7 +67,21 @@ def test_promotion_moves_champion_only_when_not_worse(packaged_model):
     assert promote(settings, version=v3)["promoted"] is False   # explicit older, worse version
     assert champion() == v4
 
-    new_version(None)                            # no metric: refuse to guess
-    with pytest.raises(ValueError, match="a_map_at_r"):
-        promote(settings)
-    assert champion() == v4
+    new_version(None)                            # no metric: refused, with the reason
+    missing = promote(settings)
+    assert not missing["promoted"] and "no finite a_map_at_r" in missing["reason"]
+    new_version(float("nan"))                    # NaN: refused too
+    assert not promote(settings)["promoted"] and champion() == v4
+
+
+def test_promotion_decisions_with_missing_and_nan_metrics():
+    from lookalike.registry import decide_promotion
+
+    nan = float("nan")
+    assert decide_promotion(nan, None, 1, None, "m", 0.0)[0] is False    # first, unmeasured
+    assert decide_promotion(None, None, 1, None, "m", 0.0)[0] is False
+    assert decide_promotion(0.3, None, 1, None, "m", 0.0)[0] is True     # first, measured
+    promoted, reason = decide_promotion(0.1, nan, 2, 1, "m", 0.0)         # NaN champion
+    assert promoted and "no finite m" in reason
+    assert decide_promotion(0.5, 0.6, 2, 1, "m", 0.05)[0] is False
+    assert decide_promotion(0.56, 0.6, 2, 1, "m", 0.05)[0] is True

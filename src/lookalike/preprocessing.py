@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Truncated files must be errors, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -134,7 +134,10 @@ def pil_to_model_input(image: Image.Image, size: int, channels: int) -> np.ndarr
 
     The image is resized so its longest side is ``size`` *before* it is letterboxed, so memory
     follows the output size: a 100000 x 250 strip never becomes a 100000 x 100000 square.
+    Phone photos are turned upright from their EXIF orientation; 16-bit and float pixels are
+    scaled to 8 bits rather than clipped.
     """
+    image = _upright(_eight_bit(image))
     if image.mode in ("P", "PA", "LA", "RGBA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -158,6 +161,35 @@ def pil_to_model_input(image: Image.Image, size: int, channels: int) -> np.ndarr
     return array
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (phone cameras store it sideways)."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: keep the pixels as stored
+        return image
+    return ImageOps.exif_transpose(image) if orientation not in (1, None) else image
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit ("I;16*", "I") and float ("F") grey images as 8-bit "L", scaled, not clipped.
+
+    16-bit data spans 0..65535 (an "I" image whose values stay within 0..255 is 8-bit data);
+    float data is taken as 0..1 when it stays within it, else as 0..255.
+    """
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    high = float(values.max()) if values.size else 0.0
+    if image.mode == "F":
+        scale = 255.0 if high <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or high > 255 else 1.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
 def batch_to_model_input(images: Iterable[bytes], size: int, channels: int) -> np.ndarray:
     """Stack :func:`to_model_input` over many images into (n, size, size, channels)."""
     arrays = [to_model_input(data, size, channels) for data in images]
@@ -178,8 +210,10 @@ def thumbnail_png(data: bytes, max_side: int) -> bytes:
     catalogue samples); model input always goes through :func:`to_model_input`."""
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        if image.format == "PNG" and max(image.size) <= max_side:
+        if image.format == "PNG" and max(image.size) <= max_side and image.mode in (
+                "L", "RGB", "RGBA", "LA", "P"):
             return bytes(data)
+        image = _upright(_eight_bit(image))
         if image.mode not in ("L", "RGB", "RGBA", "LA"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         image.thumbnail((max_side, max_side))

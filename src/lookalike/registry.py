@@ -15,6 +15,7 @@ The registered name is configuration only: on Databricks Unity Catalog use a thr
 from __future__ import annotations
 
 import logging
+import math
 
 from lookalike.config import Settings
 
@@ -71,6 +72,30 @@ def _available_metrics(client, version) -> list[str]:
         return []
 
 
+def decide_promotion(value: float | None, best: float | None, version, champion_version,
+                     metric: str, tolerance: float) -> tuple[bool, str]:
+    """(promote?, why) for a challenger's ``value`` against the champion's ``best``.
+
+    A challenger without a finite metric is never promoted, even as the first version: a
+    model no one measured must not serve. A champion without a finite metric is replaced by
+    any measured challenger (a NaN champion could otherwise never be beaten).
+    """
+    if value is None or not math.isfinite(value):
+        return False, (f"version {version} has no finite {metric} ({value}): not promoted")
+    if champion_version is None:
+        return True, f"no champion yet: version {version} ({metric} {value:.4f}) becomes champion"
+    if str(champion_version) == str(version):
+        return False, f"version {version} already is champion"
+    if best is None or not math.isfinite(best):
+        return True, (f"champion v{champion_version} has no finite {metric} ({best}); "
+                      f"challenger has {value:.4f}")
+    if value >= best - tolerance:
+        return True, (f"{metric} {value:.4f} >= champion v{champion_version}'s {best:.4f} "
+                      f"- tolerance {tolerance}")
+    return False, (f"{metric} {value:.4f} < champion v{champion_version}'s {best:.4f} "
+                   f"- tolerance {tolerance}: champion kept")
+
+
 def promote(settings: Settings, version: str | int | None = None) -> dict:
     """Make ``version`` (default: the challenger) champion if it is not worse; say why."""
     import mlflow
@@ -96,26 +121,12 @@ def promote(settings: Settings, version: str | int | None = None) -> dict:
               "tolerance": tolerance}
     if champion is not None:
         result["champion_version"] = int(champion.version)
-    if champion is None:
-        promoted, reason = True, "no champion yet: first version becomes champion"
-    elif champion.version == candidate.version:
-        promoted, reason = False, f"version {candidate.version} already is champion"
-    else:
-        if value is None:
-            raise ValueError(f"version {candidate.version} has no metric {metric!r} "
-                             f"(registry.promotion_metric); its training run logged "
-                             f"{_available_metrics(client, candidate)}")
-        best = version_metric(client, champion, metric)
-        result["champion_value"] = best
-        if best is None:
-            promoted, reason = True, (f"champion v{champion.version} has no {metric}; "
-                                      f"challenger has {value:.4f}")
-        elif value >= best - tolerance:
-            promoted, reason = True, (f"{metric} {value:.4f} >= champion v{champion.version}'s "
-                                      f"{best:.4f} - tolerance {tolerance}")
-        else:
-            promoted, reason = False, (f"{metric} {value:.4f} < champion v{champion.version}'s "
-                                       f"{best:.4f} - tolerance {tolerance}: champion kept")
+        result["champion_value"] = version_metric(client, champion, metric)
+    promoted, reason = decide_promotion(value, result["champion_value"], candidate.version,
+                                        None if champion is None else champion.version,
+                                        metric, tolerance)
+    if value is None or not math.isfinite(value):
+        reason += f"; its training run logged {_available_metrics(client, candidate)}"
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, candidate.version)
         result["champion_version"] = int(candidate.version)

@@ -86,3 +86,16 @@ def test_saved_model_reloads_and_embeds_identically(tiny, tmp_path):
 def test_load_rejects_folder_without_info(tmp_path):
     with pytest.raises(FileNotFoundError, match="lookalike.json"):
         load_embedding_model(tmp_path)
+
+
+def test_augmentation_fills_shifted_space_with_the_white_background(tiny):
+    """Shifts uncover the catalogue's background (white), never black."""
+    import tensorflow as tf
+
+    settings = tiny.replace(model={"augmentation": True})
+    model = build_model(settings)
+    shift = model.get_layer("aug_shift")
+    tf.keras.utils.set_random_seed(1)
+    white = np.ones((8, 28, 28, 1), np.float32)
+    shifted = shift(white, training=True).numpy()
+    assert shifted.min() > 0.99  # a black fill would show as zeros at the borders

@@ -51,8 +51,10 @@ def build_model(settings: Settings, num_classes: int | None = None):
     if settings.model.augmentation:
         # Active only when training=True; identity in the exported embedding function.
         x = tf.keras.layers.RandomFlip("horizontal", name="aug_flip")(x)
+        # What a shift uncovers is filled with the catalogue's background: white (inputs are
+        # in [0, 1], photos and Fashion-MNIST alike are dark products on white), never black.
         x = tf.keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant",
-                                              fill_value=0.0, name="aug_shift")(x)
+                                              fill_value=1.0, name="aug_shift")(x)
     features = backbone.builder(shape, settings.model.width, settings)(x)
     outputs = MetricEmbedding(settings.model.embedding_size, name="metric_embedding")(features)
     return SimilarityModel(inputs, outputs, name="lookalike")
