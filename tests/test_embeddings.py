@@ -127,3 +127,30 @@ def test_search_time_params_change_without_a_rebuild_and_build_params_rebuild(ca
     other_graph = settings.replace(index={"params": {"hnsw": {"m": 8}}})
     assert build_index(other_graph, run_id=run_id)["mode"] == "built"
     assert IndexManifest.read(index_dir(settings, run_id)).params["m"] == 8
+
+
+def test_deleted_products_leave_embeddings_and_the_index(embedding_run, spark, tmp_path):
+    """A file removed from a shop's folder leaves products, then embeddings, then the index."""
+    from lookalike.catalogue.ingest import ingest_folder
+    from lookalike.embeddings import embed_catalogue
+    from lookalike.index import load_index
+    from lookalike.index.build import build_index, index_dir
+
+    run_settings, run_id = embedding_run
+    settings = run_settings.replace(catalogue={"database": f"del{uuid.uuid4().hex[:8]}"})
+    shop = tmp_path / "shop" / "bags"
+    shop.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        from imagegen import encode_image
+        (shop / f"b{i}.png").write_bytes(encode_image(rng.integers(0, 255, (28, 28), np.uint8)))
+    ingest_folder(spark, settings, str(tmp_path / "shop"))
+    embed_catalogue(settings, run_id=run_id)
+    assert build_index(settings, run_id=run_id)["count"] == 5
+
+    (shop / "b3.png").unlink()
+    assert ingest_folder(spark, settings, str(tmp_path / "shop")).deleted == 1
+    assert embed_catalogue(settings, run_id=run_id)["removed"] == 1
+    updated = build_index(settings, run_id=run_id)
+    assert (updated["mode"], updated["count"], updated["removed"]) == ("updated", 4, 1)
+    assert not load_index(index_dir(settings, run_id)).contains("bags/b3")

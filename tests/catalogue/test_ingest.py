@@ -171,3 +171,50 @@ def test_cli_ingest_prints_one_json_line(tmp_path, home):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["inserted"] == 1 and summary["rejected"] == 0
+
+
+def test_full_snapshot_deletes_gone_files_keeps_rejected_ones_and_moves_changed_splits(
+        spark, settings, tmp_path):
+    shop = tmp_path / "shop"
+    (shop / "bags").mkdir(parents=True)
+    for i in range(6):
+        (shop / "bags" / f"b{i}.png").write_bytes(_image(i))
+    first = ingest_folder(spark, settings, str(shop))
+    assert (first.inserted, first.deleted) == (6, 0)
+
+    (shop / "bags" / "b0.png").unlink()                                    # gone: deleted
+    (shop / "bags" / "b1.png").write_bytes(b"no longer an image")         # broken: kept
+    second = ingest_folder(spark, settings, str(shop))
+    assert (second.deleted, second.rejected, second.unchanged) == (1, 1, 4)
+    ids = sorted(read_products(spark, settings)[0].toPandas().product_id)
+    assert ids == ["bags/b1", "bags/b2", "bags/b3", "bags/b4", "bags/b5"]
+
+    # Another folder's products are not part of this snapshot.
+    other = tmp_path / "other" / "hats"
+    other.mkdir(parents=True)
+    (other / "h1.png").write_bytes(_image(50))
+    ingest_folder(spark, settings, str(tmp_path / "other"))
+    assert ingest_folder(spark, settings, str(shop)).deleted == 0
+    assert read_products(spark, settings)[0].count() == 6
+
+    # A changed split setting reaches the rows it concerns.
+    moved = settings.replace(catalogue={"split": {"train": 0.2, "val": 0.4, "test": 0.4}})
+    third = ingest_folder(spark, moved, str(shop))
+    rows = read_products(spark, moved)[0].toPandas().set_index("product_id")
+    expected = {pid: split_for(pid, 0.2, 0.4) for pid in rows.index if pid.startswith("bags/")
+                and pid != "bags/b1"}
+    assert third.updated == sum(split_for(pid, 0.8, 0.1) != s for pid, s in expected.items())
+    assert {pid: rows.loc[pid, "split"] for pid in expected} == expected
+
+
+def test_dbfs_volumes_and_file_uris_give_the_same_path(spark):
+    from pyspark.sql import functions as F
+
+    from lookalike.catalogue.ingest import _local_path_column, local_path
+
+    uris = ["dbfs:/Volumes/main/shop/images/bags/b1.png", "file:/Volumes/main/shop/images/bags/b1.png",
+            "file:///Volumes/main/shop/images/bags/b1.png", "/Volumes/main/shop/images/bags/b1.png"]
+    assert {local_path(u) for u in uris} == {"/Volumes/main/shop/images/bags/b1.png"}
+    frame = spark.createDataFrame([(u,) for u in uris], "uri STRING")
+    assert {r[0] for r in frame.select(_local_path_column(F.col("uri"))).collect()} == {
+        "/Volumes/main/shop/images/bags/b1.png"}

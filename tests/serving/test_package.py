@@ -43,3 +43,37 @@ def test_package_without_index_is_a_clear_error(embedding_run):
     configure_mlflow(settings)
     with pytest.raises(ValueError, match="build-index"):
         package_and_register(settings, run_id=copy_training_run(settings, run_id))
+
+
+def test_a_title_only_change_reaches_the_next_package(embedding_run, spark, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from lookalike.catalogue.ingest import ingest_candidates, ingest_fashion_mnist
+    from lookalike.catalogue.tables import read_products
+    from lookalike.embeddings import embed_catalogue
+    from lookalike.index.build import build_index
+    from lookalike.serving.catalogue_file import ServingCatalogue
+    from lookalike.serving.package import package_and_register
+    from lookalike.serving.pyfunc import ARTIFACT_PRODUCTS, packaged_artifacts
+
+    run_settings, run_id = embedding_run
+    settings = run_settings.replace(
+        catalogue={"database": f"title{uuid.uuid4().hex[:8]}"},
+        registry={"model_name": f"title-{uuid.uuid4().hex[:8]}"})
+    ingest_fashion_mnist(spark, settings, limit_per_split=5)
+    embed_catalogue(settings, run_id=run_id)
+    build_index(settings, run_id=run_id)
+    package_and_register(settings, run_id=run_id)
+
+    row = read_products(spark, settings)[0].orderBy("product_id").first()
+    ingest_candidates(spark, settings, pd.DataFrame({
+        "product_id": [row["product_id"]], "category": [row["category"]],
+        "title": ["Red canvas tote"], "image": [bytes(row["image"])],
+        "source_uri": [row["source_uri"]], "official_split": ["test"]}), "test")
+    assert embed_catalogue(settings, run_id=run_id)["embedded"] == 0     # same picture
+    assert build_index(settings, run_id=run_id)["mode"] == "unchanged"
+    second = package_and_register(settings, run_id=run_id)
+    local = mlflow.artifacts.download_artifacts(second["model_uri"], dst_path=str(tmp_path))
+    catalogue = ServingCatalogue(packaged_artifacts(local)[ARTIFACT_PRODUCTS])
+    assert catalogue.title(row["product_id"]) == "Red canvas tote"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +36,8 @@ class IngestSummary:
     unchanged: int
     rejected: int
     table_version: int
+    # Products of a full snapshot (a folder) whose file is gone, deleted from the table.
+    deleted: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)
@@ -91,12 +94,31 @@ def validate_rows(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[c.split()[0] for c in _VALIDATED_SCHEMA.split(", ")])
 
 
-def upsert_validated(spark, settings: Settings, validated, source: str) -> IngestSummary:
+# Spark reports file:/... locally and dbfs:/Volumes/... on Databricks for the same kind of path.
+_SCHEME = r"^(file|dbfs):/*"
+
+
+def local_path(uri: str) -> str:
+    """A file URI as a plain absolute path: ``dbfs:/Volumes/x`` and ``file:///x`` -> ``/x``."""
+    return re.sub(_SCHEME, "/", str(uri))
+
+
+def _local_path_column(column):
+    from pyspark.sql import functions as F
+
+    return F.regexp_replace(column, _SCHEME, "/")
+
+
+def upsert_validated(spark, settings: Settings, validated, source: str,
+                     snapshot_root: str | None = None) -> IngestSummary:
     """MERGE validated rows into products and record rejects; return the summary.
 
     ``validated`` is a Spark DataFrame in the ``_VALIDATED_SCHEMA`` layout. Rows whose content
-    hash, category and title equal the stored ones are left alone, so unchanged data never
-    creates a new table version.
+    hash, category, title and split equal the stored ones are left alone, so unchanged data
+    never creates a new table version; a changed split setting moves the rows it concerns.
+    With ``snapshot_root`` the source is a full snapshot of that folder: products whose file
+    under it is gone are deleted (a file that is still there but now rejected keeps its last
+    good version).
     """
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
@@ -113,21 +135,23 @@ def upsert_validated(spark, settings: Settings, validated, source: str) -> Inges
         if duplicates:
             raise ValueError(f"source repeats product_id {[r['product_id'] for r in duplicates]}")
 
-        current = (spark.read.format("delta").load(products_path)
-                   .select("product_id", F.col("content_hash").alias("old_hash"),
-                           F.col("category").alias("old_category"),
-                           F.col("title").alias("old_title")))
+        stored = spark.read.format("delta").load(products_path)
+        current = stored.select("product_id", F.col("content_hash").alias("old_hash"),
+                                F.col("category").alias("old_category"),
+                                F.col("title").alias("old_title"),
+                                F.col("split").alias("old_split"))
         # Only key columns of the table are broadcast: the image bytes never cross a shuffle.
         diff = good.join(F.broadcast(current), "product_id", "left").withColumn(
             "change",
             F.when(F.col("old_hash").isNull(), F.lit("insert"))
             .when((F.col("old_hash") != F.col("content_hash"))
                   | (F.col("old_category") != F.col("category"))
-                  | ~F.col("old_title").eqNullSafe(F.col("title")), F.lit("update"))
+                  | ~F.col("old_title").eqNullSafe(F.col("title"))
+                  | (F.col("old_split") != F.col("split")), F.lit("update"))
             .otherwise(F.lit("unchanged"))).persist()
         counts = {r["change"]: r["count"] for r in diff.groupBy("change").count().collect()}
         changed = (diff.where(F.col("change") != "unchanged")
-                   .drop("old_hash", "old_category", "old_title", "change")
+                   .drop("old_hash", "old_category", "old_title", "old_split", "change")
                    .withColumn("ingested_at", F.current_timestamp()))
         if counts.get("insert", 0) + counts.get("update", 0) > 0:
             (DeltaTable.forPath(spark, products_path).alias("t")
@@ -136,6 +160,8 @@ def upsert_validated(spark, settings: Settings, validated, source: str) -> Inges
              .whenNotMatchedInsertAll()
              .execute())
         diff.unpersist()
+        deleted = (_delete_gone(spark, products_path, stored, good, bad, snapshot_root)
+                   if snapshot_root else 0)
 
         rejected = bad.count()
         if rejected:
@@ -150,9 +176,32 @@ def upsert_validated(spark, settings: Settings, validated, source: str) -> Inges
         return IngestSummary(source=source, inserted=counts.get("insert", 0),
                              updated=counts.get("update", 0),
                              unchanged=counts.get("unchanged", 0), rejected=rejected,
-                             table_version=table_version(spark, products_path))
+                             table_version=table_version(spark, products_path),
+                             deleted=deleted)
     finally:
         validated.unpersist()
+
+
+def _delete_gone(spark, products_path: str, stored, good, bad, root: str) -> int:
+    """Delete products under ``root`` that the snapshot no longer has; the count."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    prefix = local_path(root).rstrip("/") + "/"
+    under_root = stored.where(_local_path_column(F.col("source_uri")).startswith(prefix))
+    gone = (under_root.select("product_id", "source_uri")
+            .join(good.select("product_id"), "product_id", "left_anti")
+            .join(bad.select("source_uri"), "source_uri", "left_anti")
+            .select("product_id").persist())
+    try:
+        count = gone.count()
+        if count:
+            (DeltaTable.forPath(spark, products_path).alias("t")
+             .merge(gone.alias("s"), "t.product_id = s.product_id")
+             .whenMatchedDelete().execute())
+        return count
+    finally:
+        gone.unpersist()
 
 
 def _validate_partitions(settings: Settings):
@@ -200,15 +249,16 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
 
     from lookalike.catalogue.sources import read_metadata_csv
 
-    root = Path(folder).resolve()
+    root = Path(local_path(folder)).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
              .load(str(root)).select("path", "content", "length"))
-    # binaryFile gives file: URIs; the path relative to the root is the stable product key.
+    # binaryFile gives file:/ (local) or dbfs:/Volumes/ (Databricks) URIs; the path relative to
+    # the root, scheme removed, is the stable product key either way.
     files = files.withColumn("relative",
-                             F.expr(f"substring(regexp_replace(path, '^file:/+', '/'), "
-                                    f"{len(str(root)) + 2})"))
+                             F.substring(_local_path_column(F.col("path")), len(str(root)) + 2,
+                                         1 << 20))
     if metadata_csv:
         metadata = read_metadata_csv(metadata_csv)
         # normpath turns "./a.png" into "a.png", matching the relative paths of binaryFile.
@@ -231,7 +281,8 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
             [(None, None, None, b"", uri) for uri in empty],
             "product_id STRING, category STRING, title STRING, image BINARY, source_uri STRING"))
     validated = candidates.mapInPandas(_validate_partitions(settings), _VALIDATED_SCHEMA)
-    return upsert_validated(spark, settings, validated, f"folder:{root}")
+    return upsert_validated(spark, settings, validated, f"folder:{root}",
+                            snapshot_root=str(root))
 
 
 def _empty_files(spark, root: str) -> list[str]:

@@ -224,7 +224,8 @@ def default_steps() -> list[Step]:
                           **_section(s(ctx), "index")},
              _build_index, _index_valid),
         Step("package",
-             lambda ctx: {"run_id": _train_run(ctx),
+             # products_version: a title-only change re-packages (its metadata is packaged).
+             lambda ctx: {"run_id": _train_run(ctx), "products_version": _products_version(ctx),
                           "index": {k: (ctx.outputs.get("build-index") or {}).get(k)
                                     for k in ("path", "count", "embeddings_version")},
                           "evaluation": ctx.outputs.get("evaluate"),

@@ -39,9 +39,10 @@ def _thumbnails(max_side: int):
 
 def write_products_folder(settings: Settings, run_id: str, provenance: IndexProvenance,
                           directory: Path) -> int:
-    """The packaged catalogue (:mod:`lookalike.serving.catalogue_file`) of the indexed products,
-    read at the Delta versions the index was built from; streamed to the driver row by row.
-    Returns the row count."""
+    """The packaged catalogue (:mod:`lookalike.serving.catalogue_file`) of the indexed products:
+    the ids of the index's embeddings version, the metadata of the current products table (so a
+    title-only change reaches the next package); streamed to the driver row by row. Returns the
+    row count."""
     from pyspark.sql import functions as F
 
     from lookalike.catalogue.tables import read_products
@@ -49,7 +50,12 @@ def write_products_folder(settings: Settings, run_id: str, provenance: IndexProv
     from lookalike.spark import get_spark
 
     spark = get_spark(settings)
-    products, _ = read_products(spark, settings, version=provenance.products_version)
+    # Metadata (titles, categories) as the catalogue has it now; products deleted since the
+    # index was built keep the metadata of the version it was built from.
+    current, _ = read_products(spark, settings)
+    pinned, _ = read_products(spark, settings, version=provenance.products_version)
+    products = current.unionByName(pinned.join(current.select("product_id"), "product_id",
+                                               "left_anti"))
     embedded = (spark.read.format("delta")
                 .option("versionAsOf", provenance.embeddings_version)
                 .load(provenance.embeddings_table)
