@@ -274,3 +274,20 @@ def test_serving_endpoint_serves_the_registered_model(target):
             registered = _resolve(env.get("LOOKALIKE__REGISTRY__MODEL_NAME", ""), variables,
                                   target)
             assert registered == name, f"{key}: registers {registered!r}, endpoint serves {name!r}"
+
+
+def test_the_wheel_leaves_the_runtimes_own_packages_alone():
+    """Installed as a job library on DBR 15.4 LTS ML, the wheel must not replace the cluster's
+    Spark, Delta, TensorFlow (Horovod is built against it), Horovod, Hyperopt or Petastorm, and
+    pins nothing exactly: exact pins live in .ci/requirements.lock and the `local` extra."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~;\\[ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    provided = {"pyspark", "delta-spark", "tensorflow", "horovod", "hyperopt", "petastorm"}
+    assert not names & provided, names & provided
+    assert not [d for d in project["dependencies"] if "==" in d]
+    local = {re.split(r"[<>=!~;\\[ ]", d, maxsplit=1)[0].lower()
+             for d in project["optional-dependencies"]["local"]}
+    assert {"pyspark", "delta-spark", "tensorflow"} <= local

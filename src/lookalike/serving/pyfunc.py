@@ -53,8 +53,10 @@ def _requirements() -> list[str]:
     from importlib import metadata
 
     pins = []
-    for name in ("mlflow", "tensorflow", "faiss-cpu", "numpy", "pandas", "pyarrow", "pillow",
-                 "pyyaml"):
+    # Everything the pickled model and its code need at load time, cloudpickle (which
+    # pickled the PythonModel) included; pinned to what packaged it.
+    for name in ("mlflow", "cloudpickle", "tensorflow", "faiss-cpu", "numpy", "pandas", "pyarrow",
+                 "pillow", "pyyaml"):
         try:
             pins.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
