@@ -83,7 +83,8 @@ def decide_promotion(value: float | None, best: float | None, version, champion_
     if value is None or not math.isfinite(value):
         return False, (f"version {version} has no finite {metric} ({value}): not promoted")
     if champion_version is None:
-        return True, f"no champion yet: version {version} ({metric} {value:.4f}) becomes champion"
+        return True, (f"no champion yet: first version {version} ({metric} {value:.4f}) "
+                      "becomes champion")
     if str(champion_version) == str(version):
         return False, f"version {version} already is champion"
     if best is None or not math.isfinite(best):
