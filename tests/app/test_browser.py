@@ -102,6 +102,20 @@ def chromium(tmp_path):
             process.wait(10)
 
 
+def open_and_wait_for_results(chromium: DevTools, url: str, timeout: float = 90.0):
+    """Open the app and wait until its results grid has 10 loaded images or an error box
+    shows; the PROBE state at that point (None if nothing rendered in time)."""
+    chromium.call("Page.navigate", url=url)
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = chromium.evaluate(PROBE)
+        if state and (state["errors"] or state["loaded"] >= 10):
+            break
+        time.sleep(0.5)
+    return state
+
+
 def test_browser_shows_lookalikes_of_the_default_query(chromium, served_model, app_sample,
                                                        tmp_path):
     from lookalike.pipeline.demo import start_app
@@ -116,14 +130,7 @@ def test_browser_shows_lookalikes_of_the_default_query(chromium, served_model, a
     process, url = start_app(served_model, free_port(), sample_path,
                              log_file=tmp_path / "streamlit.log")
     try:
-        chromium.call("Page.navigate", url=url)
-        deadline = time.monotonic() + 90
-        state = None
-        while time.monotonic() < deadline:
-            state = chromium.evaluate(PROBE)
-            if state and (state["errors"] or state["loaded"] >= 10):
-                break
-            time.sleep(0.5)
+        state = open_and_wait_for_results(chromium, url)
         log = (tmp_path / "streamlit.log").read_text(errors="replace")[-2000:]
         assert state, f"no results section rendered; streamlit log:\n{log}"
         assert not state["errors"], state["errors"]
@@ -145,14 +152,7 @@ def test_browser_page_never_holds_the_token(chromium, served_model, app_sample, 
     process, url = start_app(served_model, free_port(), app_sample[0], token=token,
                              log_file=tmp_path / "streamlit.log")
     try:
-        chromium.call("Page.navigate", url=url)
-        deadline = time.monotonic() + 90
-        state = None
-        while time.monotonic() < deadline:
-            state = chromium.evaluate(PROBE)
-            if state and (state["errors"] or state["loaded"] >= 10):
-                break
-            time.sleep(0.5)
+        state = open_and_wait_for_results(chromium, url)
         assert state and not state["errors"] and state["loaded"] == 10, state
         page = chromium.evaluate("""(() => ({
           html: document.documentElement.outerHTML,
