@@ -166,6 +166,8 @@ _EXIF_ORIENTATION = 0x0112
 
 def _upright(image: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation says (phone cameras store it sideways)."""
+    if "exif" not in image.info:  # no EXIF block: nothing to parse (most catalogue images)
+        return image
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - unreadable EXIF: keep the pixels as stored
