@@ -122,7 +122,7 @@ def main() -> None:
         run_level(url, bodies, 1, 50, 30)                     # warm-up
         levels = [run_level(url, bodies, int(c), args.requests, args.seconds)
                   for c in args.levels.split(",")]
-        worker_memory = _worker_rss_mb(process.pid)
+        worker_memory = _worker_memory_mb(process.pid)
     finally:
         stop_server(process)
     by_level = {level["concurrency"]: level for level in levels}
@@ -182,7 +182,7 @@ def _lookalike_dir() -> str:
     return str(Path(lookalike.__file__).resolve().parent)
 
 
-def _worker_rss_mb(pid: int) -> list[dict]:
+def _worker_memory_mb(pid: int) -> list[dict]:
     """Memory of each uvicorn worker after the load: RSS, PSS (shared pages split between the
     processes sharing them: TensorFlow's libraries, the memory-mapped thumbnails) and USS
     (pages of that worker alone), in MB."""

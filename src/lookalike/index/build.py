@@ -8,7 +8,6 @@ otherwise it is rebuilt. Saving swaps folders atomically, so a reader never sees
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -64,15 +63,16 @@ def _changed_since(spark, path: str, run_id: str, start_version: int, end_versio
 
 
 def _reusable(settings: Settings, directory: Path, run_id: str, path: str, dim: int,
-              distance: str) -> VectorIndex | None:
-    """The saved index if it was built for exactly this model, table and index settings."""
+              distance: str) -> tuple[VectorIndex | None, bool]:
+    """(the saved index if it was built for exactly this model, table and build settings;
+    whether its search-time parameters were changed to the settings')."""
     if not IndexManifest.exists(directory):
-        return None
+        return None, False
     try:
         index = load_index(directory)
     except (OSError, ValueError, TypeError) as error:
         log.warning("saved index %s unreadable (%s): rebuilding", directory, error)
-        return None
+        return None, False
     made_by = index.provenance
     wanted = settings.index.backend_params
     same = (made_by is not None and made_by.model_version == run_id
@@ -80,9 +80,10 @@ def _reusable(settings: Settings, directory: Path, run_id: str, path: str, dim: 
             and index.distance == distance and index.backend == settings.index.backend
             and index.build_params() == build_params(wanted))
     if not same:
-        return None
+        return None, False
+    changed = index.params != wanted
     index.params = wanted  # search-time parameters (ef_search, ...) follow the settings
-    return index
+    return index, changed
 
 
 def _apply_changes(index: VectorIndex, current, changed: set[str]) -> tuple[int, int]:
@@ -131,8 +132,8 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
     directory = index_dir(settings, run_id)
     dim, distance = int(info["embedding_size"]), model_distance(info, settings)
 
-    index = None if rebuild else _reusable(settings, directory, run_id, path, dim, distance)
-    saved_params = IndexManifest.read(directory).params if index is not None else None
+    index, params_changed = ((None, False) if rebuild else
+                             _reusable(settings, directory, run_id, path, dim, distance))
     changed = (_changed_since(spark, path, run_id, index.provenance.embeddings_version, version)
                if index is not None else None)
     added = removed = 0
@@ -153,7 +154,6 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
         products_table=table_path(settings, "products"),
         products_version=int(history.get("products_version", -1)),
         built_at=datetime.now(timezone.utc).isoformat())
-    params_changed = saved_params is not None and saved_params != dataclasses.asdict(index.params)
     if mode != "unchanged" or params_changed or not IndexManifest.exists(directory):
         save_atomically(index, directory)
     result = {"model_version": run_id, "mode": mode, "count": len(index), "added": added,
