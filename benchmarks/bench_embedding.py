@@ -39,7 +39,7 @@ def log_untrained_model(settings) -> str:
             "distance": settings.model.distance, "backbone": settings.model.backbone,
             "categories": [], "training_run_id": run.info.run_id, "untrained": True})
         mlflow.log_artifacts(str(directory), MODEL_ARTIFACT)
-        mlflow.log_metric("a_map_at_r", 0.0)
+        mlflow.log_metrics({"a_map_at_r": 0.0, "val_a_map_at_r": 0.0})
     return run.info.run_id
 
 

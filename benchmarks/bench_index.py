@@ -53,12 +53,12 @@ def categories(n: int, seed: int) -> np.ndarray:
 
 
 def delta_embeddings(home: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    from lookalike.catalogue.tables import table_path
+    from lookalike.catalogue.tables import catalogue_table
     from lookalike.config import load_settings
     from lookalike.spark import get_spark
 
     settings = load_settings(overrides={"home": home})
-    rows = (get_spark(settings).read.format("delta").load(table_path(settings, "embeddings"))
+    rows = (catalogue_table(settings, "embeddings").read(get_spark(settings))
             .where(f"model_version = '{run_id}'").select("vector", "category").toPandas())
     return np.stack([np.asarray(v, dtype=np.float32) for v in rows["vector"]]), \
         rows["category"].to_numpy(object)

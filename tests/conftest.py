@@ -128,7 +128,7 @@ def _tiny_training_run(settings: Settings) -> str:
             "distance": settings.model.distance, "backbone": settings.model.backbone,
             "categories": [], "training_run_id": run.info.run_id})
         mlflow.log_artifacts(str(directory), MODEL_ARTIFACT)
-        mlflow.log_metric("a_map_at_r", 0.5)
+        mlflow.log_metrics({"a_map_at_r": 0.5, "val_a_map_at_r": 0.5})
     return run.info.run_id
 
 
@@ -149,6 +149,7 @@ def packaged_model(embedding_run, spark) -> PackagedModel:
     from lookalike.index.build import build_index
     from lookalike.registry import promote
     from lookalike.serving.package import package_and_register
+    from lookalike.serving.validation import validate_version
 
     run_settings, run_id = embedding_run
     settings = run_settings.replace(
@@ -160,6 +161,8 @@ def packaged_model(embedding_run, spark) -> PackagedModel:
     embed_catalogue(settings, run_id=run_id)
     build_index(settings, run_id=run_id)
     registered = package_and_register(settings, run_id=run_id)
+    # The fresh-environment check with uv is tests/serving/test_validation.py's; here in-process.
+    assert validate_version(settings, registered["version"], env_manager="local")["passed"]
     promote(settings, version=registered["version"])
     products = read_products(spark, settings)[0].select("product_id", "category", "image")
     return PackagedModel(settings, run_id, f"models:/{settings.registry.model_name}@champion",

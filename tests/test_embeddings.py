@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lookalike.catalogue.tables import table_path
+from lookalike.catalogue.tables import catalogue_table
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def catalogue(embedding_run, spark):
 
 
 def _embeddings(spark, settings, run_id) -> pd.DataFrame:
-    path = table_path(settings, "embeddings")
+    path = str(catalogue_table(settings, "embeddings"))
     return (spark.read.format("delta").load(path).where(f"model_version = '{run_id}'")
             .toPandas().set_index("product_id"))
 
@@ -60,7 +60,7 @@ def test_incremental_embedding_and_index(catalogue, spark):
         "product_id": [changed["product_id"]], "category": [changed["category"]],
         "title": ["changed picture"], "image": [bytes(donor["image"])],
         "source_uri": ["test://changed"]}), "test")
-    products_path = table_path(settings, "products")
+    products_path = str(catalogue_table(settings, "products"))
     DeltaTable.forPath(spark, products_path).delete(f"product_id = '{removed['product_id']}'")
 
     third = embed_catalogue(settings, run_id=run_id)

@@ -21,7 +21,7 @@ def _training_run(value: float | None) -> str:
 def test_promotion_moves_champion_only_when_not_worse(packaged_model):
     import mlflow
 
-    from lookalike.registry import promote, register_version
+    from lookalike.registry import BASED_ON_TAG, VALIDATION_TAG, promote, register_version
     from lookalike.tracking import configure_mlflow
 
     settings = packaged_model.settings.replace(
@@ -34,7 +34,8 @@ def test_promotion_moves_champion_only_when_not_worse(packaged_model):
                                       str(packaged_model.version)).source
 
     def new_version(value):
-        return register_version(settings, source, {"training_run": _training_run(value)}).version
+        return register_version(settings, source, {"training_run": _training_run(value),
+                                                   VALIDATION_TAG: "passed"}).version
 
     def champion():
         return client.get_model_version_by_alias(name, "champion").version
@@ -73,6 +74,19 @@ def test_promotion_moves_champion_only_when_not_worse(packaged_model):
     new_version(float("nan"))                    # NaN: refused too
     assert not promote(settings)["promoted"] and champion() == v4
 
+    # Better, but never validated: refused. Better and validated, but packaged while v3 was
+    # champion (another job promoted v4 meanwhile): refused. Packaged on v4: promoted.
+    unvalidated = register_version(settings, source, {"training_run": _training_run(0.9)})
+    refused = promote(settings)
+    assert not refused["promoted"] and "not validated" in refused["reason"]
+    assert unvalidated.version != champion() == v4
+    tags = {"training_run": _training_run(0.9), VALIDATION_TAG: "passed"}
+    register_version(settings, source, {**tags, BASED_ON_TAG: str(v3)})
+    stale = promote(settings)
+    assert not stale["promoted"] and "champion moved" in stale["reason"] and champion() == v4
+    fresh = register_version(settings, source, {**tags, BASED_ON_TAG: str(v4)}).version
+    assert promote(settings)["promoted"] and champion() == fresh
+
 
 def test_promotion_decisions_with_missing_and_nan_metrics():
     from lookalike.registry import decide_promotion
@@ -85,3 +99,15 @@ def test_promotion_decisions_with_missing_and_nan_metrics():
     assert promoted and "no finite m" in reason
     assert decide_promotion(0.5, 0.6, 2, 1, "m", 0.05)[0] is False
     assert decide_promotion(0.56, 0.6, 2, 1, "m", 0.05)[0] is True
+
+
+def test_promotion_guards():
+    from lookalike.registry import BASED_ON_TAG, NO_CHAMPION, VALIDATION_TAG, guard_reason
+
+    passed = {VALIDATION_TAG: "passed: 5 checks"}
+    assert guard_reason(passed, None, True) is None
+    assert guard_reason({**passed, BASED_ON_TAG: NO_CHAMPION}, None, True) is None
+    assert "champion moved" in guard_reason({**passed, BASED_ON_TAG: NO_CHAMPION}, 3, True)
+    assert guard_reason({**passed, BASED_ON_TAG: "3"}, 3, True) is None
+    assert "not validated (failed: x)" in guard_reason({VALIDATION_TAG: "failed: x"}, 3, True)
+    assert guard_reason({}, 3, False) is None

@@ -40,20 +40,29 @@ def _parser() -> argparse.ArgumentParser:
                        help="ignore the latest tuning result, train with configured values")
 
     evaluate = add("evaluate", help="retrieval metrics of a training run")
-    evaluate.add_argument("--run-id", help="training run (default: latest finished one)")
+    evaluate.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
 
     embed = add("embed", help="embed new/changed products into Delta")
-    embed.add_argument("--run-id", help="training run (default: latest finished training run)")
+    embed.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
 
     index = add("build-index", help="build the ANN index from embeddings")
-    index.add_argument("--run-id", help="training run whose embeddings to index")
+    index.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
 
     package = add("package", help="log pyfunc (model + index), register, "
                                                   "alias challenger")
-    package.add_argument("--run-id", help="training run to package")
+    package.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
+
+    validate = add("validate", help="check a packaged version before promotion")
+    validate.add_argument("--version", help="model version (default: the challenger)")
+    validate.add_argument("--env-manager", choices=["uv", "virtualenv", "local", "conda"],
+                          help="environment of the test prediction (default: from config)")
 
     promote = add("promote", help="move alias champion to challenger if not worse")
     promote.add_argument("--version", help="model version (default: the challenger)")
+
+    deploy = add("deploy", help="point the Databricks serving endpoint at the champion")
+    deploy.add_argument("--dry-run", action="store_true",
+                        help="print the request it would send, send nothing")
 
     recommend = add("recommend", help="top-k neighbours of every product to Delta")
     recommend.add_argument("--model-uri", help="default: models:/<name>@champion")
@@ -118,25 +127,44 @@ def _train(args, settings: Settings):
 def _evaluate(args, settings: Settings):
     from lookalike.learning.evaluation import evaluate_run
 
-    return evaluate_run(settings, args.run_id)
+    return evaluate_run(settings, _run_id(args, settings))
 
 
 def _embed(args, settings: Settings):
     from lookalike.embeddings import embed_catalogue
 
-    return embed_catalogue(settings, run_id=args.run_id)
+    return embed_catalogue(settings, run_id=_run_id(args, settings))
 
 
 def _build_index(args, settings: Settings):
     from lookalike.index.build import build_index
 
-    return build_index(settings, run_id=args.run_id)
+    return build_index(settings, run_id=_run_id(args, settings))
 
 
 def _package(args, settings: Settings):
     from lookalike.serving.package import package_and_register
 
-    return package_and_register(settings, run_id=args.run_id)
+    return package_and_register(settings, run_id=_run_id(args, settings))
+
+
+def _run_id(args, settings: Settings) -> str | None:
+    """``--run-id`` as given; ``champion`` is the champion's training run."""
+    from lookalike.registry import resolve_run_id
+
+    return resolve_run_id(settings, args.run_id)
+
+
+def _validate(args, settings: Settings):
+    from lookalike.serving.validation import validate_version
+
+    return validate_version(settings, version=args.version, env_manager=args.env_manager)
+
+
+def _deploy(args, settings: Settings):
+    from lookalike.serving.endpoint import deploy_champion
+
+    return deploy_champion(settings, dry_run=args.dry_run)
 
 
 def _promote(args, settings: Settings):
@@ -171,7 +199,8 @@ def _demo(args, settings: Settings):
 
 COMMANDS: dict[str, Callable] = {
     "ingest": _ingest, "tune": _tune, "train": _train, "evaluate": _evaluate, "embed": _embed,
-    "build-index": _build_index, "package": _package, "promote": _promote,
+    "build-index": _build_index, "package": _package, "validate": _validate,
+    "promote": _promote, "deploy": _deploy,
     "recommend": _recommend, "serve": _serve, "pipeline": _pipeline, "demo": _demo,
 }
 
@@ -200,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One JSON line on stdout: what schedulers and scripts parse.
         print(json.dumps(result, default=str, sort_keys=False))
         _publish_task_values(result)
+    if args.command == "validate" and not result["passed"]:
+        # A failed gate fails the job task: promotion does not run and the failure is notified.
+        say("validate", f"version {result['version']} failed validation: {result['checks']}")
+        return 1
     return 0
 
 

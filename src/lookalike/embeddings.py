@@ -84,12 +84,7 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     """
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import (
-        create_table,
-        read_products,
-        table_path,
-        table_version,
-    )
+    from lookalike.catalogue.tables import catalogue_table, create_table, read_products
     from lookalike.learning.artifacts import resolve_model
     from lookalike.learning.model import cpu_count
     from lookalike.spark import get_spark
@@ -98,11 +93,11 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     spark = get_spark(settings)
     products, products_version = read_products(spark, settings)
     products = products.select("product_id", "category", "image", "content_hash")
-    path = table_path(settings, "embeddings")
+    table = catalogue_table(settings, "embeddings")
     # build_index reads what changed since the index was saved from the change feed.
-    create_table(spark, path, EMBEDDINGS_SCHEMA, change_feed=True, partition_by="model_version")
+    create_table(spark, table, EMBEDDINGS_SCHEMA, change_feed=True, partition_by="model_version")
 
-    existing = (spark.read.format("delta").load(path)
+    existing = (table.read(spark)
                 .where(F.col("model_version") == run_id)
                 .select("product_id", F.col("content_hash").alias("old_hash"),
                         F.col("category").alias("old_category")))
@@ -136,7 +131,7 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
         started = time.perf_counter()
         with _CommitMetadata(spark, {"model_version": run_id,
                                      "products_version": products_version}):
-            _write_vectors(spark, path, run_id, vectors if embedded else None,
+            _write_vectors(spark, table, run_id, vectors if embedded else None,
                            removed_ids if removed else None, first=not already)
         write_seconds = time.perf_counter() - started
     finally:
@@ -144,36 +139,32 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     result = {"model_version": run_id, "embedded": int(embedded),
               "unchanged": int(total - embedded), "removed": int(removed),
               "products_version": int(products_version),
-              "table_version": table_version(spark, path),
+              "table_version": table.version(spark),
               "embed_seconds": round(embed_seconds, 1), "write_seconds": round(write_seconds, 1)}
     log.info("embed_catalogue: %s", result)
     return result
 
 
-def _write_vectors(spark, path: str, run_id: str, vectors, removed_ids, first: bool) -> None:
-    """Upsert ``vectors`` and delete ``removed_ids`` (either may be None) of model ``run_id``."""
-    from delta.tables import DeltaTable
-
-    table = DeltaTable.forPath(spark, path)
+def _write_vectors(spark, table, run_id: str, vectors, removed_ids, first: bool) -> None:
+    """Upsert ``vectors`` and delete ``removed_ids`` (either may be None) of model ``run_id``
+    into ``table`` (a :class:`~lookalike.catalogue.tables.CatalogueTable`)."""
+    delta = table.delta(spark)
     key = f"t.model_version = '{run_id}' AND t.product_id = s.product_id"
     if vectors is not None and first:
         # First embedding of this model version: a plain append, no MERGE needed.
-        vectors.write.format("delta").mode("append").save(path)
+        table.save(vectors.write.format("delta").mode("append"))
     elif vectors is not None:
-        (table.alias("t").merge(vectors.alias("s"), key)
+        (delta.alias("t").merge(vectors.alias("s"), key)
          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
     if removed_ids is not None:
-        table.alias("t").merge(removed_ids.alias("s"), key).whenMatchedDelete().execute()
+        delta.alias("t").merge(removed_ids.alias("s"), key).whenMatchedDelete().execute()
 
 
 def embedding_history(spark, settings: Settings, run_id: str) -> dict | None:
     """The newest commit userMetadata of the embeddings table for model version ``run_id``."""
-    from delta.tables import DeltaTable
+    from lookalike.catalogue.tables import catalogue_table
 
-    from lookalike.catalogue.tables import table_path
-
-    path = table_path(settings, "embeddings")
-    rows = (DeltaTable.forPath(spark, path).history()
+    rows = (catalogue_table(settings, "embeddings").delta(spark).history()
             .where("userMetadata IS NOT NULL").select("version", "userMetadata")
             .orderBy("version", ascending=False).collect())
     for row in rows:

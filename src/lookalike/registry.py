@@ -6,7 +6,12 @@
   ``registry.promotion_metric`` (read from the version's training run; higher is better) is not
   worse than the champion's minus ``registry.promotion_tolerance``. The first version becomes
   champion. The decision and reason are returned and recorded as version tag
-  ``lookalike.promotion``.
+  ``lookalike.promotion``. Two guards make promotion safe to run from several jobs:
+  a version packaged while another champion was in place (tag ``lookalike.based_on_champion``,
+  set by :mod:`lookalike.serving.package`) is refused once the champion has moved, and with
+  ``registry.require_validation`` a version needs a passed :mod:`lookalike.serving.validation`.
+* :func:`champion_training_run` -- the training run behind the champion, so jobs that only
+  refresh the catalogue (embed, build-index, package) keep the champion's network.
 
 The registered name is configuration only: on Databricks Unity Catalog use a three-level name
 (``catalog.schema.lookalike``) in ``registry.model_name``.
@@ -24,6 +29,9 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 PROMOTION_TAG = "lookalike.promotion"
+BASED_ON_TAG = "lookalike.based_on_champion"
+VALIDATION_TAG = "lookalike.validation"
+NO_CHAMPION = "none"
 
 
 def register_version(settings: Settings, model_uri: str, tags: dict[str, str]):
@@ -47,6 +55,56 @@ def _alias(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def model_version(settings: Settings, version: str | int | None, default_alias: str):
+    """ModelVersion ``version`` of ``registry.model_name``, or the one behind ``default_alias``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(settings)
+    client = mlflow.MlflowClient()
+    name = settings.registry.model_name
+    if version is None:
+        found = _alias(client, name, default_alias)
+        if found is None:
+            raise ValueError(f"registered model {name!r} has no '{default_alias}' alias: "
+                             "run `lookalike package` first")
+        return found
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as error:
+        raise ValueError(f"registered model {name!r} has no version {version}") from error
+
+
+def champion(settings: Settings):
+    """The champion's ModelVersion, or None before the first promotion."""
+    import mlflow
+
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(settings)
+    return _alias(mlflow.MlflowClient(), settings.registry.model_name, CHAMPION)
+
+
+def champion_training_run(settings: Settings) -> str:
+    """The training run of the champion (its ``training_run`` tag)."""
+    current = champion(settings)
+    if current is None:
+        raise ValueError(f"registered model {settings.registry.model_name!r} has no "
+                         f"'{CHAMPION}' yet: train, package and promote a first version (the "
+                         "weekly retrain job, or `lookalike pipeline`)")
+    run_id = current.tags.get("training_run")
+    if not run_id:
+        raise ValueError(f"champion v{current.version} has no 'training_run' tag")
+    return run_id
+
+
+def resolve_run_id(settings: Settings, run_id: str | None) -> str | None:
+    """``run_id`` as given, except ``champion``: the champion's training run."""
+    return champion_training_run(settings) if run_id == CHAMPION else run_id
 
 
 def version_metric(client, version, metric: str) -> float | None:
@@ -97,6 +155,26 @@ def decide_promotion(value: float | None, best: float | None, version, champion_
                    f"- tolerance {tolerance}: champion kept")
 
 
+def guard_reason(tags: dict, champion_version, require_validation: bool) -> str | None:
+    """Why a version that the metric would promote must not be, or None.
+
+    * The champion moved since the version was packaged (another job promoted meanwhile):
+      promoting it could put back an older network.
+    * Validation is required and the version has not passed it.
+    """
+    based_on = tags.get(BASED_ON_TAG)
+    current = NO_CHAMPION if champion_version is None else str(champion_version)
+    if based_on is not None and based_on != current:
+        return (f"the champion moved (v{based_on} when packaged, now v{current}) while this "
+                "version was built: not promoted; rerun the job to package against the new "
+                "champion")
+    validation = tags.get(VALIDATION_TAG)
+    if require_validation and not (validation or "").startswith("passed"):
+        return (f"not validated ({validation or 'never run'}): run `lookalike validate` "
+                "before promoting")
+    return None
+
+
 def promote(settings: Settings, version: str | int | None = None) -> dict:
     """Make ``version`` (default: the challenger) champion if it is not worse; say why."""
     import mlflow
@@ -108,26 +186,24 @@ def promote(settings: Settings, version: str | int | None = None) -> dict:
     name = settings.registry.model_name
     metric = settings.registry.promotion_metric
     tolerance = settings.registry.promotion_tolerance
-    if version is None:
-        candidate = _alias(client, name, CHALLENGER)
-        if candidate is None:
-            raise ValueError(f"registered model {name!r} has no '{CHALLENGER}' alias: "
-                             "run `lookalike package` first")
-    else:
-        candidate = client.get_model_version(name, str(version))
-    champion = _alias(client, name, CHAMPION)
+    candidate = model_version(settings, version, default_alias=CHALLENGER)
+    current = _alias(client, name, CHAMPION)
     value = version_metric(client, candidate, metric)
     result = {"model_name": name, "version": int(candidate.version), "metric": metric,
               "challenger_value": value, "champion_version": None, "champion_value": None,
               "tolerance": tolerance}
-    if champion is not None:
-        result["champion_version"] = int(champion.version)
-        result["champion_value"] = version_metric(client, champion, metric)
+    if current is not None:
+        result["champion_version"] = int(current.version)
+        result["champion_value"] = version_metric(client, current, metric)
     promoted, reason = decide_promotion(value, result["champion_value"], candidate.version,
-                                        None if champion is None else champion.version,
+                                        None if current is None else current.version,
                                         metric, tolerance)
     if value is None or not math.isfinite(value):
         reason += f"; its training run logged {_available_metrics(client, candidate)}"
+    blocked = guard_reason(candidate.tags, None if current is None else current.version,
+                           settings.registry.require_validation)
+    if promoted and blocked:
+        promoted, reason = False, blocked
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, candidate.version)
         result["champion_version"] = int(candidate.version)

@@ -17,7 +17,7 @@ from lookalike.catalogue.ingest import (
     ingest_folder,
     split_for,
 )
-from lookalike.catalogue.tables import read_products, table_path, table_version
+from lookalike.catalogue.tables import catalogue_table, read_products
 
 
 def _image(seed: int, size=(32, 24), fmt="PNG") -> bytes:
@@ -49,7 +49,7 @@ def test_folder_ingest_rejects_exactly_the_bad_files(spark, settings, tmp_path):
     summary = ingest_folder(spark, settings, str(_shop_folder(tmp_path / "shop")))
     assert (summary.inserted, summary.rejected, summary.unchanged) == (7, 5, 0)
 
-    rejects = (spark.read.format("delta").load(table_path(settings, "rejects")).toPandas())
+    rejects = (catalogue_table(settings, "rejects").read(spark).toPandas())
     by_file = {Path(uri).name: reason for uri, reason in zip(rejects.source_uri, rejects.reason)}
     assert by_file == {"corrupt.png": "corrupt", "notes.txt": "not_an_image",
                        "truncated.jpg": "truncated",
@@ -69,7 +69,7 @@ def test_folder_ingest_rejects_exactly_the_bad_files(spark, settings, tmp_path):
     # A rerun over the same bad files does not duplicate rejects.
     again = ingest_folder(spark, settings, str(tmp_path / "shop"))
     assert (again.inserted, again.unchanged, again.rejected) == (0, 7, 5)
-    assert spark.read.format("delta").load(table_path(settings, "rejects")).count() == 5
+    assert catalogue_table(settings, "rejects").read(spark).count() == 5
 
 
 def test_rerun_is_idempotent_and_change_updates_one_row(spark, settings, tmp_path):
@@ -78,8 +78,7 @@ def test_rerun_is_idempotent_and_change_updates_one_row(spark, settings, tmp_pat
         (shop / "bags").mkdir(parents=True, exist_ok=True)
         (shop / "bags" / f"b{i}.png").write_bytes(_image(i))
     first = ingest_folder(spark, settings, str(shop))
-    products_path = table_path(settings, "products")
-    version_after_first = table_version(spark, products_path)
+    version_after_first = catalogue_table(settings, "products").version(spark)
     before = read_products(spark, settings)[0].toPandas().set_index("product_id").sort_index()
 
     second = ingest_folder(spark, settings, str(shop))
@@ -117,7 +116,7 @@ def test_metadata_csv_sets_category_title_and_rejects_unlisted(spark, settings, 
     assert (summary.inserted, summary.rejected) == (2, 1)
     rows = read_products(spark, settings)[0].toPandas().set_index("product_id")
     assert rows.loc["SKU-1", ["category", "title"]].tolist() == ["Sneaker", "Red runner"]
-    reasons = spark.read.format("delta").load(table_path(settings, "rejects")).toPandas()
+    reasons = catalogue_table(settings, "rejects").read(spark).toPandas()
     assert reasons.reason.tolist() == ["no_product_id"]
 
 

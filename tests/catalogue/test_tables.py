@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
+import numpy as np
 import pytest
 
-from lookalike.catalogue.tables import delta_version, table_path
+from lookalike.catalogue.tables import CatalogueTable, catalogue_table, delta_version
+from lookalike.config import ConfigError
 
 
 def test_delta_version_from_the_log_without_spark(tmp_path):
@@ -21,7 +25,59 @@ def test_delta_version_from_the_log_without_spark(tmp_path):
 
 def test_table_locations_are_decided_in_one_place(base_settings):
     settings = base_settings.replace(catalogue={"database": "shop", "products_table": "items"})
-    assert table_path(settings, "products").endswith("/warehouse/shop/items")
-    assert table_path(settings, "embeddings").endswith("/warehouse/shop/embeddings")
+    assert str(catalogue_table(settings, "products")).endswith("/warehouse/shop/items")
+    assert str(catalogue_table(settings, "embeddings")).endswith("/warehouse/shop/embeddings")
     with pytest.raises(ValueError, match="unknown catalogue table"):
-        table_path(settings, "orders")
+        str(catalogue_table(settings, "orders"))
+
+
+def test_on_databricks_tables_are_unity_catalog_managed_tables(base_settings, monkeypatch):
+    settings = base_settings.replace(catalogue={"catalog": "prod-shop", "database": "lookalike"})
+    assert catalogue_table(settings, "products").path is not None      # locally: path tables
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    table = catalogue_table(settings, "products")
+    assert (table.name, table.path) == ("`prod-shop`.`lookalike`.`products`", None)
+    assert CatalogueTable.from_ref(str(table)) == table
+    forced = settings.replace(catalogue={"table_mode": "path"})
+    assert catalogue_table(forced, "embeddings").path.endswith("/warehouse/lookalike/embeddings")
+    assert CatalogueTable.from_ref("dbfs:/Volumes/a/b/t").path == "dbfs:/Volumes/a/b/t"
+
+
+def test_table_mode_is_checked(base_settings):
+    with pytest.raises(ConfigError, match="table_mode"):
+        base_settings.replace(catalogue={"table_mode": "hive"})
+
+
+def test_managed_tables_hold_the_catalogue_by_name(spark, settings, tmp_path):
+    """Ingest, re-ingest and a neighbours-style partition overwrite through metastore names on
+    the real local session (its built-in catalog stands in for Unity Catalog)."""
+    from imagegen import encode_image
+    from lookalike.catalogue.ingest import ingest_folder
+
+    database = f"lookalike_{uuid.uuid4().hex[:8]}"
+    managed = settings.replace(catalogue={"table_mode": "managed", "database": database})
+    rng = np.random.default_rng(0)
+    for category in ("shoes", "shirts"):
+        (tmp_path / category).mkdir()
+        for i in range(2):
+            pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+            (tmp_path / category / f"{i}.png").write_bytes(encode_image(pixels, "PNG"))
+    first = ingest_folder(spark, managed, str(tmp_path))
+    again = ingest_folder(spark, managed, str(tmp_path))
+    assert (first.inserted, again.inserted, again.unchanged) == (4, 0, 4)
+    assert again.table_version == first.table_version
+    assert spark.table(f"{database}.products").count() == 4
+    assert spark.catalog.tableExists(f"{database}.rejects")
+    assert not (settings.warehouse_path / database).exists()          # nothing under home
+
+    neighbours = catalogue_table(managed, "neighbours")
+    for model, rows in (("m1", 3), ("m2", 2), ("m1", 1)):
+        frame = spark.createDataFrame([(str(i), model) for i in range(rows)],
+                                      "product_id STRING, model_version STRING")
+        neighbours.save(frame.write.format("delta").mode("overwrite")
+                        .partitionBy("model_version")
+                        .option("replaceWhere", f"model_version = '{model}'"))
+    counts = {r["model_version"]: r["count"]
+              for r in neighbours.read(spark).groupBy("model_version").count().collect()}
+    assert counts == {"m1": 1, "m2": 2}
+    assert catalogue_table(managed, "products").version_without_spark() is None

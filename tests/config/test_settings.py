@@ -2,7 +2,7 @@
 
 import pytest
 
-from lookalike.catalogue.tables import table_path
+from lookalike.catalogue.tables import catalogue_table
 from lookalike.cli import main
 from lookalike.config import ConfigError, load_settings
 
@@ -24,7 +24,7 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     assert settings.training.epochs == 7
     assert settings.index.backend == "exact"
     assert settings.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert table_path(settings, "products").startswith(str(tmp_path.resolve() / "warehouse"))
+    assert str(catalogue_table(settings, "products")).startswith(str(tmp_path.resolve() / "warehouse"))
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -100,3 +100,16 @@ def test_evaluate_run_refuses_a_run_that_is_not_a_training_run(trained_run):
         pass
     with pytest.raises(ValueError, match="not a 'train' run"):
         evaluate_run(settings, run.info.run_id)
+
+
+def test_validation_queries_score_protocol_a_apart_from_test(case):
+    """Promotion reads ``val_a_*``: scored on the validation split, never on test queries."""
+    settings, train, test = case
+    val = points_as_images([(0.95, 0.2), (-0.2, 1)], ["B", "B"])   # first one lands among A
+    m = evaluate_embedders(settings, train, test, stretched, None, baseline=False,
+                           val=val)["metrics"]
+    assert m["val_a_recall_at_1"] == pytest.approx(0.5)
+    assert m["val_a_n_queries"] == 2
+    assert m["a_recall_at_1"] == pytest.approx(1.0)                # test figures unchanged
+    without = evaluate_embedders(settings, train, test, stretched, None, baseline=False)
+    assert not any(k.startswith("val_") for k in without["metrics"])

@@ -10,7 +10,7 @@ from lookalike.pipeline.steps import default_steps
 def test_default_steps_are_the_documented_order():
     names = [s.name for s in default_steps()]
     assert names == ["ingest", "tune", "train", "evaluate", "embed", "build-index", "package",
-                     "promote"]
+                     "validate", "promote"]
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lookalike.catalogue.tables import table_path
+from lookalike.catalogue.tables import catalogue_table
 
 
 def test_write_neighbours_for_every_product(packaged_model, spark):
@@ -13,7 +13,7 @@ def test_write_neighbours_for_every_product(packaged_model, spark):
     n = len(packaged_model.products)
     assert (result["products"], result["rows"], result["model_version"]) == \
         (n, 3 * n, packaged_model.run_id)
-    path = table_path(settings, "neighbours")
+    path = str(catalogue_table(settings, "neighbours"))
     table = spark.read.format("delta").load(path).toPandas()
     assert len(table) == 3 * n
     assert (table["product_id"] != table["neighbour_id"]).all()

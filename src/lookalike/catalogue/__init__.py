@@ -11,8 +11,8 @@ from lookalike.catalogue.ingest import (  # noqa: F401
                                         ingest_folder,
 )
 from lookalike.catalogue.tables import (  # noqa: F401
+                                        CatalogueTable,
+                                        catalogue_table,
                                         delta_version,
                                         read_products,
-                                        table_path,
-                                        table_version,
 )

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from lookalike.catalogue.tables import ensure_tables, table_path, table_version
+from lookalike.catalogue.tables import CatalogueTable, catalogue_table, ensure_tables
 from lookalike.config import Settings
 from lookalike.preprocessing import ImageRejected, inspect_image
 
@@ -120,12 +120,11 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
     under it is gone are deleted (a file that is still there but now rejected keeps its last
     good version).
     """
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     ensure_tables(spark, settings)
-    products_path = table_path(settings, "products")
-    rejects_path = table_path(settings, "rejects")
+    products = catalogue_table(settings, "products")
+    rejects_table = catalogue_table(settings, "rejects")
     validated = validated.persist()
     try:
         good = validated.where(F.col("reason").isNull()).drop("reason", "detail")
@@ -135,7 +134,7 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
         if duplicates:
             raise ValueError(f"source repeats product_id {[r['product_id'] for r in duplicates]}")
 
-        stored = spark.read.format("delta").load(products_path)
+        stored = products.read(spark)
         current = stored.select("product_id", F.col("content_hash").alias("old_hash"),
                                 F.col("category").alias("old_category"),
                                 F.col("title").alias("old_title"),
@@ -154,13 +153,13 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
                    .drop("old_hash", "old_category", "old_title", "old_split", "change")
                    .withColumn("ingested_at", F.current_timestamp()))
         if counts.get("insert", 0) + counts.get("update", 0) > 0:
-            (DeltaTable.forPath(spark, products_path).alias("t")
+            (products.delta(spark).alias("t")
              .merge(changed.alias("s"), "t.product_id = s.product_id")
              .whenMatchedUpdateAll()
              .whenNotMatchedInsertAll()
              .execute())
         diff.unpersist()
-        deleted = (_delete_gone(spark, products_path, stored, good, bad, snapshot_root)
+        deleted = (_delete_gone(spark, products, stored, good, bad, snapshot_root)
                    if snapshot_root else 0)
 
         rejected = bad.count()
@@ -169,22 +168,21 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
                        .dropDuplicates(["source_uri"])
                        .withColumn("rejected_at", F.current_timestamp()))
             # One row per file and reason: a rerun over the same bad file adds nothing.
-            (DeltaTable.forPath(spark, rejects_path).alias("t")
+            (rejects_table.delta(spark).alias("t")
              .merge(rejects.alias("s"), "t.source_uri = s.source_uri AND t.reason = s.reason")
              .whenNotMatchedInsertAll()
              .execute())
         return IngestSummary(source=source, inserted=counts.get("insert", 0),
                              updated=counts.get("update", 0),
                              unchanged=counts.get("unchanged", 0), rejected=rejected,
-                             table_version=table_version(spark, products_path),
+                             table_version=products.version(spark),
                              deleted=deleted)
     finally:
         validated.unpersist()
 
 
-def _delete_gone(spark, products_path: str, stored, good, bad, root: str) -> int:
+def _delete_gone(spark, products: CatalogueTable, stored, good, bad, root: str) -> int:
     """Delete products under ``root`` that the snapshot no longer has; the count."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     prefix = local_path(root).rstrip("/") + "/"
@@ -196,7 +194,7 @@ def _delete_gone(spark, products_path: str, stored, good, bad, root: str) -> int
     try:
         count = gone.count()
         if count:
-            (DeltaTable.forPath(spark, products_path).alias("t")
+            (products.delta(spark).alias("t")
              .merge(gone.alias("s"), "t.product_id = s.product_id")
              .whenMatchedDelete().execute())
         return count

@@ -1,7 +1,12 @@
 """The catalogue's Delta tables: where they live, their schemas, creating and reading them.
 
-This module alone decides a table's location (:func:`table_path`); every job asks it. Locally the
-tables are path tables under ``LOOKALIKE_HOME/warehouse/<catalogue.database>/<name>``.
+This module alone decides where a table lives (:func:`catalogue_table`); every job asks it.
+
+* Locally (``catalogue.table_mode: path``, or ``auto`` off Databricks) the tables are path
+  tables under ``LOOKALIKE_HOME/warehouse/<catalogue.database>/<name>``.
+* On Databricks (``managed``, or ``auto`` there) they are Unity Catalog managed tables
+  ``<catalogue.catalog>.<catalogue.database>.<name>``: Unity Catalog cannot register a table whose
+  location is a Volume, so Volumes hold only images and artifacts.
 
 * ``products``: one row per product with its image bytes as ingested (change data feed on);
 * ``rejects``: every file that could not be ingested, with the reason;
@@ -12,6 +17,7 @@ tables are path tables under ``LOOKALIKE_HOME/warehouse/<catalogue.database>/<na
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.config import Settings
@@ -27,12 +33,80 @@ SPLITS = ("train", "val", "test")
 TABLES = ("products", "rejects", "embeddings", "neighbours")
 
 
-def table_path(settings: Settings, table: str) -> str:
-    """Location of catalogue table ``table`` (one of :data:`TABLES`)."""
+@dataclass(frozen=True)
+class CatalogueTable:
+    """One Delta table, by Unity Catalog name or by path: exactly one of the two is set.
+
+    ``str(table)`` is its reference (recorded in index manifests and model tags);
+    :meth:`from_ref` turns such a reference back into a table.
+    """
+
+    name: str | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.name or self.path or ""
+
+    @staticmethod
+    def from_ref(ref: str) -> "CatalogueTable":
+        """A path has a ``/`` (``/Volumes/...``, ``dbfs:/...``, ``file:/...``); a name has none."""
+        return CatalogueTable(path=ref) if "/" in ref else CatalogueTable(name=ref)
+
+    def exists(self, spark) -> bool:
+        from delta.tables import DeltaTable
+
+        if self.path:
+            return DeltaTable.isDeltaTable(spark, self.path)
+        return bool(spark.catalog.tableExists(self.name))
+
+    def delta(self, spark):
+        """The :class:`delta.tables.DeltaTable` (merges, deletes, history)."""
+        from delta.tables import DeltaTable
+
+        return (DeltaTable.forPath(spark, self.path) if self.path
+                else DeltaTable.forName(spark, self.name))
+
+    def read(self, spark, **options):
+        """The table as a DataFrame; ``options`` are Delta reader options (``versionAsOf``,
+        ``readChangeFeed``, ...)."""
+        reader = spark.read.format("delta").options(**{k: str(v) for k, v in options.items()})
+        return reader.load(self.path) if self.path else reader.table(self.name)
+
+    def save(self, writer) -> None:
+        """Finish a configured ``DataFrameWriter`` (format, mode, options) into this table."""
+        if self.path:
+            writer.save(self.path)
+        else:
+            writer.saveAsTable(self.name)
+
+    def version(self, spark) -> int:
+        return int(self.delta(spark).history(1).collect()[0]["version"])
+
+    def version_without_spark(self) -> int | None:
+        """Latest version read from a path table's log (no JVM); None for managed tables."""
+        return delta_version(self.path) if self.path else None
+
+
+def table_mode(settings: Settings) -> str:
+    """``path`` or ``managed``: what ``catalogue.table_mode`` (``auto`` by default) means here."""
+    from lookalike.spark import on_databricks
+
+    mode = settings.catalogue.table_mode
+    if mode == "auto":
+        return "managed" if on_databricks() else "path"
+    return mode
+
+
+def catalogue_table(settings: Settings, table: str) -> CatalogueTable:
+    """Where catalogue table ``table`` (one of :data:`TABLES`) lives."""
     if table not in TABLES:
         raise ValueError(f"unknown catalogue table {table!r}; choose one of {TABLES}")
-    name = getattr(settings.catalogue, f"{table}_table")
-    return str(settings.warehouse_path / settings.catalogue.database / name)
+    cat = settings.catalogue
+    name = getattr(cat, f"{table}_table")
+    if table_mode(settings) == "managed":
+        parts = [p for p in (cat.catalog, cat.database, name) if p]
+        return CatalogueTable(name=".".join(f"`{p}`" for p in parts))
+    return CatalogueTable(path=str(settings.warehouse_path / cat.database / name))
 
 
 def delta_version(path: str | Path) -> int | None:
@@ -45,21 +119,22 @@ def delta_version(path: str | Path) -> int | None:
     return max(versions) if versions else None
 
 
-def table_version(spark, path: str) -> int:
-    from delta.tables import DeltaTable
-
-    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
-
-
-def create_table(spark, path: str, schema: str, change_feed: bool = False,
+def create_table(spark, table: CatalogueTable, schema: str, change_feed: bool = False,
                  partition_by: str | None = None) -> None:
-    """Create the Delta table at ``path`` unless it exists."""
+    """Create ``table`` (and a managed table's schema) unless it exists."""
     from delta.tables import DeltaTable
 
-    if DeltaTable.isDeltaTable(spark, path):
+    if table.exists(spark):
         return
-    builder = (DeltaTable.createIfNotExists(spark).location(path)
-               .addColumns(spark.createDataFrame([], schema).schema))
+    builder = DeltaTable.createIfNotExists(spark)
+    if table.path:
+        builder = builder.location(table.path)
+    else:
+        namespace = table.name.rsplit(".", 1)[0]
+        if namespace != table.name:
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS {namespace}")
+        builder = builder.tableName(table.name)
+    builder = builder.addColumns(spark.createDataFrame([], schema).schema)
     if partition_by:
         builder = builder.partitionedBy(partition_by)
     if change_feed:
@@ -70,8 +145,8 @@ def create_table(spark, path: str, schema: str, change_feed: bool = False,
 
 def ensure_tables(spark, settings: Settings) -> None:
     """Create the products and rejects tables if they do not exist yet."""
-    create_table(spark, table_path(settings, "products"), PRODUCTS_SCHEMA, change_feed=True)
-    create_table(spark, table_path(settings, "rejects"), REJECTS_SCHEMA)
+    create_table(spark, catalogue_table(settings, "products"), PRODUCTS_SCHEMA, change_feed=True)
+    create_table(spark, catalogue_table(settings, "rejects"), REJECTS_SCHEMA)
 
 
 def read_products(spark, settings: Settings, splits: tuple[str, ...] | None = None,
@@ -82,10 +157,10 @@ def read_products(spark, settings: Settings, splits: tuple[str, ...] | None = No
     """
     from pyspark.sql import functions as F
 
-    path = table_path(settings, "products")
+    table = catalogue_table(settings, "products")
     if version is None:
-        version = table_version(spark, path)
-    frame = spark.read.format("delta").option("versionAsOf", version).load(path)
+        version = table.version(spark)
+    frame = table.read(spark, versionAsOf=version)
     if splits:
         unknown = set(splits) - set(SPLITS)
         if unknown:

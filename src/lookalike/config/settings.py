@@ -46,6 +46,10 @@ class SplitSettings:
 
 @dataclass(frozen=True)
 class CatalogueSettings:
+    # Where the tables live (lookalike.catalogue.tables): path tables under LOOKALIKE_HOME, or
+    # Unity Catalog managed tables <catalog>.<database>.<name>; auto = managed on Databricks.
+    table_mode: str
+    catalog: str
     database: str
     products_table: str
     rejects_table: str
@@ -63,6 +67,9 @@ class CatalogueSettings:
     ingest_partitions: int
 
     def validate(self, key: str) -> None:
+        require(self.table_mode in ("auto", "path", "managed"), f"{key}.table_mode",
+                "must be 'auto', 'path' or 'managed'")
+        require(bool(self.database), f"{key}.database", "must not be empty")
         self.split.validate(f"{key}.split")
         require(0.0 < self.fashion_mnist_val_fraction < 1.0, f"{key}.fashion_mnist_val_fraction",
                  "must be in (0, 1)")
@@ -269,10 +276,47 @@ class RegistrySettings:
     promotion_metric: str
     # Champion is replaced only if challenger >= champion - tolerance.
     promotion_tolerance: float
+    # A version must have passed `lookalike validate` (lookalike.serving.validation) first.
+    require_validation: bool
 
     def validate(self, key: str) -> None:
         require(bool(self.model_name), f"{key}.model_name", "must not be empty")
         require(self.promotion_tolerance >= 0, f"{key}.promotion_tolerance", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """The checks `lookalike validate` runs on a packaged version before promotion."""
+    # Environment of the fresh-environment prediction (mlflow.models.predict).
+    env_manager: str
+    sample_size: int                 # catalogue images queried for index/model consistency
+    min_self_recall: float           # share of them that must find themselves at rank 1
+    latency_queries: int
+    max_latency_p50_ms: float        # a sanity bound, not a benchmark (see BENCHMARKS.md)
+
+    def validate(self, key: str) -> None:
+        require(self.env_manager in ("uv", "virtualenv", "local", "conda"),
+                f"{key}.env_manager", "must be uv, virtualenv, local or conda")
+        require(self.sample_size > 0, f"{key}.sample_size", "must be > 0")
+        require(0.0 <= self.min_self_recall <= 1.0, f"{key}.min_self_recall", "must be in [0, 1]")
+        require(self.latency_queries > 0, f"{key}.latency_queries", "must be > 0")
+        require(self.max_latency_p50_ms > 0, f"{key}.max_latency_p50_ms", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """The Databricks model serving endpoint that `lookalike deploy` points at the champion."""
+    endpoint_name: str
+    workload_size: str              # Small | Medium | Large
+    workload_type: str              # CPU | GPU_SMALL | ...
+    scale_to_zero: bool
+    wait_seconds: int               # wait this long for the endpoint to be ready (0 = no wait)
+
+    def validate(self, key: str) -> None:
+        require(bool(self.endpoint_name), f"{key}.endpoint_name", "must not be empty")
+        require(self.workload_size in ("Small", "Medium", "Large"), f"{key}.workload_size",
+                "must be Small, Medium or Large")
+        require(self.wait_seconds >= 0, f"{key}.wait_seconds", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -302,6 +346,8 @@ class Settings:
     index: IndexSettings
     serving: ServingSettings
     registry: RegistrySettings
+    validation: ValidationSettings
+    deploy: DeploySettings
     mlflow: MlflowSettings
 
     def validate(self) -> None:

@@ -43,7 +43,7 @@ def _vectors_frame(frame) -> tuple[list[str], np.ndarray, list[str]]:
     return pdf["product_id"].tolist(), vectors, pdf["category"].tolist()
 
 
-def _changed_since(spark, path: str, run_id: str, start_version: int, end_version: int
+def _changed_since(spark, table, run_id: str, start_version: int, end_version: int
                    ) -> set[str] | None:
     """product_ids of model ``run_id`` touched in table versions (start, end]; None if unknown."""
     from pyspark.sql import functions as F
@@ -51,13 +51,12 @@ def _changed_since(spark, path: str, run_id: str, start_version: int, end_versio
     if start_version >= end_version:
         return set()
     try:
-        changes = (spark.read.format("delta").option("readChangeFeed", "true")
-                   .option("startingVersion", start_version + 1)
-                   .option("endingVersion", end_version).load(path)
+        changes = (table.read(spark, readChangeFeed="true", startingVersion=start_version + 1,
+                              endingVersion=end_version)
                    .where(F.col("model_version") == run_id)
                    .select("product_id").distinct().collect())
     except Exception as error:  # noqa: BLE001 - change feed gone (vacuum) -> rebuild
-        log.warning("change feed of %s unavailable (%s): rebuilding the index", path, error)
+        log.warning("change feed of %s unavailable (%s): rebuilding the index", table, error)
         return None
     return {r["product_id"] for r in changes}
 
@@ -108,10 +107,9 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
     Returns ``{model_version, mode (built|updated|unchanged), count, added, removed, path,
     embeddings_version, products_version}``.
     """
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import table_path, table_version
+    from lookalike.catalogue.tables import catalogue_table
     from lookalike.embeddings import embedding_history
     from lookalike.learning.artifacts import model_distance, read_info, resolve_model
     from lookalike.spark import get_spark
@@ -119,11 +117,12 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
     run_id, model_dir = resolve_model(settings, run_id)
     info = read_info(model_dir)
     spark = get_spark(settings)
-    path = table_path(settings, "embeddings")
-    if not DeltaTable.isDeltaTable(spark, path):
-        raise ValueError(f"no embeddings table at {path}: run `lookalike embed` first")
-    version = table_version(spark, path)
-    current = (spark.read.format("delta").option("versionAsOf", version).load(path)
+    table = catalogue_table(settings, "embeddings")
+    path = str(table)
+    if not table.exists(spark):
+        raise ValueError(f"no embeddings table {path}: run `lookalike embed` first")
+    version = table.version(spark)
+    current = (table.read(spark, versionAsOf=version)
                .where(F.col("model_version") == run_id))
     history = embedding_history(spark, settings, run_id)
     if history is None:
@@ -134,7 +133,7 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
 
     index, params_changed = ((None, False) if rebuild else
                              _reusable(settings, directory, run_id, path, dim, distance))
-    changed = (_changed_since(spark, path, run_id, index.provenance.embeddings_version, version)
+    changed = (_changed_since(spark, table, run_id, index.provenance.embeddings_version, version)
                if index is not None else None)
     added = removed = 0
     if index is None or changed is None:
@@ -151,7 +150,7 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
         mode = "unchanged"
     index.provenance = IndexProvenance(
         model_version=run_id, embeddings_table=path, embeddings_version=int(version),
-        products_table=table_path(settings, "products"),
+        products_table=str(catalogue_table(settings, "products")),
         products_version=int(history.get("products_version", -1)),
         built_at=datetime.now(timezone.utc).isoformat())
     if mode != "unchanged" or params_changed or not IndexManifest.exists(directory):

@@ -118,9 +118,9 @@ def list_categories(spark, settings: Settings, version: int | None = None
 
 def split_dir(settings: Settings, split: str, version: int) -> Path:
     """Cache folder of one split's arrays: keyed by table, Delta version, split and geometry."""
-    from lookalike.catalogue.tables import table_path
+    from lookalike.catalogue.tables import catalogue_table
 
-    raw = json.dumps([table_path(settings, "products"), int(version), split,
+    raw = json.dumps([str(catalogue_table(settings, "products")), int(version), split,
                       settings.image.size, settings.image.channels])
     return settings.home_path / "cache" / "arrays" / hashlib.sha256(raw.encode()).hexdigest()[:20]
 
@@ -181,7 +181,7 @@ def prepare_training_data(spark, settings: Settings, version: int | None = None,
     """Materialise the train split (memory arrays or a Petastorm cache) and describe it."""
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import read_products, table_path
+    from lookalike.catalogue.tables import catalogue_table, read_products
 
     categories, version = list_categories(spark, settings, version)
     train_categories = resolve_train_categories(settings, categories)
@@ -193,7 +193,7 @@ def prepare_training_data(spark, settings: Settings, version: int | None = None,
     mode = mode or choose_mode(settings, num_rows)
     shape = (settings.image.size, settings.image.size, settings.image.channels)
     common = dict(categories=categories, train_label_ids=label_ids,
-                  products_table=table_path(settings, "products"),
+                  products_table=str(catalogue_table(settings, "products")),
                   products_version=int(version), num_rows=int(num_rows), image_shape=shape)
     if mode == "memory":
         load_split(spark, settings, "train", version)

@@ -4,7 +4,9 @@ Two protocols, each scored for the model and for a raw-pixel baseline (flattened
 pixels, cosine) with the same code (:func:`lookalike.metrics.retrieval_metrics`):
 
 * **(a) in-distribution**: test-split queries (at most ``evaluation.max_queries``, a seeded
-  sample) against the train-split catalogue, all categories. Metrics ``a_*``.
+  sample) against the train-split catalogue, all categories. Metrics ``a_*``. The same queries
+  drawn from the **validation** split give ``val_a_*``: what promotion compares
+  (``registry.promotion_metric``), so the test split is only ever reported.
 * **(b) generalisation**: a model trained WITHOUT ``evaluation.unseen_categories``; queries
   are test items of those unseen categories, the catalogue is the whole train split (every
   category, so seen-category items are distractors). Metrics ``b_*``. The model for (b) is the
@@ -12,7 +14,7 @@ pixels, cosine) with the same code (:func:`lookalike.metrics.retrieval_metrics`)
   is true), or the main model itself if it was trained without the unseen categories; without
   either, (b) is skipped for the model (the baseline is still reported).
 
-Metric names: ``a_recall_at_{k}``, ``a_map_at_r``, ``b_...``, ``baseline_a_...``,
+Metric names: ``a_recall_at_{k}``, ``a_map_at_r``, ``val_a_...``, ``b_...``, ``baseline_a_...``,
 ``baseline_b_...``. Per-class tables go to ``eval/<protocol>_per_class.csv``; plots to
 ``eval/neighbours.png`` (query + 5 nearest catalogue items) and ``eval/projection.png``.
 """
@@ -57,9 +59,10 @@ def _score(settings: Settings, query_vectors, query_labels, catalogue_vectors, c
 def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays,
                        embed: Embedder | None, embed_unseen: Embedder | None = None,
                        baseline: bool = True, out_dir: str | Path | None = None,
-                       distance: str | None = None) -> dict:
+                       distance: str | None = None, val: SplitArrays | None = None) -> dict:
     """Score protocols (a)/(b) for ``embed`` (main model), ``embed_unseen`` (model trained without
-    the unseen categories) and the raw-pixel baseline.
+    the unseen categories) and the raw-pixel baseline; with ``val``, also protocol (a) on
+    validation queries (``val_a_*``, the model only).
 
     Returns ``{"metrics": {name: float}, "per_class": {protocol: DataFrame}, "plots": [paths]}``;
     plots are written to ``out_dir`` when given (needs ``embed``).
@@ -91,6 +94,9 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
         catalogue = embed(np.asarray(train.x))
         if len(a_queries):
             run("a_", embed, a_queries, catalogue, distance)
+        if val is not None and len(val):
+            run("val_a_", embed, val.subset(_sample(len(val), ev.max_queries, seed + 2)),
+                catalogue, distance)
         if embed_unseen is embed and len(b_queries):
             run("b_", embed, b_queries, catalogue, distance)
         if out_dir is not None and len(a_queries):
@@ -142,11 +148,13 @@ def log_evaluation(result: dict) -> None:
         mlflow.log_artifact(str(path), artifact_path="eval")
 
 
-def load_eval_splits(spark, settings: Settings, version: int) -> tuple[SplitArrays, SplitArrays]:
-    """(train, test) splits at ``version`` as arrays (cached like the training data)."""
+def load_eval_splits(spark, settings: Settings, version: int
+                     ) -> tuple[SplitArrays, SplitArrays, SplitArrays]:
+    """(train, val, test) splits at ``version`` as arrays (cached like the training data)."""
     from lookalike.learning.data import load_split
 
-    return load_split(spark, settings, "train", version), load_split(spark, settings, "test", version)
+    return tuple(load_split(spark, settings, split, version)  # type: ignore[return-value]
+                 for split in ("train", "val", "test"))
 
 
 def model_embedder(model, batch_size: int) -> Embedder:
@@ -157,7 +165,7 @@ def evaluate_and_log(settings: Settings, spark, version: int, model, unseen_mode
                      out_dir: str | Path | None = None) -> dict:
     """Evaluate loaded :class:`~lookalike.model.EmbeddingModel` s on the catalogue at ``version``
     and log everything to the active MLflow run; returns the metrics dict."""
-    train, test = load_eval_splits(spark, settings, version)
+    train, val, test = load_eval_splits(spark, settings, version)
     batch = settings.embedding.batch_size
     embed = model_embedder(model, batch)
     if unseen_model is None and _excludes_unseen(settings, model.info):
@@ -169,7 +177,8 @@ def evaluate_and_log(settings: Settings, spark, version: int, model, unseen_mode
     with tempfile.TemporaryDirectory() as tmp:
         result = evaluate_embedders(settings, train, test, embed, embed_unseen,
                                     out_dir=out_dir or tmp,
-                                    distance=model.info.get("distance", settings.model.distance))
+                                    distance=model.info.get("distance", settings.model.distance),
+                                    val=val)
         log_evaluation(result)
     return result["metrics"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lookalike.app_env import (ENDPOINT_ENV, MAX_UPLOAD_BYTES_ENV, MAX_UPLOAD_PIXELS_ENV,
                                SAMPLE_ENV, TOKEN_ENV)
-from lookalike.catalogue.tables import delta_version, table_path
+from lookalike.catalogue.tables import catalogue_table
 from lookalike.config import Settings
 from lookalike.console import say
 from lookalike.pipeline.engine import run_steps
@@ -110,7 +110,7 @@ def run_demo(settings: Settings, run_pipeline_first: bool = True, app_port: int 
     from lookalike.serving.server import start_server
 
     summary = run_pipeline(settings) if run_pipeline_first else None
-    if delta_version(table_path(settings, "products")) is None:
+    if catalogue_table(settings, "products").version_without_spark() is None:
         sample_path = None
         say("demo", "no products table yet: the app's catalogue browsing stays off")
     else:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from lookalike.app_env import catalogue_sample_path
-from lookalike.catalogue.tables import delta_version, table_path
+from lookalike.catalogue.tables import catalogue_table
 from lookalike.config import Settings
 from lookalike.pipeline.engine import Step
 from lookalike.preprocessing import thumbnail_png
@@ -58,7 +58,8 @@ def sample_step(n: int = 200) -> Step:
     """The sample export as a skippable step (run by :func:`run_demo`)."""
     return Step(
         "export-sample",
-        lambda ctx: {"products_version": delta_version(table_path(ctx.settings, "products")),
+        lambda ctx: {"products_version": catalogue_table(ctx.settings, "products")
+                     .version_without_spark(),
                      "n": n,
                      "path": str(catalogue_sample_path(ctx.settings.home_path))},
         lambda ctx: export_catalogue_sample(ctx.settings, n),

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lookalike.catalogue.tables import delta_version, table_path
+from lookalike.catalogue.tables import catalogue_table
 from lookalike.config import Settings
 from lookalike.console import say
 from lookalike.index import IndexManifest
@@ -39,18 +39,16 @@ def _section(settings: Settings, *names: str) -> dict:
     return {name: dataclasses.asdict(getattr(settings, name)) for name in names}
 
 
-def _products_path(settings: Settings) -> str:
-    return table_path(settings, "products")
-
-
-def _embeddings_path(settings: Settings) -> str:
-    return table_path(settings, "embeddings")
+def _table_version(settings: Settings, table: str) -> int | None:
+    """Latest version of a path table, read without Spark (None: absent or managed, which
+    makes the steps that check it run again)."""
+    return catalogue_table(settings, table).version_without_spark()
 
 
 def _products_version(ctx: Context) -> int | None:
     ingest = ctx.outputs.get("ingest") or {}
     version = ingest.get("table_version")
-    return version if version is not None else delta_version(_products_path(ctx.settings))
+    return version if version is not None else _table_version(ctx.settings, "products")
 
 
 def _run_id(output: dict | None) -> str | None:
@@ -116,11 +114,11 @@ def _ingest_inputs(ctx: Context) -> dict:
     catalogue.pop("neighbours_table")
     return {"source": "fashion-mnist",
             "files": _files_fingerprint(folders, ("train-", "t10k-")),
-            "catalogue": catalogue, "table": _products_path(s)}
+            "catalogue": catalogue, "table": str(catalogue_table(s, "products"))}
 
 
 def _ingest_valid(ctx: Context, output: dict) -> bool:
-    return delta_version(_products_path(ctx.settings)) == output.get("table_version")
+    return _table_version(ctx.settings, "products") == output.get("table_version")
 
 
 def _tune(ctx: Context) -> dict:
@@ -170,7 +168,7 @@ def _embed(ctx: Context) -> dict:
 
 
 def _embed_valid(ctx: Context, output: dict) -> bool:
-    return delta_version(_embeddings_path(ctx.settings)) == output.get("table_version")
+    return _table_version(ctx.settings, "embeddings") == output.get("table_version")
 
 
 def _build_index(ctx: Context) -> dict:
@@ -188,6 +186,12 @@ def _package(ctx: Context) -> dict:
     from lookalike.serving.package import package_and_register
 
     return package_and_register(ctx.settings, run_id=_train_run(ctx))
+
+
+def _validate(ctx: Context) -> dict:
+    from lookalike.serving.validation import validate_version
+
+    return validate_version(ctx.settings, version=(ctx.outputs.get("package") or {}).get("version"))
 
 
 def _promote(ctx: Context) -> dict:
@@ -215,7 +219,7 @@ def default_steps() -> list[Step]:
         Step("embed",
              lambda ctx: {"run_id": _train_run(ctx), "products_version": _products_version(ctx),
                           **_section(s(ctx), "embedding", "image"),
-                          "table": _embeddings_path(s(ctx))},
+                          "table": str(catalogue_table(s(ctx), "embeddings"))},
              _embed, _embed_valid),
         Step("build-index",
              lambda ctx: {"run_id": _train_run(ctx),
@@ -231,6 +235,10 @@ def default_steps() -> list[Step]:
                           "evaluation": ctx.outputs.get("evaluate"),
                           **_section(s(ctx), "serving", "registry", "image")},
              _package, lambda ctx, out: _model_version_exists(s(ctx), out.get("version"))),
+        Step("validate",
+             lambda ctx: {"version": (ctx.outputs.get("package") or {}).get("version"),
+                          **_section(s(ctx), "validation")},
+             _validate, lambda ctx, out: _model_version_exists(s(ctx), out.get("version"))),
         Step("promote",
              lambda ctx: {"version": (ctx.outputs.get("package") or {}).get("version"),
                           **_section(s(ctx), "registry")},

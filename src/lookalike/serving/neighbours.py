@@ -55,7 +55,7 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
     """
     import mlflow
 
-    from lookalike.catalogue.tables import table_path, table_version
+    from lookalike.catalogue.tables import catalogue_table
     from lookalike.index import IndexManifest
     from lookalike.serving.pyfunc import (
         ARTIFACT_INDEX,
@@ -86,15 +86,15 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
     rows = (frame.repartition(settings.embedding.partitions)
             .mapInPandas(_neighbour_partitions(str(model_path), k, settings.serving.max_batch,
                                                model_version), NEIGHBOURS_SCHEMA))
-    path = table_path(settings, "neighbours")
+    table = catalogue_table(settings, "neighbours")
     started = time.time()
-    (rows.write.format("delta").mode("overwrite").partitionBy("model_version")
-     .option("replaceWhere", f"model_version = '{model_version}'").save(path))
-    written = (spark.read.format("delta").load(path)
+    table.save(rows.write.format("delta").mode("overwrite").partitionBy("model_version")
+               .option("replaceWhere", f"model_version = '{model_version}'"))
+    written = (table.read(spark)
                .where(f"model_version = '{model_version}'").count())
     shutil.rmtree(local, ignore_errors=True)
     result = {"model_uri": model_uri, "model_version": model_version, "products": int(len(ids)),
-              "rows": int(written), "k": k, "table_version": table_version(spark, path),
+              "rows": int(written), "k": k, "table_version": table.version(spark),
               "seconds": round(time.time() - started, 1)}
     log.info("write_neighbours: %s", result)
     return result

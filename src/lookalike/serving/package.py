@@ -4,7 +4,8 @@
 ``lookalike.kind=package`` (param ``training_run_id``, the training run's metrics copied),
 registers it as ``registry.model_name`` with alias ``challenger`` and tags ``training_run``,
 ``delta_version`` (products table version its embeddings came from), ``embeddings_version`` and
-``index_size`` (:func:`lookalike.registry.register_version`).
+``index_size`` (:func:`lookalike.registry.register_version`), and ``lookalike.based_on_champion``
+(the champion when it was packaged: promotion refuses it if that has changed since).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 
 from lookalike.config import Settings
 from lookalike.index import IndexManifest, IndexProvenance
-from lookalike.registry import CHALLENGER, register_version
+from lookalike.registry import BASED_ON_TAG, CHALLENGER, NO_CHAMPION, champion, register_version
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def write_products_folder(settings: Settings, run_id: str, provenance: IndexProv
     row count."""
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import read_products
+    from lookalike.catalogue.tables import CatalogueTable, read_products
     from lookalike.serving.catalogue_file import write_catalogue
     from lookalike.spark import get_spark
 
@@ -56,9 +57,8 @@ def write_products_folder(settings: Settings, run_id: str, provenance: IndexProv
     pinned, _ = read_products(spark, settings, version=provenance.products_version)
     products = current.unionByName(pinned.join(current.select("product_id"), "product_id",
                                                "left_anti"))
-    embedded = (spark.read.format("delta")
-                .option("versionAsOf", provenance.embeddings_version)
-                .load(provenance.embeddings_table)
+    embedded = (CatalogueTable.from_ref(provenance.embeddings_table)
+                .read(spark, versionAsOf=provenance.embeddings_version)
                 .where(F.col("model_version") == run_id).select("product_id"))
     rows = (products.join(embedded, "product_id", "inner")
             .select("product_id", "category", "title", "image")
@@ -110,7 +110,10 @@ def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
             package_run = run.info.run_id
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    tags = {"training_run": run_id, "delta_version": str(meta.products_version),
+    current = champion(settings)
+    # Promotion refuses this version if the champion moves before it gets there.
+    tags = {BASED_ON_TAG: NO_CHAMPION if current is None else str(current.version),
+            "training_run": run_id, "delta_version": str(meta.products_version),
             "embeddings_version": str(meta.embeddings_version),
             "index_size": str(manifest.count), "package_run": package_run}
     version = register_version(settings, info.model_uri, tags)
