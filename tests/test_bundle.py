@@ -2,7 +2,8 @@
 
 No Databricks CLI here: the YAML is parsed and checked for what would otherwise fail only
 on a workspace: task files that do not exist, parameters the CLI would reject, bad cron
-expressions, an endpoint serving a model the jobs never register.
+expressions, targets that share tables or a model, a pinned model version, clusters without
+Unity Catalog access, jobs without timeouts or alerts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from lookalike.config import load_settings
 ROOT = Path(__file__).resolve().parents[1]
 VAR = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
 BUNDLE_REF = re.compile(r"\$\{bundle\.(name|target)\}")
+WORKSPACE_REF = re.compile(r"\$\{workspace\.current_user\.(short_name|userName)\}")
+# What ${workspace.current_user.*} resolves to for the developer running the checks.
+USER = {"short_name": "ada", "userName": "ada@example.com"}
 JOB_PARAM = re.compile(r"\{\{\s*job\.parameters\.([A-Za-z0-9_]+)\s*\}\}")
 TASK_VALUE = re.compile(r"\{\{\s*tasks\.([A-Za-z0-9_]+)\.values\.([A-Za-z0-9_]+)\s*\}\}")
 ANY_REF = re.compile(r"\$\{[^}]*\}|\{\{[^}]*\}\}")
@@ -70,7 +74,7 @@ def _resolve(text, variables: dict, target: str, depth: int = 0):
         assert name in variables, f"${{var.{name}}} is not declared in databricks.yml"
         return str(_resolve(variables[name], variables, target, depth + 1))
 
-    text = VAR.sub(var, text)
+    text = WORKSPACE_REF.sub(lambda m: USER[m.group(1)], VAR.sub(var, text))
     return BUNDLE_REF.sub(lambda m: ROOT_DOC["bundle"]["name"] if m.group(1) == "name"
                           else target, text)
 
@@ -253,27 +257,93 @@ def test_schedules_are_valid_quartz_cron():
         assert schedule.get("timezone_id")
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_serving_endpoint_serves_the_registered_model(target):
-    endpoints = _resources("model_serving_endpoints")
-    assert len(endpoints) == 1
-    _, _, endpoint = endpoints[0]
+def _job_env(target: str) -> dict[str, dict]:
+    """Each job's cluster environment, resolved for ``target``; all clusters of a job agree."""
     variables = _variables(target)
-    entities = endpoint["config"]["served_entities"]
-    assert len(entities) == 1
-    name = _resolve(entities[0]["entity_name"], variables, target)
-    # Unity Catalog three-level name whose model part is conf's registry.model_name ...
-    parts = name.split(".")
-    assert len(parts) == 3 and all(parts), name
-    assert parts[-1] == load_settings().registry.model_name
-    assert _resolve(str(entities[0]["entity_version"]), variables, target).isdigit()
-    # ... and exactly the name the jobs register (they get it through the environment).
+    found = {}
     for _, key, job in _resources("jobs"):
-        for cluster in job.get("job_clusters", []):
-            env = cluster["new_cluster"].get("spark_env_vars", {})
-            registered = _resolve(env.get("LOOKALIKE__REGISTRY__MODEL_NAME", ""), variables,
-                                  target)
-            assert registered == name, f"{key}: registers {registered!r}, endpoint serves {name!r}"
+        envs = [{k: _resolve(v, variables, target)
+                 for k, v in c["new_cluster"].get("spark_env_vars", {}).items()}
+                for c in job["job_clusters"]]
+        assert all(env == envs[0] for env in envs), key
+        found[key] = envs[0]
+    return found
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_jobs_use_unity_catalog_names_from_one_environment(target, monkeypatch):
+    """Tables are managed tables catalog.schema.name, the model a three-level name in the same
+    schema, LOOKALIKE_HOME a Volume of that schema: read through the real settings loader."""
+    from lookalike.catalogue.tables import catalogue_table, volume_of
+
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    for key, env in _job_env(target).items():
+        settings = load_settings(environ=env)
+        catalog, schema = settings.catalogue.catalog, settings.catalogue.database
+        assert catalogue_table(settings, "products").name == f"`{catalog}`.`{schema}`.`products`"
+        assert catalogue_table(settings, "embeddings").path is None
+        assert settings.registry.model_name == f"{catalog}.{schema}.{load_settings().registry.model_name}"
+        assert volume_of(env["LOOKALIKE_HOME"])[:2] == (catalog, schema), key
+        assert settings.mlflow.experiment.startswith("/"), "experiments are workspace paths"
+
+
+def test_dev_and_prod_share_nothing_a_run_writes():
+    dev, prod = (next(iter(_job_env(t).values())) for t in ("dev", "prod"))
+    for name in ("LOOKALIKE__CATALOGUE__DATABASE", "LOOKALIKE__REGISTRY__MODEL_NAME",
+                 "LOOKALIKE__MLFLOW__EXPERIMENT", "LOOKALIKE_HOME",
+                 "LOOKALIKE__DEPLOY__ENDPOINT_NAME"):
+        assert dev[name] != prod[name], f"dev and prod share {name}: {dev[name]}"
+
+
+def test_prod_runs_as_a_service_principal_with_permissions():
+    prod = ROOT_DOC["targets"]["prod"]
+    assert "service_principal_name" in prod["run_as"]
+    levels = {p["level"] for p in prod["permissions"]}
+    assert "CAN_MANAGE" in levels and "CAN_VIEW" in levels
+    assert "run_as" not in ROOT_DOC["targets"]["dev"]       # dev runs as the developer
+
+
+def test_clusters_jobs_and_notifications_are_production_grade():
+    for _, key, job in _resources("jobs"):
+        for cluster in job["job_clusters"]:
+            assert cluster["new_cluster"]["data_security_mode"] == "SINGLE_USER", key
+        assert job["timeout_seconds"] > 0, key
+        assert job["email_notifications"]["on_failure"], key
+        assert job["max_concurrent_runs"] == 1 and job["queue"]["enabled"] is True, key
+
+
+def test_no_model_version_is_pinned_and_the_endpoint_follows_the_champion():
+    """No bundle variable or resource names a version: the deploy task moves the endpoint to
+    whatever promote left as champion, after validate and promote, in both jobs."""
+    assert not [v for v in ROOT_DOC["variables"] if "version" in v and "spark" not in v]
+    assert not _resources("model_serving_endpoints")
+    for _, key, job in _resources("jobs"):
+        tasks = {t["task_key"]: t for t in job["tasks"]}
+        command = {k: _wrapper_command((ROOT / "jobs" / Path(
+            t["spark_python_task"]["python_file"]).name)) for k, t in tasks.items()}
+        by_command = {c: k for k, c in command.items()}
+        assert {"package", "validate", "promote", "deploy"} <= set(by_command), key
+
+        def needs(task, other):
+            return other in {d["task_key"] for d in tasks[task].get("depends_on", [])}
+
+        assert needs(by_command["validate"], by_command["package"])
+        assert needs(by_command["promote"], by_command["validate"])
+        assert needs(by_command["deploy"], by_command["promote"])
+
+
+def test_only_the_weekly_retrain_trains_and_the_daily_job_keeps_the_champions_network():
+    for _, key, job in _resources("jobs"):
+        commands = {_wrapper_command(ROOT / "jobs" / Path(t["spark_python_task"][
+            "python_file"]).name): t["spark_python_task"].get("parameters", [])
+            for t in job["tasks"]}
+        for command in ("embed", "build-index", "package"):
+            parameters = commands[command]
+            run = parameters[parameters.index("--run-id") + 1]
+            if "train" in commands:
+                assert run == "{{tasks.train.values.run_id}}", (key, command)
+            else:
+                assert run == "champion", (key, command)
 
 
 def test_the_wheel_leaves_the_runtimes_own_packages_alone():

@@ -111,3 +111,18 @@ def test_promotion_guards():
     assert guard_reason({**passed, BASED_ON_TAG: "3"}, 3, True) is None
     assert "not validated (failed: x)" in guard_reason({VALIDATION_TAG: "failed: x"}, 3, True)
     assert guard_reason({}, 3, False) is None
+
+
+def test_champion_names_the_training_run_jobs_refresh(packaged_model):
+    """`--run-id champion`: what the daily job embeds, indexes and packages with."""
+    from lookalike import cli
+    from lookalike.registry import resolve_run_id
+
+    settings = packaged_model.settings
+    assert resolve_run_id(settings, "champion") == packaged_model.run_id
+    assert resolve_run_id(settings, "abc") == "abc" and resolve_run_id(settings, None) is None
+    assert cli._run_id(cli.parse(["embed", "--run-id", "champion"]), settings) == \
+        packaged_model.run_id
+    empty = settings.replace(registry={"model_name": f"none-{uuid.uuid4().hex[:8]}"})
+    with pytest.raises(ValueError, match="has no 'champion' yet"):
+        resolve_run_id(empty, "champion")

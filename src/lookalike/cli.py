@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_file = None if args.command == "serve" else quiet_libraries(settings.home_path / "logs")
     if log_file is not None and args.command in ("pipeline", "demo", "train", "tune"):
         say("lookalike", f"library logs: {log_file} (LOOKALIKE_VERBOSE=1 keeps them here)")
+    _prepare_workspace(settings)
     result = COMMANDS[args.command](args, settings)
     if result is not None:
         # One JSON line on stdout: what schedulers and scripts parse.
@@ -234,6 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("validate", f"version {result['version']} failed validation: {result['checks']}")
         return 1
     return 0
+
+
+def _prepare_workspace(settings: Settings) -> None:
+    """On Databricks: the target's schema and Volume exist before any job step uses them."""
+    from lookalike.spark import get_spark, on_databricks
+
+    if on_databricks():
+        from lookalike.catalogue.tables import prepare_unity_catalog
+
+        prepare_unity_catalog(get_spark(settings), settings)
 
 
 def _publish_task_values(result) -> None:

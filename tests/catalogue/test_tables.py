@@ -81,3 +81,21 @@ def test_managed_tables_hold_the_catalogue_by_name(spark, settings, tmp_path):
               for r in neighbours.read(spark).groupBy("model_version").count().collect()}
     assert counts == {"m1": 1, "m2": 2}
     assert catalogue_table(managed, "products").version_without_spark() is None
+
+
+def test_unity_catalog_preparation_creates_schema_and_home_volume(spark, base_settings,
+                                                                   monkeypatch):
+    from lookalike.catalogue.tables import prepare_unity_catalog, volume_of
+
+    assert volume_of("/Volumes/main/shop/lookalike/models") == ("main", "shop", "lookalike")
+    assert volume_of("/home/me/.lookalike") is None
+    database = f"prep_{uuid.uuid4().hex[:8]}"
+    managed = base_settings.replace(catalogue={"table_mode": "managed", "database": database})
+    # Locally (home not on a Volume) only the schema is needed; it is really created.
+    assert prepare_unity_catalog(spark, managed) == [f"CREATE SCHEMA IF NOT EXISTS `{database}`"]
+    assert spark.catalog.databaseExists(database)
+    on_volume = managed.replace(home="/Volumes/main/shop/lookalike",
+                                catalogue={"catalog": "main"})
+    # The local catalog has no catalog 'main': the error says what to do.
+    with pytest.raises(PermissionError, match="create it once as an admin"):
+        prepare_unity_catalog(spark, on_volume)

@@ -143,6 +143,37 @@ def create_table(spark, table: CatalogueTable, schema: str, change_feed: bool = 
     builder.execute()
 
 
+def volume_of(path: str | Path) -> tuple[str, str, str] | None:
+    """(catalog, schema, volume) of a ``/Volumes/<catalog>/<schema>/<volume>/...`` path."""
+    parts = Path(str(path)).parts
+    if len(parts) >= 5 and parts[:2] == ("/", "Volumes"):
+        return parts[2], parts[3], parts[4]
+    return None
+
+
+def prepare_unity_catalog(spark, settings: Settings) -> list[str]:
+    """On Databricks, before a job: the managed tables' schema and the Volume that holds
+    ``LOOKALIKE_HOME``, created if missing (a first deploy needs no manual step). Returns the
+    statements run; a missing privilege becomes an error that says what to ask for."""
+    statements = []
+    if table_mode(settings) == "managed":
+        namespace = str(catalogue_table(settings, "products").name).rsplit(".", 1)[0]
+        statements.append(f"CREATE SCHEMA IF NOT EXISTS {namespace}")
+    volume = volume_of(settings.home_path)
+    if volume:
+        catalog, schema, name = (f"`{p}`" for p in volume)
+        statements += [f"CREATE SCHEMA IF NOT EXISTS {catalog}.{schema}",
+                       f"CREATE VOLUME IF NOT EXISTS {catalog}.{schema}.{name}"]
+    for statement in dict.fromkeys(statements):
+        try:
+            spark.sql(statement)
+        except Exception as error:  # noqa: BLE001 - re-raised with what to do
+            raise PermissionError(f"`{statement}` failed ({str(error)[:200]}): create it once as "
+                                  "an admin, or grant the job's run_as identity CREATE SCHEMA / "
+                                  "CREATE VOLUME (README, Deploy on Databricks)") from error
+    return list(dict.fromkeys(statements))
+
+
 def ensure_tables(spark, settings: Settings) -> None:
     """Create the products and rejects tables if they do not exist yet."""
     create_table(spark, catalogue_table(settings, "products"), PRODUCTS_SCHEMA, change_feed=True)
