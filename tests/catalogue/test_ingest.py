@@ -72,6 +72,22 @@ def test_folder_ingest_rejects_exactly_the_bad_files(spark, settings, tmp_path):
     assert catalogue_table(settings, "rejects").read(spark).count() == 5
 
 
+def test_a_file_over_the_byte_limit_is_rejected_from_its_size_without_reading(spark, settings,
+                                                                             tmp_path):
+    """A sparse 3 GB file: reading it would fail (binaryFile refuses files over 2 GB) or take
+    minutes; rejected from its listed size, it costs nothing."""
+    (tmp_path / "shoes").mkdir()
+    (tmp_path / "shoes" / "ok.png").write_bytes(_image(1))
+    with open(tmp_path / "shoes" / "huge.png", "wb") as f:
+        f.truncate(3 * 1024**3)
+    summary = ingest_folder(spark, settings, str(tmp_path))
+    assert (summary.inserted, summary.rejected) == (1, 1)
+    rejects = catalogue_table(settings, "rejects").read(spark).toPandas()
+    huge = rejects[rejects.source_uri.str.endswith("huge.png")].iloc[0]
+    assert huge.reason == "too_large" and "(file not read)" in huge.detail
+    assert str(3 * 1024**3) in huge.detail
+
+
 def test_rerun_is_idempotent_and_change_updates_one_row(spark, settings, tmp_path):
     shop = tmp_path / "shop"
     for i in range(5):
@@ -150,7 +166,24 @@ def test_fashion_mnist_subset_keeps_official_test_split(spark, settings):
     assert np.asarray(first)[0, 0] == 255
 
 
-def test_split_is_a_pure_function_of_product_id():
+def test_identical_images_never_land_in_two_splits(spark, settings, tmp_path):
+    """Forty products, each photographed twice with byte-identical files under another id:
+    every pair shares its split (the split keys on the content hash)."""
+    for i in range(40):
+        for copy in ("a", "b"):
+            folder = tmp_path / f"cat{i % 2}"
+            folder.mkdir(exist_ok=True)
+            (folder / f"p{i}{copy}.png").write_bytes(_image(100 + i))
+    ingest_folder(spark, settings, str(tmp_path))
+    rows = read_products(spark, settings)[0].toPandas()
+    ours = rows[rows.source_uri.str.contains(str(tmp_path))]
+    assert len(ours) == 80
+    per_image = ours.groupby("content_hash").split.nunique()
+    assert len(per_image) == 40 and (per_image == 1).all()
+    assert ours.split.nunique() > 1          # ... while the pairs still spread over splits
+
+
+def test_split_is_a_pure_function_of_its_key():
     ids = [f"sku-{i}" for i in range(20000)]
     splits = [split_for(i, 0.8, 0.1) for i in ids]
     assert splits == [split_for(i, 0.8, 0.1) for i in ids]
@@ -200,9 +233,11 @@ def test_full_snapshot_deletes_gone_files_keeps_rejected_ones_and_moves_changed_
     moved = settings.replace(catalogue={"split": {"train": 0.2, "val": 0.4, "test": 0.4}})
     third = ingest_folder(spark, moved, str(shop))
     rows = read_products(spark, moved)[0].toPandas().set_index("product_id")
-    expected = {pid: split_for(pid, 0.2, 0.4) for pid in rows.index if pid.startswith("bags/")
-                and pid != "bags/b1"}
-    assert third.updated == sum(split_for(pid, 0.8, 0.1) != s for pid, s in expected.items())
+    hashes = {pid: rows.loc[pid, "content_hash"] for pid in rows.index
+              if pid.startswith("bags/") and pid != "bags/b1"}
+    expected = {pid: split_for(h, 0.2, 0.4) for pid, h in hashes.items()}
+    assert third.updated == sum(split_for(hashes[pid], 0.8, 0.1) != s
+                                for pid, s in expected.items())
     assert {pid: rows.loc[pid, "split"] for pid in expected} == expected
 
 

@@ -43,9 +43,11 @@ class IngestSummary:
         return json.dumps(asdict(self), sort_keys=False)
 
 
-def split_for(product_id: str, train: float, val: float) -> str:
-    """Deterministic split from a stable hash of product_id: reruns never move an item."""
-    bucket = int.from_bytes(hashlib.sha256(product_id.encode("utf-8")).digest()[:8], "big")
+def split_for(key: str, train: float, val: float) -> str:
+    """Deterministic split from a stable hash of ``key``. Ingest keys on the image's content
+    hash: identical images always share a split (no copy of a test image in train), and
+    reruns never move an unchanged item."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     fraction = bucket / 2**64
     if fraction < train:
         return "train"
@@ -78,18 +80,18 @@ def validate_rows(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
             record.update(reason=rejected.reason, detail=rejected.detail[:500])
             out.append(record)
             continue
+        content_hash = hashlib.sha256(data).hexdigest()
         official = getattr(row, "official_split", None)
         if official == "test":
             split = "test"
         elif official == "train":
             # Keep Fashion-MNIST's official test set; carve validation out of its training set.
             val = cat.fashion_mnist_val_fraction
-            split = split_for(row.product_id, 1.0 - val, val)
+            split = split_for(content_hash, 1.0 - val, val)
         else:
-            split = split_for(row.product_id, cat.split.train, cat.split.val)
+            split = split_for(content_hash, cat.split.train, cat.split.val)
         record.update(image=data, format=info.format, width=info.width, height=info.height,
-                      channels=info.channels, content_hash=hashlib.sha256(data).hexdigest(),
-                      split=split)
+                      channels=info.channels, content_hash=content_hash, split=split)
         out.append(record)
     return pd.DataFrame(out, columns=[c.split()[0] for c in _VALIDATED_SCHEMA.split(", ")])
 
@@ -250,8 +252,21 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
     root = Path(local_path(folder)).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-             .load(str(root)).select("path", "content", "length"))
+    listing = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(root))
+    limit = settings.catalogue.max_image_bytes
+    # The length filter is pushed into the file source: a file over the byte limit is never
+    # read, only listed (its size comes from the file system) and rejected.
+    files = listing.where(F.col("length") <= limit).select("path", "content", "length")
+    too_large = listing.where(F.col("length") > limit).select(
+        *[F.lit(None).cast("string").alias(c) for c in ("product_id", "category", "title")],
+        F.lit(None).cast("binary").alias("image"),
+        *[F.lit(None).cast(t).alias(c) for c, t in (("format", "string"), ("width", "int"),
+                                                   ("height", "int"), ("channels", "int"),
+                                                   ("content_hash", "string"))],
+        F.col("path").alias("source_uri"), F.lit(None).cast("string").alias("split"),
+        F.lit("too_large").alias("reason"),
+        F.concat(F.col("length").cast("string"),
+                 F.lit(f" bytes exceeds limit of {limit} (file not read)")).alias("detail"))
     # binaryFile gives file:/ (local) or dbfs:/Volumes/ (Databricks) URIs; the path relative to
     # the root, scheme removed, is the stable product key either way.
     files = files.withColumn("relative",
@@ -278,7 +293,8 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
         candidates = candidates.unionByName(spark.createDataFrame(
             [(None, None, None, b"", uri) for uri in empty],
             "product_id STRING, category STRING, title STRING, image BINARY, source_uri STRING"))
-    validated = candidates.mapInPandas(_validate_partitions(settings), _VALIDATED_SCHEMA)
+    validated = (candidates.mapInPandas(_validate_partitions(settings), _VALIDATED_SCHEMA)
+                 .unionByName(too_large))
     return upsert_validated(spark, settings, validated, f"folder:{root}",
                             snapshot_root=str(root))
 
