@@ -41,4 +41,38 @@ def test_two_horovod_ranks_average_gradients(catalogue, spark, tmp_path):
     for r in results:
         assert r["probe_loss_after"] < r["probe_loss_before"]
     assert "weights_path" in results[0] and "weights_path" not in results[1]
+    # The epoch's 8 steps are split: each rank ran 4 per epoch, not all 8.
+    batch = settings.training.classes_per_batch * settings.training.examples_per_class
+    assert [r["images"] for r in results] == [2 * 4 * batch] * 2
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
+
+
+def test_an_epoch_is_split_across_ranks():
+    from lookalike.learning.distributed import rank_steps
+
+    assert [rank_steps(500, n) for n in (1, 2, 3, 4)] == [500, 250, 167, 125]
+    assert rank_steps(1, 8) == 1
+
+
+def test_fine_tuning_phases_freeze_then_unfreeze_at_a_lower_rate(base_settings):
+    from lookalike.learning.distributed import training_phases
+    from lookalike.learning.model import build_model, set_backbone_trainable
+
+    plain = base_settings.training
+    assert training_phases(plain) == [(0, plain.epochs, True, 1.0)]
+    recipe = base_settings.replace(training={"epochs": 5, "warmup_epochs": 2,
+                                             "finetune_lr_scale": 0.1,
+                                             "freeze_batchnorm": True}).training
+    assert training_phases(recipe) == [(0, 2, False, 1.0), (2, 5, True, 0.1)]
+
+    model = build_model(base_settings)
+    head = len(model.get_layer("metric_embedding").trainable_weights)
+    set_backbone_trainable(model, False, True)
+    assert len(model.trainable_weights) == head                 # only the head learns
+    set_backbone_trainable(model, True, False)
+    everything = len(model.trainable_weights)
+    set_backbone_trainable(model, True, True)
+    batchnorm = [layer for layer in model.get_layer("backbone").layers
+                 if type(layer).__name__ == "BatchNormalization"]
+    assert batchnorm and all(not layer.trainable for layer in batchnorm)
+    assert head < len(model.trainable_weights) == everything - 2 * len(batchnorm)

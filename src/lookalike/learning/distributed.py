@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -66,8 +67,9 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     settings = settings_from_dict(settings_dict)
     spec = DataSpec.from_dict(spec_dict)
     rank, size, hvd = _init_process(use_horovod, threads)
-    model = _compiled_model(settings, spec, size, hvd)
+    model = _built_model(settings, spec)
     t = settings.training
+    steps = rank_steps(t.steps_per_epoch, size)
 
     checkpoint_dir = Path(checkpoint_dir)
     state = read_state(checkpoint_dir)
@@ -83,7 +85,7 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
                       hvd.callbacks.MetricAverageCallback()]
     if rank == 0:
         callbacks.append(_EpochCheckpoint(checkpoint_dir))
-        callbacks.append(_Progress(t.epochs, t.steps_per_epoch, bar=not use_horovod))
+        callbacks.append(_Progress(t.epochs, steps, bar=not use_horovod))
         if mlflow_run_id:
             callbacks.append(_MlflowEpochLogger(mlflow_run_id, tracking_uri))
     timer = _Timer()
@@ -94,12 +96,16 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
         digest = hashlib.sha256(np.asarray(probe_y).tobytes()
                                 + np.asarray(probe_x)[:, ::7].tobytes()).hexdigest()[:16]
         before = _probe_loss(model, loss_fn, probe_x, probe_y)
-        history = {}
-        if initial_epoch < t.epochs:
-            fit = model.fit(batches, epochs=t.epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=t.steps_per_epoch, callbacks=callbacks,
-                            verbose=0)
-            history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+        history: dict[str, list[float]] = {}
+        for start, end, backbone_trainable, lr_scale in training_phases(t):
+            _compile_phase(model, settings, size, hvd, backbone_trainable, lr_scale,
+                           decay_steps=(end - start) * steps)
+            if end <= initial_epoch:
+                continue
+            fit = model.fit(batches, epochs=end, initial_epoch=max(start, initial_epoch),
+                            steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+            for k, vs in fit.history.items():
+                history.setdefault(k, []).extend(float(v) for v in vs)
         after = _probe_loss(model, loss_fn, probe_x, probe_y)
 
     result: dict[str, Any] = {
@@ -118,6 +124,13 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     if return_weights:
         result["trainable_weights"] = [w.numpy().tolist() for w in model.trainable_weights]
     return result
+
+
+def rank_steps(steps_per_epoch: int, size: int) -> int:
+    """Steps each of ``size`` ranks runs per epoch: ``training.steps_per_epoch`` is the epoch's
+    total, split across the ranks (N GPUs finish an epoch N times sooner). Each step's global
+    batch is N x the per-rank batch, so the learning rate is scaled by N (linear scaling)."""
+    return max(1, math.ceil(steps_per_epoch / max(1, size)))
 
 
 def _init_process(use_horovod: bool, threads: int | None):
@@ -144,26 +157,47 @@ def _init_process(use_horovod: bool, threads: int | None):
     return rank, size, hvd
 
 
-def _compiled_model(settings, spec, size: int, hvd):
-    """The model, compiled with Adam (learning rate x ranks, cosine decay if configured),
-    wrapped in Horovod's DistributedOptimizer when ranks are in play."""
+def training_phases(t) -> list[tuple[int, int, bool, float]]:
+    """(first epoch, end epoch, backbone trainable, learning-rate scale) of each phase: a
+    pretrained backbone first stays frozen for ``warmup_epochs`` while the head learns, then
+    everything fine-tunes at ``finetune_lr_scale`` of the learning rate."""
+    if t.warmup_epochs <= 0:
+        return [(0, t.epochs, True, 1.0)]
+    phases = [(0, t.warmup_epochs, False, 1.0)]
+    if t.epochs > t.warmup_epochs:
+        phases.append((t.warmup_epochs, t.epochs, True, t.finetune_lr_scale))
+    return phases
+
+
+def _built_model(settings, spec):
     import tensorflow as tf
 
-    from lookalike.learning.model import build_model, compile_model
+    from lookalike.learning.model import build_model
 
     tf.keras.utils.set_random_seed(settings.training.seed)  # same initial weights everywhere
+    return build_model(settings, num_classes=len(spec.train_label_ids))
+
+
+def _compile_phase(model, settings, size: int, hvd, backbone_trainable: bool, lr_scale: float,
+                   decay_steps: int) -> None:
+    """Freeze or unfreeze the backbone and compile with a fresh Adam (learning rate x scale x
+    ranks, cosine decay over the phase if configured), wrapped in Horovod's
+    DistributedOptimizer when ranks are in play."""
+    import tensorflow as tf
+
+    from lookalike.learning.model import compile_model, set_backbone_trainable
+
     t = settings.training
-    model = build_model(settings, num_classes=len(spec.train_label_ids))
-    learning_rate: Any = t.learning_rate * size
+    set_backbone_trainable(model, backbone_trainable, t.freeze_batchnorm)
+    learning_rate: Any = t.learning_rate * lr_scale * size   # global batch = size x rank batch
     if t.cosine_decay:
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(1, t.epochs * t.steps_per_epoch), alpha=0.05)
+            learning_rate, decay_steps=max(1, decay_steps), alpha=0.05)
     # Legacy Keras optimizers: what Horovod 0.28 supports on every TF 2.x release.
     optimizer = tf.keras.optimizers.legacy.Adam(learning_rate)
     if hvd is not None:
         optimizer = hvd.DistributedOptimizer(optimizer)
     compile_model(model, settings, optimizer)
-    return model
 
 
 def _probe_loss(model, loss_fn, x, y) -> float:

@@ -28,6 +28,7 @@ from lookalike.config import Settings
 
 INFO_FILE = "lookalike.json"
 SAVED_MODEL_DIR = "saved_model"
+BACKBONE_LAYER = "backbone"
 FORMAT_VERSION = 1
 
 
@@ -55,9 +56,40 @@ def build_model(settings: Settings, num_classes: int | None = None):
         # in [0, 1], photos and Fashion-MNIST alike are dark products on white), never black.
         x = tf.keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant",
                                               fill_value=1.0, name="aug_shift")(x)
-    features = backbone.builder(shape, settings.model.width, settings)(x)
+        zoom, colour = settings.model.augmentation_zoom, settings.model.augmentation_colour
+        if zoom:
+            # A random resized crop (zoom in) or a smaller product on more background.
+            x = tf.keras.layers.RandomZoom((-zoom, zoom), fill_mode="constant", fill_value=1.0,
+                                           name="aug_zoom")(x)
+        if colour:
+            x = tf.keras.layers.RandomBrightness(colour, value_range=(0.0, 1.0),
+                                                 name="aug_brightness")(x)
+            x = tf.keras.layers.RandomContrast(colour, name="aug_contrast")(x)
+    net = backbone.builder(shape, settings.model.width, settings)
+    net._name = BACKBONE_LAYER  # found again by set_backbone_trainable (fine-tuning phases)
+    features = net(x)
     outputs = MetricEmbedding(settings.model.embedding_size, name="metric_embedding")(features)
     return SimilarityModel(inputs, outputs, name="lookalike")
+
+
+def set_backbone_trainable(model, trainable: bool, freeze_batchnorm: bool) -> None:
+    """Freeze or unfreeze the backbone (recompile afterwards). With ``freeze_batchnorm`` its
+    BatchNorm layers stay frozen, which in TF 2 also runs them in inference mode: pretrained
+    statistics survive small, few-class batches."""
+    import tensorflow as tf
+
+    net = model.get_layer(BACKBONE_LAYER)
+    net.trainable = trainable
+    if trainable and freeze_batchnorm:
+        for layer in _sublayers(net):
+            if isinstance(layer, tf.keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def _sublayers(layer):
+    for child in getattr(layer, "layers", []):
+        yield child
+        yield from _sublayers(child)
 
 
 def make_loss(settings: Settings):

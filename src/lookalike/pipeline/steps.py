@@ -206,7 +206,10 @@ def default_steps() -> list[Step]:
     """The pipeline: each step's inputs name exactly what would change its result."""
     s = lambda ctx: ctx.settings  # noqa: E731
     return [
-        Step("ingest", _ingest_inputs, _ingest, _ingest_valid),
+        Step("ingest", _ingest_inputs, _ingest, _ingest_valid,
+             enabled=lambda ctx: s(ctx).catalogue.pipeline_ingest == "fashion-mnist",
+             disabled_reason="catalogue.pipeline_ingest is none: the catalogue `lookalike "
+                             "ingest` wrote is used as it is"),
         Step("tune", _tune_inputs, _tune,
              lambda ctx, out: _run_exists(s(ctx), _run_id(out)),
              enabled=lambda ctx: not ctx.skip_tuning, disabled_reason="--skip-tuning"),
@@ -286,6 +289,12 @@ def run_pipeline(settings: Settings, force: bool = False, skip_tuning: bool = Fa
     ``run_id``, ``products_version``, ``model_name``, ``model_version``, ``alias``,
     ``promoted`` (the promote step's output), ``serve_command``, ``seconds``.
     """
+    if (settings.catalogue.pipeline_ingest == "none"
+            and catalogue_table(settings, "products").version_without_spark() is None
+            and catalogue_table(settings, "products").path is not None):
+        raise ValueError(f"no catalogue at {catalogue_table(settings, 'products')}: ingest "
+                         "yours first (`lookalike ingest --source folder PATH --metadata CSV "
+                         f"--profile {settings.profile}`)")
     say("pipeline", f"profile {settings.profile}, home {settings.home_path}"
          + (", forced" if force else "") + (", skipping tuning" if skip_tuning else ""))
     result = run_steps(settings, steps if steps is not None else default_steps(), force=force,
