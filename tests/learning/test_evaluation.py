@@ -113,3 +113,14 @@ def test_validation_queries_score_protocol_a_apart_from_test(case):
     assert m["a_recall_at_1"] == pytest.approx(1.0)                # test figures unchanged
     without = evaluate_embedders(settings, train, test, stretched, None, baseline=False)
     assert not any(k.startswith("val_") for k in without["metrics"])
+
+
+def test_unseen_categories_a_catalogue_lacks_are_named_plainly():
+    from lookalike.learning.evaluation import unseen_problem
+
+    fmnist = ["T-shirt/top", "Coat", "Sandal", "Bag"]
+    message = unseen_problem(fmnist, ["Shoes", "Pants", "Hoodie"])
+    assert "has none of evaluation.unseen_categories" in message and "'Pants'" in message
+    assert unseen_problem([], ["a", "b"]).startswith("protocol (b) off")
+    assert unseen_problem(["a"], ["a", "b", "c"]) is None
+    assert "fewer than 2" in unseen_problem(["a", "b"], ["a", "b", "c"])

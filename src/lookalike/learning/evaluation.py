@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.config import Settings
+from lookalike.console import say
 from lookalike.learning.data import SplitArrays
 from lookalike.vectors import exact_knn, prepare
 
@@ -40,6 +41,25 @@ def raw_pixels(x: np.ndarray) -> np.ndarray:
     """The baseline 'embedding': flattened preprocessed pixels."""
     x = np.asarray(x, dtype=np.float32)
     return x.reshape(len(x), -1)
+
+
+def unseen_problem(configured, categories) -> str | None:
+    """Why protocol (b) cannot run on a catalogue with ``categories``, in plain words, or None.
+
+    Unseen categories are a per-catalogue setting (``evaluation.unseen_categories``): the
+    Fashion-MNIST defaults mean nothing to a shop's catalogue.
+    """
+    configured, present = list(configured), set(categories)
+    if not configured:
+        return "protocol (b) off: evaluation.unseen_categories is empty"
+    missing = [c for c in configured if c not in present]
+    if len(missing) == len(configured):
+        return (f"protocol (b) skipped: this catalogue has none of evaluation.unseen_categories "
+                f"{configured}; its categories are {sorted(present)[:20]}. Set the ones to "
+                "hold out, e.g. --set 'evaluation.unseen_categories=[...]', or [] to turn (b) off")
+    if len(present - set(configured)) < 2:
+        return "protocol (b) skipped: fewer than 2 categories would remain for training"
+    return None
 
 
 def _sample(n: int, limit: int, seed: int) -> np.ndarray:
@@ -165,7 +185,13 @@ def evaluate_and_log(settings: Settings, spark, version: int, model, unseen_mode
                      out_dir: str | Path | None = None) -> dict:
     """Evaluate loaded :class:`~lookalike.model.EmbeddingModel` s on the catalogue at ``version``
     and log everything to the active MLflow run; returns the metrics dict."""
+    import mlflow
+
     train, val, test = load_eval_splits(spark, settings, version)
+    problem = unseen_problem(settings.evaluation.unseen_categories, np.unique(train.labels))
+    if problem and settings.evaluation.unseen_categories:
+        say("evaluate", problem)
+        mlflow.set_tag("lookalike.protocol_b", problem)
     batch = settings.embedding.batch_size
     embed = model_embedder(model, batch)
     if unseen_model is None and _excludes_unseen(settings, model.info):

@@ -121,7 +121,11 @@ def train_and_log(settings: Settings, processes: int | None = None,
 
     from lookalike.learning.data import prepare_training_data
     from lookalike.learning.distributed import run_training
-    from lookalike.learning.evaluation import GENERALISATION_ARTIFACT, evaluate_and_log
+    from lookalike.learning.evaluation import (
+        GENERALISATION_ARTIFACT,
+        evaluate_and_log,
+        unseen_problem,
+    )
     from lookalike.learning.model import load_embedding_model
     from lookalike.spark import get_spark
     from lookalike.tracking import KIND_TAG, MODEL_ARTIFACT, configure_mlflow
@@ -155,7 +159,11 @@ def train_and_log(settings: Settings, processes: int | None = None,
             mlflow.log_artifacts(str(main_dir), MODEL_ARTIFACT)
 
             unseen_model = None
-            if settings.evaluation.generalisation:
+            problem = unseen_problem(settings.evaluation.unseen_categories, spec.categories)
+            if settings.evaluation.generalisation and problem:
+                say("train", problem)
+                mlflow.set_tag("lookalike.protocol_b", problem)
+            elif settings.evaluation.generalisation:
                 seen = [c for c in spec.categories
                         if c not in set(settings.evaluation.unseen_categories)]
                 gen_settings = tuned.replace(training={"train_categories": seen})
