@@ -91,9 +91,14 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
     assert best_params["embedding_size"] == int(best.data.params["embedding_size"])
     assert math.isclose(best_params["learning_rate"], float(best.data.params["learning_rate"]),
                         rel_tol=1e-6)
-    # Training picks the latest tuning run's best params, minus budget knobs.
-    params, source = resolve_params(settings, None, use_tuned=True)
+    # Training picks the latest compatible tuning run's best params, minus budget knobs ...
+    version = int(parent.data.tags["lookalike.products_version"])
+    params, source = resolve_params(settings, None, use_tuned=True, products_version=version)
     assert source == parent.info.run_id and "steps_per_epoch" not in params
     assert params["embedding_size"] == best_params["embedding_size"]
     assert resolve_params(settings, None, use_tuned=False) == ({}, None)
+    # ... and never those tuned for another catalogue version, image size or backbone.
+    assert resolve_params(settings, None, True, products_version=version + 1) == ({}, None)
+    bigger = settings.replace(image={"size": 32})
+    assert resolve_params(bigger, None, True, products_version=version) == ({}, None)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"

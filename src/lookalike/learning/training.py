@@ -57,15 +57,23 @@ def load_best_params(run_id: str) -> dict[str, Any]:
         return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def resolve_params(settings: Settings, params_run_id: str | None, use_tuned: bool
-                   ) -> tuple[dict[str, Any], str | None]:
-    """(parameters to apply, tuning run id they came from or None)."""
+def resolve_params(settings: Settings, params_run_id: str | None, use_tuned: bool,
+                   products_version: int | None = None) -> tuple[dict[str, Any], str | None]:
+    """(parameters to apply, tuning run id they came from or None).
+
+    ``params_run_id`` is used as given. Otherwise (``use_tuned``) only the latest tuning run
+    with this profile, backbone, image geometry and ``products_version`` counts
+    (:func:`~lookalike.learning.tuning.tuning_key`): parameters tuned for another catalogue or
+    network are never applied in silence.
+    """
+    from lookalike.learning.tuning import TUNING_KEY_TAG, tuning_key
     from lookalike.tracking import latest_run, require_run
 
     if params_run_id:
         run = require_run(settings, "tune", params_run_id)
-    elif use_tuned:
-        run = latest_run(settings, "tune")
+    elif use_tuned and products_version is not None:
+        key = tuning_key(settings, products_version)
+        run = latest_run(settings, "tune", f"tags.`{TUNING_KEY_TAG}` = '{key}'")
         if run is None:
             return {}, None
     else:
@@ -132,7 +140,10 @@ def train_and_log(settings: Settings, processes: int | None = None,
 
     configure_mlflow(settings)
     spark = get_spark(settings)
-    params, source = resolve_params(settings, params_run_id, use_tuned)
+    from lookalike.catalogue.tables import catalogue_table
+
+    products_version = catalogue_table(settings, "products").version(spark)
+    params, source = resolve_params(settings, params_run_id, use_tuned, products_version)
     tuned = apply_params(settings, params)
     processes = int(processes or settings.training.processes)
     say("train", f"preparing data (tuned params from {source or 'config'}: {params})")

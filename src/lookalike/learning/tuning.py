@@ -42,6 +42,18 @@ _INT_FIELDS = {"embedding_size", "width", "epochs", "steps_per_epoch", "classes_
                "examples_per_class"}
 
 
+TUNING_KEY_TAG = "lookalike.tuning_key"
+
+
+def tuning_key(settings: Settings, products_version: int) -> str:
+    """What tuned parameters are only valid for: profile, backbone, input geometry and the
+    catalogue version they were searched on (training applies a tuning run's best parameters
+    only when its key is the same)."""
+    return (f"profile={settings.profile};backbone={settings.model.backbone};"
+            f"image={settings.image.size}x{settings.image.channels};"
+            f"products={int(products_version)}")
+
+
 def build_space(description: dict[str, Any]) -> dict[str, Any]:
     """Translate the YAML description into hyperopt expressions."""
     from hyperopt import hp
@@ -169,7 +181,9 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
     tracking_uri = settings.tracking_uri
 
     with mlflow.start_run(tags={KIND_TAG: "tune",
-                                "lookalike.products_version": str(spec.products_version)}) as run:
+                                "lookalike.products_version": str(spec.products_version),
+                                TUNING_KEY_TAG: tuning_key(settings, spec.products_version)}
+                          ) as run:
         parent = run.info.run_id
         mlflow.log_params({"max_evals": max_evals, "parallelism": parallelism,
                            "tuning_epochs": settings.tuning.epochs,
