@@ -154,3 +154,12 @@ def test_deleted_products_leave_embeddings_and_the_index(embedding_run, spark, t
     updated = build_index(settings, run_id=run_id)
     assert (updated["mode"], updated["count"], updated["removed"]) == ("updated", 4, 1)
     assert not load_index(index_dir(settings, run_id)).contains("bags/b3")
+
+
+def test_arrow_batches_are_bounded_by_bytes_not_rows():
+    from lookalike.embeddings import arrow_rows
+
+    assert arrow_rows(784, 64_000_000) == 10_000           # Fashion-MNIST: Spark's default
+    assert arrow_rows(30_000, 64_000_000) == 2_133         # 400 px phone photos
+    assert arrow_rows(5_000_000, 64_000_000) == 12         # 20 MP originals
+    assert arrow_rows(90_000_000, 64_000_000) == 1 and arrow_rows(0, 10) == 10

@@ -64,6 +64,33 @@ def _embed_partitions(model_dir: str, batch_size: int, threads: int):
     return run
 
 
+_ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+def arrow_rows(mean_image_bytes: float, budget_bytes: int) -> int:
+    """Rows per Arrow batch so that a batch of image bytes stays near ``budget_bytes``. Spark's
+    default is 10,000 rows whatever their size, gigabytes for photos. The result is between 1
+    and 10,000 rows; the model still embeds ``embedding.batch_size`` at a time."""
+    return max(1, min(10_000, int(budget_bytes // max(1.0, mean_image_bytes))))
+
+
+class _SessionConf:
+    """Context manager setting one Spark SQL conf for the work inside it, then restoring it."""
+
+    def __init__(self, spark, key: str, value: str):
+        self.spark, self.key, self.value = spark, key, value
+
+    def __enter__(self):
+        self.old = self.spark.conf.get(self.key, None)
+        self.spark.conf.set(self.key, self.value)
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            self.spark.conf.unset(self.key)
+        else:
+            self.spark.conf.set(self.key, self.old)
+
+
 class _CommitMetadata:
     """Context manager setting Delta commit userMetadata for writes in this session."""
 
@@ -101,7 +128,8 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
                 .where(F.col("model_version") == run_id)
                 .select("product_id", F.col("content_hash").alias("old_hash"),
                         F.col("category").alias("old_category")))
-    joined = products.join(existing, "product_id", "left")
+    # Only the small key columns are broadcast: image bytes never cross a shuffle for the join.
+    joined = products.join(F.broadcast(existing), "product_id", "left")
     todo = joined.where(F.col("old_hash").isNull()
                         | (F.col("old_hash") != F.col("content_hash"))
                         | (F.col("old_category") != F.col("category"))
@@ -114,8 +142,15 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
 
     batch_size = settings.embedding.batch_size
     partitions = settings.embedding.partitions
+    # Arrow batches bounded by bytes: the mean image size from a sample of what is to embed.
+    sample = todo.select(F.length("image").alias("n")).limit(1000).agg(F.avg("n")).first()[0]
+    rows_per_batch = arrow_rows(float(sample or 0), settings.embedding.arrow_batch_bytes)
     threads = max(1, cpu_count() // min(partitions, spark.sparkContext.defaultParallelism))
-    vectors = (todo.repartition(partitions)
+    # Image bytes move only when the table has fewer files than the wanted parallelism.
+    have = todo.rdd.getNumPartitions()
+    todo = todo.coalesce(partitions) if have > partitions else (
+        todo.repartition(partitions) if have < partitions else todo)
+    vectors = (todo
                .mapInPandas(_embed_partitions(str(model_dir), batch_size, threads),
                             _EMBED_OUT_SCHEMA)
                .withColumn("model_version", F.lit(run_id))
@@ -125,7 +160,8 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
                .persist())
     try:
         started = time.perf_counter()
-        with spark_progress(spark, "[embed] embedding"):
+        with spark_progress(spark, "[embed] embedding"), \
+                _SessionConf(spark, _ARROW_BATCH_CONF, str(rows_per_batch)):
             embedded = vectors.count()
         embed_seconds = time.perf_counter() - started
         started = time.perf_counter()
@@ -139,7 +175,7 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     result = {"model_version": run_id, "embedded": int(embedded),
               "unchanged": int(total - embedded), "removed": int(removed),
               "products_version": int(products_version),
-              "table_version": table.version(spark),
+              "table_version": table.version(spark), "arrow_rows_per_batch": rows_per_batch,
               "embed_seconds": round(embed_seconds, 1), "write_seconds": round(write_seconds, 1)}
     log.info("embed_catalogue: %s", result)
     return result

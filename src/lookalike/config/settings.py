@@ -204,9 +204,12 @@ class TuningSettings:
 class EmbeddingSettings:
     batch_size: int
     partitions: int
+    # Image bytes per Arrow batch sent to a Python worker (rows follow the mean image size).
+    arrow_batch_bytes: int
 
     def validate(self, key: str) -> None:
         require(self.batch_size > 0, f"{key}.batch_size", "must be > 0")
+        require(self.arrow_batch_bytes > 0, f"{key}.arrow_batch_bytes", "must be > 0")
         require(self.partitions > 0, f"{key}.partitions", "must be > 0")
 
 
