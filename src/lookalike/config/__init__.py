@@ -1,6 +1,7 @@
 """Typed settings loaded from ``conf/*.yaml``: :func:`load_settings` -> :class:`Settings`.
 
-* :mod:`.settings` -- the sections (one frozen dataclass each) and their checks;
+* :mod:`.settings` -- the sections (one frozen dataclass each) and their checks, with the
+  operations sections (serving, registry, validation, deploy, MLflow) in :mod:`.operations`;
 * :mod:`.loader` -- base.yaml, profile, environment and ``--set`` overrides merged, then built;
 * :mod:`.schema` -- typed construction from mappings, :class:`ConfigError`.
 """

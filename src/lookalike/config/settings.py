@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lookalike.config.operations import (
+    DeploySettings,
+    MlflowSettings,
+    RegistrySettings,
+    ServingSettings,
+    ValidationSettings,
+)
 from lookalike.config.schema import ConfigError, build, require
 
 
@@ -250,115 +257,6 @@ class IndexSettings:
     def backend_params(self):
         """The typed parameters of the selected backend."""
         return self.params_of(self.backend)
-
-
-@dataclass(frozen=True)
-class ServingSettings:
-    host: str
-    port: int
-    # uvicorn worker processes; 0 = one per core (at most 4), measured in BENCHMARKS.md.
-    workers: int
-    # TensorFlow and faiss threads per worker; 0 = cores / workers (at least 1).
-    threads_per_worker: int
-    # HNSW beam width for this deployment; 0 = the index's own (index.params.hnsw.ef_search).
-    # LOOKALIKE_EF_SEARCH in the server's environment overrides both, with no rebuild.
-    ef_search: int
-    # uvicorn refuses connections beyond this many at once (503): bounds memory under load.
-    max_concurrent_requests: int
-    # Request bodies above this get HTTP 413 before they are read whole.
-    max_body_bytes: int
-    # Inference engine of the served model: tflite (CPU, small batches) or tensorflow (GPU).
-    engine: str
-    default_k: int
-    max_k: int
-    max_batch: int
-    max_image_bytes: int
-    max_pixels: int
-    timeout_seconds: int
-    # How long start_server waits for /ping (model + index load) before giving up.
-    startup_timeout_seconds: int
-    # Longest side of the PNG thumbnails packaged for include_images.
-    thumbnail_size: int
-
-    def validate(self, key: str) -> None:
-        require(self.startup_timeout_seconds > 0, f"{key}.startup_timeout_seconds", "must be > 0")
-        require(8 <= self.thumbnail_size <= 1024, f"{key}.thumbnail_size",
-                 "must be between 8 and 1024")
-        require(0 < self.port < 65536, f"{key}.port", "must be a TCP port (1-65535)")
-        require(self.workers >= 0, f"{key}.workers", "must be >= 0 (0 = one per core)")
-        require(self.threads_per_worker >= 0, f"{key}.threads_per_worker",
-                "must be >= 0 (0 = cores / workers)")
-        require(self.ef_search >= 0, f"{key}.ef_search", "must be >= 0 (0 = the index's own)")
-        require(self.max_concurrent_requests > 0, f"{key}.max_concurrent_requests",
-                "must be > 0")
-        require(self.max_body_bytes > 0, f"{key}.max_body_bytes", "must be > 0")
-        require(self.engine in ("tflite", "tensorflow"), f"{key}.engine",
-                "must be 'tflite' or 'tensorflow'")
-        require(0 < self.default_k <= self.max_k, f"{key}.default_k", "must be in (0, max_k]")
-        require(self.max_batch > 0, f"{key}.max_batch", "must be > 0")
-        require(self.max_image_bytes > 0, f"{key}.max_image_bytes", "must be > 0")
-        require(self.max_pixels > 0, f"{key}.max_pixels", "must be > 0")
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    model_name: str
-    promotion_metric: str
-    # Champion is replaced only if challenger >= champion - tolerance.
-    promotion_tolerance: float
-    # A version must have passed `lookalike validate` (lookalike.serving.validation) first.
-    require_validation: bool
-
-    def validate(self, key: str) -> None:
-        require(bool(self.model_name), f"{key}.model_name", "must not be empty")
-        require(self.promotion_tolerance >= 0, f"{key}.promotion_tolerance", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class ValidationSettings:
-    """The checks `lookalike validate` runs on a packaged version before promotion."""
-    # Environment of the fresh-environment prediction (mlflow.models.predict).
-    env_manager: str
-    sample_size: int                 # catalogue images queried for index/model consistency
-    min_self_recall: float           # share of them that must find themselves at rank 1
-    latency_queries: int
-    max_latency_p50_ms: float        # a sanity bound, not a benchmark (see BENCHMARKS.md)
-
-    def validate(self, key: str) -> None:
-        require(self.env_manager in ("uv", "virtualenv", "local", "conda"),
-                f"{key}.env_manager", "must be uv, virtualenv, local or conda")
-        require(self.sample_size > 0, f"{key}.sample_size", "must be > 0")
-        require(0.0 <= self.min_self_recall <= 1.0, f"{key}.min_self_recall", "must be in [0, 1]")
-        require(self.latency_queries > 0, f"{key}.latency_queries", "must be > 0")
-        require(self.max_latency_p50_ms > 0, f"{key}.max_latency_p50_ms", "must be > 0")
-
-
-@dataclass(frozen=True)
-class DeploySettings:
-    """The Databricks model serving endpoint that `lookalike deploy` points at the champion."""
-    endpoint_name: str
-    workload_size: str              # Small | Medium | Large
-    workload_type: str              # CPU | GPU_SMALL | ...
-    scale_to_zero: bool
-    wait_seconds: int               # wait this long for the endpoint to be ready (0 = no wait)
-
-    def validate(self, key: str) -> None:
-        require(bool(self.endpoint_name), f"{key}.endpoint_name", "must not be empty")
-        require(self.workload_size in ("Small", "Medium", "Large"), f"{key}.workload_size",
-                "must be Small, Medium or Large")
-        require(self.wait_seconds >= 0, f"{key}.wait_seconds", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class MlflowSettings:
-    # Empty = sqlite under LOOKALIKE_HOME (MLflow 3 refuses a plain file store); on
-    # Databricks "databricks" is used automatically.
-    tracking_uri: str
-    registry_uri: str
-    experiment: str
-
-    def validate(self, key: str) -> None:
-        require(bool(self.experiment), f"{key}.experiment", "must not be empty")
 
 
 @dataclass(frozen=True)

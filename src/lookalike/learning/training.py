@@ -121,7 +121,8 @@ def train_and_log(settings: Settings, processes: int | None = None,
 
     ``processes`` > 1 trains with that many Horovod ranks (``horovod.spark.run``); default
     ``training.processes``. Tuned parameters come from ``params_run_id``, else the latest
-    tuning run (unless ``use_tuned`` is false); ``tuning.exclude_from_training`` are skipped.
+    compatible tuning run (unless ``use_tuned`` is false; see :func:`resolve_params`);
+    ``tuning.exclude_from_training`` are skipped.
     With ``evaluation.generalisation`` a second model is trained on the categories not in
     ``evaluation.unseen_categories`` (same recipe) for protocol (b).
     """
@@ -129,11 +130,7 @@ def train_and_log(settings: Settings, processes: int | None = None,
 
     from lookalike.learning.data import prepare_training_data
     from lookalike.learning.distributed import run_training
-    from lookalike.learning.evaluation import (
-        GENERALISATION_ARTIFACT,
-        evaluate_and_log,
-        unseen_problem,
-    )
+    from lookalike.learning.evaluation import evaluate_and_log
     from lookalike.learning.model import load_embedding_model
     from lookalike.spark import get_spark
     from lookalike.tracking import KIND_TAG, MODEL_ARTIFACT, configure_mlflow
@@ -170,23 +167,9 @@ def train_and_log(settings: Settings, processes: int | None = None,
             mlflow.log_artifacts(str(main_dir), MODEL_ARTIFACT)
 
             unseen_model = None
-            problem = unseen_problem(settings.evaluation.unseen_categories, spec.categories)
-            if settings.evaluation.generalisation and problem:
-                say("train", problem)
-                mlflow.set_tag("lookalike.protocol_b", problem)
-            elif settings.evaluation.generalisation:
-                seen = [c for c in spec.categories
-                        if c not in set(settings.evaluation.unseen_categories)]
-                gen_settings = tuned.replace(training={"train_categories": seen})
-                say("train", f"protocol (b) model on {len(seen)} seen categories")
-                gen_spec = prepare_training_data(spark, gen_settings, spec.products_version)
-                gen_results = run_training(gen_settings, gen_spec, checkpoints / "generalisation",
-                                           processes, None, settings.tracking_uri, spark=spark)
-                metrics.update(_throughput(gen_results, "generalisation_"))
-                gen_dir = save_trained(gen_settings, gen_spec, gen_results[0]["weights_path"],
-                                       Path(tmp) / GENERALISATION_ARTIFACT, run_id)
-                mlflow.log_artifacts(str(gen_dir), GENERALISATION_ARTIFACT)
-                unseen_model = load_embedding_model(gen_dir)
+            if settings.evaluation.generalisation:
+                unseen_model = _train_generalisation(tuned, spec, spark, processes, run_id,
+                                                     checkpoints, Path(tmp), metrics)
 
             mlflow.log_metrics(metrics)
             say("train", "evaluating")
@@ -196,6 +179,36 @@ def train_and_log(settings: Settings, processes: int | None = None,
         shutil.rmtree(checkpoints, ignore_errors=True)
     return {"run_id": run_id, "processes": processes, "data_path": spec.mode,
             "products_version": spec.products_version, "params_run_id": source, **metrics}
+
+
+def _train_generalisation(tuned: Settings, spec, spark, processes: int, run_id: str,
+                          checkpoints: Path, tmp: Path, metrics: dict):
+    """Protocol (b)'s second model, trained without ``evaluation.unseen_categories`` and logged
+    as ``generalisation_model``; None (said plainly) when this catalogue has none of them."""
+    import mlflow
+
+    from lookalike.learning.data import prepare_training_data
+    from lookalike.learning.distributed import run_training
+    from lookalike.learning.evaluation import GENERALISATION_ARTIFACT, unseen_problem
+    from lookalike.learning.model import load_embedding_model
+
+    unseen = tuned.evaluation.unseen_categories
+    problem = unseen_problem(unseen, spec.categories)
+    if problem:
+        say("train", problem)
+        mlflow.set_tag("lookalike.protocol_b", problem)
+        return None
+    seen = [c for c in spec.categories if c not in set(unseen)]
+    gen_settings = tuned.replace(training={"train_categories": seen})
+    say("train", f"protocol (b) model on {len(seen)} seen categories")
+    gen_spec = prepare_training_data(spark, gen_settings, spec.products_version)
+    gen_results = run_training(gen_settings, gen_spec, checkpoints / "generalisation",
+                               processes, None, tuned.tracking_uri, spark=spark)
+    metrics.update(_throughput(gen_results, "generalisation_"))
+    gen_dir = save_trained(gen_settings, gen_spec, gen_results[0]["weights_path"],
+                           tmp / GENERALISATION_ARTIFACT, run_id)
+    mlflow.log_artifacts(str(gen_dir), GENERALISATION_ARTIFACT)
+    return load_embedding_model(gen_dir)
 
 
 def _throughput(results: list[dict], prefix: str) -> dict[str, float]:

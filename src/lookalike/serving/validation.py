@@ -112,80 +112,49 @@ def _fresh_environment_predict(model_uri: str, frame: pd.DataFrame, env_manager:
     return answer["predictions"] if isinstance(answer, dict) else answer
 
 
-def validate_version(settings: Settings, version: str | int | None = None,
-                     env_manager: str | None = None) -> dict:
-    """Run the checks on ``version`` (default: the challenger), log them, tag the verdict."""
+def _sample_queries(settings: Settings, artifacts: dict) -> tuple[list[str], pd.DataFrame, list]:
+    """(sampled product ids, their stored images as image queries, every packaged id)."""
+    from lookalike.index import IndexManifest
+    from lookalike.serving.catalogue_file import ServingCatalogue
+    from lookalike.serving.pyfunc import ARTIFACT_INDEX, ARTIFACT_PRODUCTS
+    from lookalike.serving.recommender import b64
+
+    provenance = IndexManifest.read(artifacts[ARTIFACT_INDEX]).provenance
+    ids = ServingCatalogue(artifacts[ARTIFACT_PRODUCTS]).ids
+    rng = np.random.default_rng(0)
+    sample = sorted(str(i) for i in rng.choice(ids, min(settings.validation.sample_size,
+                                                        len(ids)), replace=False))
+    images = _catalogue_images(settings, provenance, sample)
+    sample = [pid for pid in sample if pid in images]
+    queries = pd.DataFrame({"image": [b64(images[p]) for p in sample],
+                            "product_id": [None] * len(sample)})
+    return sample, queries, ids
+
+
+def _check_fresh_environment(model_uri: str, request: pd.DataFrame, env_manager: str,
+                             workdir: Path) -> str:
+    try:
+        fresh = _fresh_environment_predict(model_uri, request, env_manager, workdir)
+    except Exception as error:  # noqa: BLE001 - the failure is the finding
+        return f"{type(error).__name__}: {str(error)[:300]}"
+    answered = sorted({r["query"] for r in fresh})
+    return "ok" if answered == list(range(len(request))) else f"answered queries {answered}"
+
+
+def _latencies_ms(model, rows: list[pd.DataFrame], count: int) -> list[float]:
+    timings = []
+    for i in range(count):
+        started = time.perf_counter()
+        model.predict(rows[i % len(rows)])
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _record(settings: Settings, found, checks: dict, metrics: dict, env_manager: str) -> bool:
+    """Log the figures to the version's package run, tag the verdict; whether it passed."""
     import mlflow
 
-    from lookalike.index import IndexManifest
-    from lookalike.registry import CHALLENGER, VALIDATION_TAG, model_version
-    from lookalike.serving.catalogue_file import ServingCatalogue
-    from lookalike.serving.pyfunc import ARTIFACT_INDEX, ARTIFACT_PRODUCTS, packaged_artifacts
-    from lookalike.serving.recommender import b64, default_params
-
-    cfg = settings.validation
-    env_manager = env_manager or cfg.env_manager
-    found = model_version(settings, version, default_alias=CHALLENGER)
-    name, number = settings.registry.model_name, found.version
-    model_uri = f"models:/{name}/{number}"
-    checks: dict[str, str] = {}
-    metrics: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="lookalike-validate-") as tmp:
-        workdir = Path(tmp)
-        model_path = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
-        from mlflow.models import Model
-
-        problems = check_signature(Model.load(str(model_path)).signature,
-                                   default_params(settings))
-        checks["signature"] = "; ".join(problems) or "ok"
-
-        artifacts = packaged_artifacts(model_path)
-        provenance = IndexManifest.read(artifacts[ARTIFACT_INDEX]).provenance
-        ids = ServingCatalogue(artifacts[ARTIFACT_PRODUCTS]).ids
-        rng = np.random.default_rng(0)
-        sample = sorted(str(i) for i in rng.choice(ids, min(cfg.sample_size, len(ids)),
-                                                   replace=False))
-        images = _catalogue_images(settings, provenance, sample)
-        sample = [pid for pid in sample if pid in images]
-        queries = pd.DataFrame({"image": [b64(images[p]) for p in sample],
-                                "product_id": [None] * len(sample)})
-        if not sample:
-            checks["consistency"] = "no catalogue image of the index could be read"
-
-        say("validate", f"v{number}: prediction in a fresh {env_manager} environment")
-        started = time.perf_counter()
-        request = pd.concat([queries.head(1), pd.DataFrame({"image": [None],
-                                                            "product_id": [ids[0]]})],
-                            ignore_index=True)
-        try:
-            fresh = _fresh_environment_predict(model_uri, request, env_manager, workdir)
-            fresh_ok = {r["query"] for r in fresh} == set(range(len(request)))
-            checks["fresh_environment"] = ("ok" if fresh_ok else
-                                           f"answered queries {sorted({r['query'] for r in fresh})}")
-        except Exception as error:  # noqa: BLE001 - the failure is the finding
-            checks["fresh_environment"] = f"{type(error).__name__}: {str(error)[:300]}"
-        metrics["validation_fresh_env_seconds"] = time.perf_counter() - started
-
-        say("validate", f"v{number}: consistency and latency of {len(sample)} catalogue images")
-        model = mlflow.pyfunc.load_model(str(model_path))
-        if sample:
-            recall = self_recall(_predict_in_batches(model, queries, settings.serving.max_batch),
-                                 sample)
-            metrics["validation_self_recall_at_1"] = recall
-            if "consistency" not in checks:
-                checks["consistency"] = ("ok" if recall >= cfg.min_self_recall else
-                                         f"self-recall@1 {recall:.3f} < {cfg.min_self_recall}")
-        timings = []
-        for i in range(cfg.latency_queries):
-            row = queries.iloc[[i % len(queries)]] if len(queries) else request.iloc[[1]]
-            started = time.perf_counter()
-            model.predict(row.reset_index(drop=True))
-            timings.append((time.perf_counter() - started) * 1000)
-        p50 = float(np.percentile(timings, 50))
-        metrics.update(validation_latency_p50_ms=p50,
-                       validation_latency_p95_ms=float(np.percentile(timings, 95)))
-        checks["latency"] = ("ok" if p50 <= cfg.max_latency_p50_ms else
-                             f"p50 {p50:.1f} ms > {cfg.max_latency_p50_ms} ms")
+    from lookalike.registry import VALIDATION_TAG
 
     failed = {k: v for k, v in checks.items() if v != "ok"}
     verdict = ("passed: " + ", ".join(checks) if not failed else
@@ -197,8 +166,65 @@ def validate_version(settings: Settings, version: str | int | None = None,
             client.log_metric(found.run_id, key, value)
         client.set_tag(found.run_id, "lookalike.validation_env_manager", env_manager)
         client.log_dict(found.run_id, checks, "validation/checks.json")
-    client.set_model_version_tag(name, number, VALIDATION_TAG, verdict[:4000])
-    result = {"model_name": name, "version": int(number), "passed": not failed,
+    client.set_model_version_tag(settings.registry.model_name, found.version, VALIDATION_TAG,
+                                 verdict[:4000])
+    return not failed
+
+
+def validate_version(settings: Settings, version: str | int | None = None,
+                     env_manager: str | None = None) -> dict:
+    """Run the checks on ``version`` (default: the challenger), log them, tag the verdict."""
+    import mlflow
+    from mlflow.models import Model
+
+    from lookalike.registry import CHALLENGER, model_version
+    from lookalike.serving.pyfunc import packaged_artifacts
+    from lookalike.serving.recommender import default_params
+
+    cfg = settings.validation
+    env_manager = env_manager or cfg.env_manager
+    found = model_version(settings, version, default_alias=CHALLENGER)
+    name, number = settings.registry.model_name, found.version
+    model_uri = f"models:/{name}/{number}"
+    checks: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="lookalike-validate-") as tmp:
+        model_path = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
+        problems = check_signature(Model.load(str(model_path)).signature,
+                                   default_params(settings))
+        checks["signature"] = "; ".join(problems) or "ok"
+        sample, queries, ids = _sample_queries(settings, packaged_artifacts(model_path))
+
+        say("validate", f"v{number}: prediction in a fresh {env_manager} environment")
+        started = time.perf_counter()
+        request = pd.concat([queries.head(1), pd.DataFrame({"image": [None],
+                                                            "product_id": [ids[0]]})],
+                            ignore_index=True)
+        checks["fresh_environment"] = _check_fresh_environment(model_uri, request, env_manager,
+                                                               Path(tmp))
+        metrics["validation_fresh_env_seconds"] = time.perf_counter() - started
+
+        say("validate", f"v{number}: consistency and latency of {len(sample)} catalogue images")
+        model = mlflow.pyfunc.load_model(str(model_path))
+        if sample:
+            recall = self_recall(_predict_in_batches(model, queries, settings.serving.max_batch),
+                                 sample)
+            metrics["validation_self_recall_at_1"] = recall
+            checks["consistency"] = ("ok" if recall >= cfg.min_self_recall else
+                                     f"self-recall@1 {recall:.3f} < {cfg.min_self_recall}")
+        else:
+            checks["consistency"] = "no catalogue image of the index could be read"
+        rows = ([queries.iloc[[i]].reset_index(drop=True) for i in range(len(queries))]
+                or [request.iloc[[1]].reset_index(drop=True)])
+        timings = _latencies_ms(model, rows, cfg.latency_queries)
+        p50 = float(np.percentile(timings, 50))
+        metrics.update(validation_latency_p50_ms=p50,
+                       validation_latency_p95_ms=float(np.percentile(timings, 95)))
+        checks["latency"] = ("ok" if p50 <= cfg.max_latency_p50_ms else
+                             f"p50 {p50:.1f} ms > {cfg.max_latency_p50_ms} ms")
+
+    passed = _record(settings, found, checks, metrics, env_manager)
+    result = {"model_name": name, "version": int(number), "passed": passed,
               "env_manager": env_manager, "checks": checks,
               **{k: round(v, 4) for k, v in metrics.items()}}
     log.info("validate: %s", result)
