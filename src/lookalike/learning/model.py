@@ -95,7 +95,9 @@ def _sublayers(layer):
 def make_loss(settings: Settings):
     from tensorflow_similarity.losses import MultiSimilarityLoss
 
-    return MultiSimilarityLoss(distance=settings.model.distance)
+    m = settings.model
+    return MultiSimilarityLoss(distance=m.distance, alpha=m.loss_alpha, beta=m.loss_beta,
+                               epsilon=m.loss_epsilon, lmda=m.loss_lambda)
 
 
 def compile_model(model, settings: Settings, optimizer) -> None:

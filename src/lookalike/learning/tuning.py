@@ -24,6 +24,7 @@ Search-space file format: ``name: {loguniform: [low, high]}``, ``{uniform: [low,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tempfile
@@ -43,6 +44,11 @@ _INT_FIELDS = {"embedding_size", "width", "epochs", "steps_per_epoch", "classes_
 
 
 TUNING_KEY_TAG = "lookalike.tuning_key"
+
+
+def startup_trials(max_evals: int) -> int:
+    """Random trials before TPE models the results: half the budget (1 at least, 20 at most)."""
+    return max(1, min(20, max_evals // 2))
 
 
 def tuning_key(settings: Settings, products_version: int) -> str:
@@ -195,7 +201,10 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
 
         trials = SparkTrials(parallelism=parallelism, spark_session=spark)
         say("tune", f"{max_evals} trials, {parallelism} in parallel")
-        fmin(objective, space, algo=tpe.suggest, max_evals=max_evals, trials=trials,
+        # TPE draws its first n_startup_jobs at random (hyperopt's default: 20, more than the
+        # whole budget): half the budget explores, the rest is guided by it.
+        algo = functools.partial(tpe.suggest, n_startup_jobs=startup_trials(max_evals))
+        fmin(objective, space, algo=algo, max_evals=max_evals, trials=trials,
              rstate=np.random.default_rng(settings.training.seed), show_progressbar=False)
         finished = [r for r in trials.results if r.get("status") == "ok"]
         if not finished:
