@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     quiet_libraries(settings.home_path / "logs")
     spark = get_spark(settings)
     photos = Path(args.photos)
+    if not (photos / "products.csv").exists():
+        raise SystemExit(f"bench_photos: no clothing photos at {photos} (../shared is not in a "
+                         "user's clone; pass --photos DIR with images/ and products.csv)")
     out: dict = {"photos": str(photos), "profile": args.profile, "cores": os.cpu_count(),
                  "protocol": "test-split photos (hash of content) vs train-split catalogue, "
                              "all categories, relevant = same category"}

@@ -36,6 +36,8 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
                                         "--queries", "1000", "--ef-search", "64,128"]),
         ("training_quality", ["benchmarks.bench_training", "--profile", "full", "--home",
                               str(Path(home) / "training")]),
+        # Needs ../shared/datasets/clothing-photos (exits with a message without it).
+        ("photos", ["benchmarks.bench_photos", "--home", str(Path(home) / "photos")]),
     ]
 
 
