@@ -41,7 +41,7 @@ def _embed_partitions(model_dir: str, batch_size: int, threads: int):
         # Module globals are reached by import, never captured: cloudpickle would ship them
         # by value (the driver's model cache included).
         from lookalike.learning import artifacts
-        from lookalike.learning.model import configure_threads
+        from lookalike.learning.model import configure_threads, gpu_memory_growth
         from lookalike.preprocessing import batch_to_model_input
         from lookalike.spark import chunks_with_model
 
@@ -49,6 +49,7 @@ def _embed_partitions(model_dir: str, batch_size: int, threads: int):
             if not artifacts.is_cached(model_dir):
                 # Concurrent partitions share the cores: don't let each take them all.
                 configure_threads(intra=threads, inter=1)
+                gpu_memory_growth()
             return artifacts.cached_embedding_model(model_dir)
 
         for model, chunk in chunks_with_model(batches, load, batch_size):

@@ -136,7 +136,7 @@ def rank_steps(steps_per_epoch: int, size: int) -> int:
 def _init_process(use_horovod: bool, threads: int | None):
     """(rank, size, horovod module or None): Horovod started, CPU threads shared between the
     ranks of a host, this rank's GPU pinned (if any; never a hard-coded device)."""
-    from lookalike.learning.model import configure_threads, cpu_count
+    from lookalike.learning.model import configure_threads, cpu_count, gpu_memory_growth
 
     rank, size, local_rank, local_size, hvd = 0, 1, 0, 1, None
     if use_horovod:
@@ -149,10 +149,8 @@ def _init_process(use_horovod: bool, threads: int | None):
 
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = gpu_memory_growth()
     if gpus:
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
     return rank, size, hvd
 

@@ -239,6 +239,21 @@ def configure_threads(intra: int | None = None, inter: int | None = None) -> Non
         pass
 
 
+def gpu_memory_growth() -> list:
+    """Let TensorFlow take GPU memory as it needs it instead of all of it at start, so several
+    processes (Spark embedding workers, Horovod ranks) can share a GPU; the GPUs seen (none on
+    a CPU machine: nothing to do). Call before TensorFlow runs anything."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # this process already initialised its GPUs
+    return gpus
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
