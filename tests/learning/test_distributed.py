@@ -72,7 +72,7 @@ def test_fine_tuning_phases_freeze_then_unfreeze_at_a_lower_rate(base_settings):
     set_backbone_trainable(model, True, False)
     everything = len(model.trainable_weights)
     set_backbone_trainable(model, True, True)
-    batchnorm = [layer for layer in model.get_layer("backbone").layers
+    batchnorm = [layer for layer in model.get_layer("compact_cnn").layers
                  if type(layer).__name__ == "BatchNormalization"]
     assert batchnorm and all(not layer.trainable for layer in batchnorm)
     assert head < len(model.trainable_weights) == everything - 2 * len(batchnorm)

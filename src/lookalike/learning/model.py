@@ -28,7 +28,6 @@ from lookalike.config import Settings
 
 INFO_FILE = "lookalike.json"
 SAVED_MODEL_DIR = "saved_model"
-BACKBONE_LAYER = "backbone"
 FORMAT_VERSION = 1
 
 
@@ -65,9 +64,7 @@ def build_model(settings: Settings, num_classes: int | None = None):
             x = tf.keras.layers.RandomBrightness(colour, value_range=(0.0, 1.0),
                                                  name="aug_brightness")(x)
             x = tf.keras.layers.RandomContrast(colour, name="aug_contrast")(x)
-    net = backbone.builder(shape, settings.model.width, settings)
-    net._name = BACKBONE_LAYER  # found again by set_backbone_trainable (fine-tuning phases)
-    features = net(x)
+    features = backbone.builder(shape, settings.model.width, settings)(x)
     outputs = MetricEmbedding(settings.model.embedding_size, name="metric_embedding")(features)
     return SimilarityModel(inputs, outputs, name="lookalike")
 
@@ -78,12 +75,23 @@ def set_backbone_trainable(model, trainable: bool, freeze_batchnorm: bool) -> No
     statistics survive small, few-class batches."""
     import tensorflow as tf
 
-    net = model.get_layer(BACKBONE_LAYER)
+    net = backbone_of(model)
     net.trainable = trainable
     if trainable and freeze_batchnorm:
         for layer in _sublayers(net):
             if isinstance(layer, tf.keras.layers.BatchNormalization):
                 layer.trainable = False
+
+
+def backbone_of(model):
+    """The backbone inside a :func:`build_model` model: its one nested Keras model (the other
+    layers are the input, augmentation and the MetricEmbedding head)."""
+    import tensorflow as tf
+
+    nested = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(f"expected one backbone model inside {model.name}, found {len(nested)}")
+    return nested[0]
 
 
 def _sublayers(layer):
