@@ -76,7 +76,8 @@ def arrow_rows(mean_image_bytes: float, budget_bytes: int) -> int:
 
 
 class _SessionConf:
-    """Context manager setting one Spark SQL conf for the work inside it, then restoring it."""
+    """Context manager setting one Spark SQL conf for the work inside it, then restoring it
+    (Arrow batch rows, Delta commit userMetadata)."""
 
     def __init__(self, spark, key: str, value: str):
         self.spark, self.key, self.value = spark, key, value
@@ -90,19 +91,6 @@ class _SessionConf:
             self.spark.conf.unset(self.key)
         else:
             self.spark.conf.set(self.key, self.old)
-
-
-class _CommitMetadata:
-    """Context manager setting Delta commit userMetadata for writes in this session."""
-
-    def __init__(self, spark, metadata: dict):
-        self.spark, self.text = spark, json.dumps(metadata, sort_keys=True)
-
-    def __enter__(self):
-        self.spark.conf.set(_USER_METADATA_CONF, self.text)
-
-    def __exit__(self, *exc):
-        self.spark.conf.unset(_USER_METADATA_CONF)
 
 
 def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
@@ -166,8 +154,10 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
             embedded = vectors.count()
         embed_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        with _CommitMetadata(spark, {"model_version": run_id,
-                                     "products_version": products_version}):
+        # Delta commit userMetadata: embedding_history reads which model and data a commit has.
+        with _SessionConf(spark, _USER_METADATA_CONF, json.dumps(
+                {"model_version": run_id, "products_version": products_version},
+                sort_keys=True)):
             _write_vectors(spark, table, run_id, vectors if embedded else None,
                            removed_ids if removed else None, first=not already)
         write_seconds = time.perf_counter() - started

@@ -289,12 +289,11 @@ def run_pipeline(settings: Settings, force: bool = False, skip_tuning: bool = Fa
     ``run_id``, ``products_version``, ``model_name``, ``model_version``, ``alias``,
     ``promoted`` (the promote step's output), ``serve_command``, ``seconds``.
     """
-    if (settings.catalogue.pipeline_ingest == "none"
-            and catalogue_table(settings, "products").version_without_spark() is None
-            and catalogue_table(settings, "products").path is not None):
-        raise ValueError(f"no catalogue at {catalogue_table(settings, 'products')}: ingest "
-                         "yours first (`lookalike ingest --source folder PATH --metadata CSV "
-                         f"--profile {settings.profile}`)")
+    products = catalogue_table(settings, "products")
+    if (settings.catalogue.pipeline_ingest == "none" and products.path is not None
+            and products.version_without_spark() is None):
+        raise ValueError(f"no catalogue at {products}: ingest yours first (`lookalike ingest "
+                         f"--source folder PATH --metadata CSV --profile {settings.profile}`)")
     say("pipeline", f"profile {settings.profile}, home {settings.home_path}"
          + (", forced" if force else "") + (", skipping tuning" if skip_tuning else ""))
     result = run_steps(settings, steps if steps is not None else default_steps(), force=force,
