@@ -241,7 +241,9 @@ def default_steps() -> list[Step]:
         Step("validate",
              lambda ctx: {"version": (ctx.outputs.get("package") or {}).get("version"),
                           **_section(s(ctx), "validation")},
-             _validate, lambda ctx, out: _model_version_exists(s(ctx), out.get("version"))),
+             # A failed validation (e.g. no package registry reachable) is retried next run.
+             _validate, lambda ctx, out: bool(out.get("passed"))
+             and _model_version_exists(s(ctx), out.get("version"))),
         Step("promote",
              lambda ctx: {"version": (ctx.outputs.get("package") or {}).get("version"),
                           **_section(s(ctx), "registry")},
