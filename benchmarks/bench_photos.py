@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     def splits(size: int, channels: int = 3):
         sized = settings.replace(image={"size": size, "channels": channels})
         train, val, test = (load_split(spark, sized, s, version) for s in ("train", "val", "test"))
-        held_out = SplitArrays(np.concatenate([val.x, test.x]),
+        held_out = SplitArrays(np.concatenate([val.x[:], test.x[:]]),  # 249 photos
                                np.concatenate([val.labels, test.labels]),
                                np.concatenate([val.product_ids, test.product_ids]))
         return sized, train, test, held_out

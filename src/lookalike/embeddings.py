@@ -34,7 +34,7 @@ _EMBED_OUT_SCHEMA = "product_id STRING, vector ARRAY<FLOAT>, content_hash STRING
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
 
-def _embed_partitions(model_dir: str, batch_size: int, threads: int):
+def _embed_partitions(model_dir: str, batch_size: int, threads: int, precision: str):
     """mapInPandas body: model loaded once per worker, images embedded ``batch_size`` at a time."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -46,11 +46,11 @@ def _embed_partitions(model_dir: str, batch_size: int, threads: int):
         from lookalike.spark import chunks_with_model
 
         def load():
-            if not artifacts.is_cached(model_dir):
+            if not artifacts.is_cached(model_dir, precision):
                 # Concurrent partitions share the cores: don't let each take them all.
                 configure_threads(intra=threads, inter=1)
                 gpu_memory_growth()
-            return artifacts.cached_embedding_model(model_dir)
+            return artifacts.cached_embedding_model(model_dir, precision)
 
         for model, chunk in chunks_with_model(batches, load, batch_size):
             pixels = batch_to_model_input((bytes(b) for b in chunk["image"]),
@@ -101,11 +101,14 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     from pyspark.sql import functions as F
 
     from lookalike.catalogue.tables import catalogue_table, create_table, read_products
-    from lookalike.learning.artifacts import resolve_model
+    from lookalike.learning.artifacts import read_info, resolve_model
     from lookalike.learning.model import cpu_count
     from lookalike.spark import get_spark
 
     run_id, model_dir = resolve_model(settings, run_id)
+    if settings.embedding.precision == "mixed" and not read_info(model_dir).get("mixed_precision"):
+        raise ValueError(f"embedding.precision is mixed but run {run_id}'s model has no "
+                         "mixed-precision export (train with training.precision=mixed_float16)")
     spark = get_spark(settings)
     products, products_version = read_products(spark, settings)
     products = products.select("product_id", "category", "image", "content_hash")
@@ -140,7 +143,8 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     todo = todo.coalesce(partitions) if have > partitions else (
         todo.repartition(partitions) if have < partitions else todo)
     vectors = (todo
-               .mapInPandas(_embed_partitions(str(model_dir), batch_size, threads),
+               .mapInPandas(_embed_partitions(str(model_dir), batch_size, threads,
+                                             settings.embedding.precision),
                             _EMBED_OUT_SCHEMA)
                .withColumn("model_version", F.lit(run_id))
                .withColumn("embedded_at", F.current_timestamp())

@@ -1,13 +1,16 @@
-"""Training data paths: memory arrays and Petastorm, shards, class-balanced batches."""
+"""Training data paths: encoded images (memory-mapped) and Petastorm, shards, class-balanced
+batches."""
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
 from lookalike.learning.data import (
     balanced_batches,
+    choose_mode,
     memory_arrays,
     memory_sampler,
     petastorm_dataset,
@@ -22,12 +25,43 @@ def test_memory_path_uses_shared_preprocessing_and_sorted_categories(catalogue, 
 
     settings, spec = catalogue
     assert list(spec.categories) == sorted(spec.categories) and len(spec.categories) == 10
-    x, y = memory_arrays(spec)
-    assert x.dtype == np.float32 and x.shape[1:] == (28, 28, 1) and len(x) == spec.num_rows
+    images, y = memory_arrays(spec)
+    assert images.shape[1:] == (28, 28, 1) and len(images) == spec.num_rows
+    x = images[:]
+    assert x.dtype == np.float32 and x.shape == (spec.num_rows, 28, 28, 1)
     row = read_products(spark, settings, ("train",))[0].orderBy("product_id").first()
     first = to_model_input(bytes(row["image"]), 28, 1)
     assert any(np.array_equal(first, xi) for xi in x)
     assert spec.categories[int(y[0])] in spec.categories
+
+
+def test_the_cache_holds_encoded_bytes_and_never_decodes_a_whole_split(catalogue, spark):
+    import pytest
+
+    from lookalike.catalogue.tables import read_products
+
+    settings, spec = catalogue
+    images, _ = memory_arrays(spec)
+    stored = sum(f.stat().st_size for f in Path(spec.arrays_dir).iterdir())
+    # The PNG bytes plus small index files: far below the float32 copy (3,136 bytes an image).
+    assert stored < len(images) * 28 * 28 * 4 / 2
+    encoded = {bytes(r["image"]) for r in read_products(spark, settings, ("train",))[0]
+               .select("image").collect()}
+    assert images.encoded(0) in encoded and images.nbytes_encoded <= stored
+    with pytest.raises(TypeError, match="by batch"):
+        np.asarray(images)
+    # A lazy subset decodes the same pixels as the rows it names.
+    np.testing.assert_array_equal(images.take([3, 1])[:], images[[3, 1]])
+
+
+def test_auto_data_path_is_chosen_by_encoded_bytes(catalogue, spark):
+    settings, spec = catalogue
+    images, _ = memory_arrays(spec)
+    fits = settings.replace(training={"data_path": "auto",
+                                      "max_in_memory_bytes": images.nbytes_encoded})
+    assert prepare_training_data(spark, fits).mode == "memory"
+    small = fits.replace(training={"max_in_memory_bytes": images.nbytes_encoded - 1})
+    assert choose_mode(small, images.nbytes_encoded) == "petastorm"
 
 
 def test_shards_are_disjoint_and_cover_the_rows():
@@ -42,6 +76,9 @@ def test_memory_sampler_batches_are_class_balanced_per_rank(catalogue):
         counts = Counter(np.asarray(y).tolist())
         assert len(counts) == 10 and set(counts.values()) == {4}
     assert not np.array_equal(np.asarray(batches[0][0]), np.asarray(batches[1][0]))
+    # Each batch is decoded from the encoded rows: float images in [0, 1].
+    x = np.asarray(batches[0][0])
+    assert x.shape == (40, 28, 28, 1) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
 
 
 def test_balanced_batches_groups_a_stream_by_class():
@@ -63,7 +100,7 @@ def test_petastorm_path_streams_class_balanced_preprocessed_batches(catalogue, s
     assert spec.mode == "petastorm" and spec.num_rows == memory_spec.num_rows
     assert len(spec.petastorm_file_urls) >= 2
     known, _ = memory_arrays(memory_spec)
-    known = {xi.tobytes() for xi in known}
+    known = {xi.tobytes() for xi in known[:]}
     seen = []
     for rank in (0, 1):
         with petastorm_dataset(spec, settings, rank, 2) as dataset:

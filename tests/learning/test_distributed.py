@@ -76,3 +76,42 @@ def test_fine_tuning_phases_freeze_then_unfreeze_at_a_lower_rate(base_settings):
                  if type(layer).__name__ == "BatchNormalization"]
     assert batchnorm and all(not layer.trainable for layer in batchnorm)
     assert head < len(model.trainable_weights) == everything - 2 * len(batchnorm)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16"])
+def test_mixed_precision_trains_and_the_exported_model_stays_float32(catalogue, tmp_path,
+                                                                     precision):
+    """float16 / bfloat16 compute while training (what GPUs' tensor cores run), float32
+    weights, a loss that falls, and a float32 model for CPU serving afterwards."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from lookalike.learning.distributed import _built_model, train_embedding
+    from lookalike.learning.training import save_trained
+
+    settings, spec = catalogue
+    mixed = settings.replace(training={"steps_per_epoch": 6, "epochs": 1,
+                                       "precision": precision})
+    model = _built_model(mixed, spec)
+    compute = {layer.compute_dtype for layer in model.layers if layer.trainable_weights}
+    assert precision.removeprefix("mixed_") in compute
+    assert model.outputs[0].dtype == tf.float32
+    assert {w.dtype for w in model.trainable_weights} == {tf.float32}
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
+    result = train_embedding(dataclasses.asdict(mixed), spec.to_dict(), str(tmp_path / "ckpt"))
+    assert np.isfinite(result["history"]["loss"]).all()
+    assert result["probe_loss_after"] < result["probe_loss_before"]
+    saved = save_trained(mixed, spec, result["weights_path"], tmp_path / "model", "run")
+    from lookalike.learning.model import load_embedding_model
+
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    exact = load_embedding_model(saved).embed(images)
+    assert exact.dtype == np.float32 and np.allclose(np.linalg.norm(exact, axis=1), 1, atol=1e-3)
+    # The mixed export (GPU batch embedding) gives the same directions, to its precision.
+    mixed_vectors = load_embedding_model(saved, precision="mixed").embed(images)
+    assert mixed_vectors.dtype == np.float32
+    assert np.min(np.sum(exact * mixed_vectors, axis=1)) > 0.98
+    with pytest.raises(ValueError, match="no mixed-precision export"):
+        plain = save_trained(settings, spec, result["weights_path"], tmp_path / "plain", "run")
+        load_embedding_model(plain, precision="mixed")

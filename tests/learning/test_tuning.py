@@ -60,11 +60,15 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
         "embedding_size": {"choice": [16, 32]},
         "steps_per_epoch": {"choice": [6, 10]},
     }))
+    # Class-disjoint tuning with protocol (b) on: trials train on neither the unseen nor the
+    # validation categories, and ask about the validation categories only.
     settings = training_settings.replace(
         catalogue={"database": f"tune{uuid.uuid4().hex[:8]}"},
-        tuning={"search_space_file": str(space_file), "epochs": 1,
+        evaluation={"generalisation": True, "unseen_categories": ["Coat", "Bag"]},
+        tuning={"search_space_file": str(space_file), "epochs": 1, "objective": "b",
+                "validation_categories": ["Shirt", "Sneaker"],
                 "max_validation_queries": 50, "exclude_from_training": ["steps_per_epoch"]})
-    ingest_fashion_mnist(spark, settings, limit_per_split=150)
+    ingest_fashion_mnist(spark, settings, limit_per_split=400)
 
     result = tune(settings, max_evals=2, parallelism=2)
 
@@ -77,6 +81,10 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags[KIND_TAG] == TRIAL_KIND and child.info.status == "FINISHED"
         assert "val_map_at_r" in child.data.metrics and "learning_rate" in child.data.params
+        trained_on = set(child.data.params["trained_on"].split(","))
+        assert len(trained_on) == 6 and not trained_on & {"Coat", "Bag", "Shirt", "Sneaker"}
+        # 40 val items over 10 classes: the Shirt and Sneaker ones only.
+        assert 2 <= child.data.metrics["val_n_queries"] <= 20
     # The two trials overlapped in time: SparkTrials ran them concurrently.
     (s0, e0), (s1, e1) = [(c.info.start_time, c.info.end_time) for c in children]
     assert s0 < e1 and s1 < e0
@@ -101,6 +109,8 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
     assert resolve_params(settings, None, True, products_version=version + 1) == ({}, None)
     bigger = settings.replace(image={"size": 32})
     assert resolve_params(bigger, None, True, products_version=version) == ({}, None)
+    in_distribution = settings.replace(tuning={"objective": "a"})
+    assert resolve_params(in_distribution, None, True, products_version=version) == ({}, None)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
@@ -117,3 +127,39 @@ def test_loss_parameters_reach_the_loss(base_settings):
     tuned = apply_params(base_settings, {"loss_alpha": 3.0, "loss_epsilon": 0.2})
     config = make_loss(tuned).get_config()
     assert (config["alpha"], config["epsilon"], config["beta"]) == (3.0, 0.2, 40.0)
+
+
+FMNIST = ("Ankle boot", "Bag", "Coat", "Dress", "Pullover", "Sandal", "Shirt", "Sneaker",
+          "T-shirt/top", "Trouser")
+
+
+def test_tuning_never_reads_protocol_b_classes_and_can_be_class_disjoint(base_settings):
+    from lookalike.learning.tuning import tuning_plan
+
+    unseen = ["T-shirt/top", "Coat", "Sandal", "Bag"]
+    seen = tuple(c for c in FMNIST if c not in unseen)
+    # Protocol (b) off: tuning may read everything (objective a: in-distribution).
+    off = tuning_plan(base_settings.replace(evaluation={"generalisation": False}), FMNIST)
+    assert off.train == off.queries == off.catalogue == FMNIST
+    # Protocol (b) on: the unseen classes are invisible to tuning.
+    on = base_settings.replace(evaluation={"generalisation": True, "unseen_categories": unseen})
+    plan = tuning_plan(on, FMNIST)
+    assert plan.train == plan.queries == plan.catalogue == seen
+    # Objective b: validation classes leave the trials' training and are the only queries.
+    disjoint = on.replace(tuning={"objective": "b", "validation_categories": ["Shirt", "Sneaker"]})
+    plan = tuning_plan(disjoint, FMNIST)
+    assert plan.queries == ("Shirt", "Sneaker") and plan.catalogue == seen
+    assert plan.train == ("Ankle boot", "Dress", "Pullover", "Trouser")
+    # A validation category that is held out for protocol (b) is refused, by name.
+    with pytest.raises(ValueError, match="Coat"):
+        tuning_plan(on.replace(tuning={"objective": "b", "validation_categories": ["Coat"]}),
+                    FMNIST)
+
+
+def test_objective_b_needs_validation_categories():
+    from lookalike.config import load_settings
+
+    with pytest.raises(ValueError, match="validation_categories"):
+        load_settings("base", {"tuning": {"objective": "b"}})
+    with pytest.raises(ValueError, match="objective"):
+        load_settings("base", {"tuning": {"objective": "c"}})

@@ -22,6 +22,9 @@ from lookalike.config.operations import (
 from lookalike.config.schema import ConfigError, build, require
 
 
+# Keras mixed-precision policies (training.precision, embedding.precision).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
 @dataclass(frozen=True)
 class SparkSettings:
     master: str
@@ -153,9 +156,10 @@ class TrainingSettings:
     examples_per_class: int
     learning_rate: float
     processes: int
-    # memory: load the split into RAM; petastorm: stream from Delta; auto: by max_in_memory_rows.
+    # memory: encoded images memory-mapped from local disk; petastorm: streamed parquet;
+    # auto: memory when the train split's encoded image bytes are at most max_in_memory_bytes.
     data_path: str
-    max_in_memory_rows: int
+    max_in_memory_bytes: int
     seed: int
     # Protocol (b): train only on these category names; empty = all categories.
     train_categories: tuple[str, ...]
@@ -167,11 +171,16 @@ class TrainingSettings:
     warmup_epochs: int
     finetune_lr_scale: float
     freeze_batchnorm: bool
+    # Keras precision policy while training: float32 | mixed_float16 (GPUs) | mixed_bfloat16.
+    # The exported model is float32 either way (CPU serving, TFLite).
+    precision: str
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "steps_per_epoch", "classes_per_batch", "examples_per_class",
-                     "processes", "max_in_memory_rows"):
+                     "processes", "max_in_memory_bytes"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        require(self.precision in PRECISIONS, f"{key}.precision",
+                f"must be one of {', '.join(PRECISIONS)}")
         require(0 <= self.warmup_epochs <= self.epochs, f"{key}.warmup_epochs",
                 "must be between 0 and epochs")
         require(0.0 < self.finetune_lr_scale <= 1.0, f"{key}.finetune_lr_scale",
@@ -208,9 +217,16 @@ class TuningSettings:
     max_validation_queries: int
     # Tuned parameters NOT carried into `train` (budget knobs such as steps_per_epoch).
     exclude_from_training: tuple[str, ...]
+    # a: validation queries of the training classes | b: class-disjoint (validation_categories
+    # left out of the trials' training and used as queries), what protocol (b) needs.
+    objective: str
+    validation_categories: tuple[str, ...]
 
     def validate(self, key: str) -> None:
         require(self.max_evals > 0, f"{key}.max_evals", "must be > 0")
+        require(self.objective in ("a", "b"), f"{key}.objective", "must be a or b")
+        require(self.objective == "a" or bool(self.validation_categories),
+                f"{key}.validation_categories", "objective b needs at least one category")
         require(self.parallelism >= 0, f"{key}.parallelism", "must be >= 0 (0 = local cores)")
         require(self.epochs > 0, f"{key}.epochs", "must be > 0")
 
@@ -221,11 +237,15 @@ class EmbeddingSettings:
     partitions: int
     # Image bytes per Arrow batch sent to a Python worker (rows follow the mean image size).
     arrow_batch_bytes: int
+    # float32 | mixed: the model's mixed-precision export (trained with training.precision).
+    precision: str
 
     def validate(self, key: str) -> None:
         require(self.batch_size > 0, f"{key}.batch_size", "must be > 0")
         require(self.arrow_batch_bytes > 0, f"{key}.arrow_batch_bytes", "must be > 0")
         require(self.partitions > 0, f"{key}.partitions", "must be > 0")
+        require(self.precision in ("float32", "mixed"), f"{key}.precision",
+                "must be float32 or mixed")
 
 
 @dataclass(frozen=True)

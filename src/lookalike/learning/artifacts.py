@@ -17,7 +17,7 @@ from typing import Any
 from lookalike.config import Settings
 
 # Loaded embedding models per Python process.
-_MODEL_CACHE: dict[str, Any] = {}
+_MODEL_CACHE: dict[tuple[str, str], Any] = {}  # (directory, precision) -> model
 
 
 def models_cache_dir(settings: Settings) -> Path:
@@ -58,17 +58,18 @@ def resolve_model(settings: Settings, run_id: str | None = None) -> tuple[str, P
     return run_id, local
 
 
-def is_cached(directory: str) -> bool:
-    return directory in _MODEL_CACHE
+def is_cached(directory: str, precision: str = "float32") -> bool:
+    return (directory, precision) in _MODEL_CACHE
 
 
-def cached_embedding_model(directory: str):
-    """``load_embedding_model(directory)``, once per process."""
-    model = _MODEL_CACHE.get(directory)
+def cached_embedding_model(directory: str, precision: str = "float32"):
+    """``load_embedding_model(directory, precision=precision)``, once per process."""
+    model = _MODEL_CACHE.get((directory, precision))
     if model is None:
         from lookalike.learning.model import load_embedding_model
 
-        model = _MODEL_CACHE[directory] = load_embedding_model(directory)
+        model = _MODEL_CACHE[(directory, precision)] = load_embedding_model(
+            directory, precision=precision)
     return model
 
 

@@ -1,17 +1,21 @@
 """Products in Delta -> model-ready data for training, tuning and evaluation.
 
-Two paths, chosen by ``training.data_path`` (``auto``: memory when the train split has at most
-``training.max_in_memory_rows`` rows):
+Images travel **encoded** (their stored JPEG/PNG bytes) and are decoded where a batch is
+formed, with the one preprocessing function (:func:`lookalike.preprocessing.to_model_input`):
+no float32 copy of a catalogue exists anywhere. Two paths, chosen by ``training.data_path``
+(``auto``: memory when the train split's image bytes are at most
+``training.max_in_memory_bytes``):
 
-* **memory**: Spark decodes every image with :func:`lookalike.preprocessing.batch_to_model_input`
-  (distributed, in ``mapInPandas``) and the arrays are cached as ``.npy`` files under
-  ``LOOKALIKE_HOME/cache/arrays/<key>`` (key = table path + Delta version + split + geometry).
-  Trainers, Horovod ranks and Hyperopt trials memory-map these files, so nothing re-reads Delta.
-  Batches come from tensorflow-similarity's class-balanced ``MultiShotMemorySampler``.
-* **petastorm**: the same Spark preprocessing is materialised once with
+* **memory**: each split's image bytes are streamed from Delta (one partition at a time) into
+  ``LOOKALIKE_HOME/cache/arrays/<key>`` (key = table + Delta version + split), read as
+  memory-mapped :class:`~lookalike.learning.encoded.EncodedImages`. Trainers, Horovod ranks and
+  Hyperopt trials share these files, so nothing re-reads Delta. Batches come from
+  tensorflow-similarity's class-balanced ``MultiShotMemorySampler``, whose ``load_example_fn``
+  decodes each sampled row.
+* **petastorm**: (image bytes, label) of the train split are materialised once with
   ``petastorm.spark.make_spark_converter`` (parquet cache under ``LOOKALIKE_HOME/petastorm``) and
-  streamed with ``make_tf_dataset(cur_shard=rank, shard_count=size)``; class-balanced batches
-  are formed in tf.data by :func:`balanced_batches`.
+  streamed with ``make_tf_dataset(cur_shard=rank, shard_count=size)``; images are decoded in
+  tf.data and class-balanced batches formed by :func:`balanced_batches`.
 
 Labels are integer ids into the **sorted list of every category** in the products table at the
 version read (:attr:`DataSpec.categories`); that list is stored with the model.
@@ -25,14 +29,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from lookalike.config import Settings
+from lookalike.learning.encoded import EncodedImages, take, write_encoded
 
-_PIXELS_SCHEMA = "product_id STRING, category STRING, features ARRAY<FLOAT>"
+# Bumped when the cache's layout changes, so an old cache is never read as a new one.
+_CACHE_FORMAT = "encoded-1"
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class DataSpec:
     products_version: int
     num_rows: int
     image_shape: tuple[int, int, int]
-    arrays_dir: str | None = None          # memory: x.npy (float32), y.npy (int32 label ids)
+    arrays_dir: str | None = None          # memory: EncodedImages files + labels.npy
     petastorm_cache_dir: str | None = None
     petastorm_file_urls: tuple[str, ...] = field(default_factory=tuple)
 
@@ -63,9 +68,10 @@ class DataSpec:
 
 @dataclass
 class SplitArrays:
-    """One split in memory: ``x`` float32 [n, size, size, channels], ``labels`` category names."""
+    """One split: ``x`` its images (:class:`EncodedImages`, decoded by batch, or for small
+    in-memory data a float32 [n, size, size, channels] array), ``labels`` category names."""
 
-    x: np.ndarray
+    x: EncodedImages | np.ndarray
     labels: np.ndarray
     product_ids: np.ndarray
 
@@ -74,36 +80,13 @@ class SplitArrays:
         return np.array([lookup[c] for c in self.labels], dtype=np.int32)
 
     def subset(self, mask: np.ndarray) -> "SplitArrays":
-        return SplitArrays(self.x[mask], self.labels[mask], self.product_ids[mask])
+        return SplitArrays(take(self.x, mask), self.labels[mask], self.product_ids[mask])
 
     def __len__(self) -> int:
         return len(self.x)
 
 
 # --------------------------------------------------------------------------- Spark side
-
-
-def _preprocess_partitions(size: int, channels: int):
-    from lookalike.preprocessing import batch_to_model_input
-
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            pixels = batch_to_model_input((bytes(b) for b in batch["image"]), size, channels)
-            yield pd.DataFrame({"product_id": batch["product_id"].values,
-                                "category": batch["category"].values,
-                                "features": list(pixels.reshape(len(batch), -1))})
-    return run
-
-
-def preprocessed_frame(spark, settings: Settings, split: str, version: int | None = None):
-    """Spark DataFrame (product_id, category, features = flattened model input) and version."""
-    from lookalike.catalogue.tables import read_products
-
-    frame, version = read_products(spark, settings, (split,), version)
-    size, channels = settings.image.size, settings.image.channels
-    out = frame.select("product_id", "category", "image").mapInPandas(
-        _preprocess_partitions(size, channels), _PIXELS_SCHEMA)
-    return out, version
 
 
 def list_categories(spark, settings: Settings, version: int | None = None
@@ -117,42 +100,44 @@ def list_categories(spark, settings: Settings, version: int | None = None
 
 
 def split_dir(settings: Settings, split: str, version: int) -> Path:
-    """Cache folder of one split's arrays: keyed by table, Delta version, split and geometry."""
+    """Cache folder of one split's encoded images: keyed by table, Delta version and split
+    (the bytes do not depend on the model's input size)."""
     from lookalike.catalogue.tables import catalogue_table
 
-    raw = json.dumps([str(catalogue_table(settings, "products")), int(version), split,
-                      settings.image.size, settings.image.channels])
+    raw = json.dumps([_CACHE_FORMAT, str(catalogue_table(settings, "products")), int(version),
+                      split])
     return settings.home_path / "cache" / "arrays" / hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
 def load_split(spark, settings: Settings, split: str, version: int) -> SplitArrays:
-    """The whole ``split`` at ``version`` as arrays, cached under LOOKALIKE_HOME (memory-mapped)."""
+    """The whole ``split`` at ``version``, cached under LOOKALIKE_HOME as encoded images.
+
+    The bytes stream to disk one Spark partition at a time (``toLocalIterator``): the driver
+    never holds the split, encoded or decoded.
+    """
+    from lookalike.catalogue.tables import read_products
+
     directory = split_dir(settings, split, version)
     if not (directory / "done").exists():
-        frame, _ = preprocessed_frame(spark, settings, split, version)
-        pdf = frame.orderBy("product_id").toPandas()
-        shape = (settings.image.size, settings.image.size, settings.image.channels)
-        if len(pdf):
-            x = np.stack(pdf["features"].to_numpy()).astype(np.float32).reshape(-1, *shape)
-        else:
-            x = np.zeros((0, *shape), dtype=np.float32)
+        frame, _ = read_products(spark, settings, (split,), version)
+        rows = frame.select("product_id", "category", "image").toLocalIterator()
         tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "x.npy", x)
-        np.save(tmp / "labels.npy", pdf["category"].to_numpy().astype(str))
-        np.save(tmp / "product_ids.npy", pdf["product_id"].to_numpy().astype(str))
+        columns = write_encoded(tmp, rows, order_key="product_id")
+        np.save(tmp / "labels.npy", columns.get("category", np.zeros(0, dtype=str)))
+        np.save(tmp / "product_ids.npy", columns.get("product_id", np.zeros(0, dtype=str)))
         (tmp / "done").write_text("ok")
         try:
             tmp.rename(directory)
         except OSError:  # another process cached it first
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
-    return read_split_dir(directory)
+    return read_split_dir(directory, settings.image.size, settings.image.channels)
 
 
-def read_split_dir(directory: str | Path) -> SplitArrays:
+def read_split_dir(directory: str | Path, size: int, channels: int) -> SplitArrays:
+    """A cached split, its images decoded at ``size`` x ``size`` x ``channels`` when indexed."""
     directory = Path(directory)
-    return SplitArrays(np.load(directory / "x.npy", mmap_mode="r"),
+    return SplitArrays(EncodedImages(directory, size, channels),
                        np.load(directory / "labels.npy"),
                        np.load(directory / "product_ids.npy"))
 
@@ -169,10 +154,11 @@ def resolve_train_categories(settings: Settings, categories: Sequence[str]) -> t
     return tuple(c for c in categories if c in set(wanted))
 
 
-def choose_mode(settings: Settings, num_rows: int) -> str:
+def choose_mode(settings: Settings, image_bytes: int) -> str:
+    """memory (local memory-mapped files) or petastorm, by the train split's encoded bytes."""
     mode = settings.training.data_path
     if mode == "auto":
-        return "memory" if num_rows <= settings.training.max_in_memory_rows else "petastorm"
+        return "memory" if image_bytes <= settings.training.max_in_memory_bytes else "petastorm"
     return mode
 
 
@@ -189,8 +175,10 @@ def prepare_training_data(spark, settings: Settings, version: int | None = None,
         raise ValueError("metric learning needs at least 2 training categories")
     label_ids = tuple(categories.index(c) for c in train_categories)
     frame, _ = read_products(spark, settings, ("train",), version)
-    num_rows = frame.where(F.col("category").isin(list(train_categories))).count()
-    mode = mode or choose_mode(settings, num_rows)
+    totals = (frame.where(F.col("category").isin(list(train_categories)))
+              .agg(F.count("*").alias("rows"), F.sum(F.length("image")).alias("bytes")).first())
+    num_rows = int(totals["rows"])
+    mode = mode or choose_mode(settings, int(totals["bytes"] or 0))
     shape = (settings.image.size, settings.image.size, settings.image.channels)
     common = dict(categories=categories, train_label_ids=label_ids,
                   products_table=str(catalogue_table(settings, "products")),
@@ -208,18 +196,20 @@ def prepare_training_data(spark, settings: Settings, version: int | None = None,
 
 def petastorm_converter(spark, settings: Settings, version: int, categories: Sequence[str],
                         train_categories: Sequence[str]):
-    """Materialise (features, label) of the train split with Petastorm's Spark converter."""
+    """Materialise (encoded image, label) of the train split with Petastorm's Spark converter."""
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
     from pyspark.sql import functions as F
+
+    from lookalike.catalogue.tables import read_products
 
     cache = settings.home_path / "petastorm"
     cache.mkdir(parents=True, exist_ok=True)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache.as_uri())
-    frame, _ = preprocessed_frame(spark, settings, "train", version)
+    frame, _ = read_products(spark, settings, ("train",), version)
     mapping = F.create_map(*[item for i, c in enumerate(categories)
                              for item in (F.lit(c), F.lit(i))])
     frame = (frame.where(F.col("category").isin(list(train_categories)))
-             .select("features", mapping[F.col("category")].cast("int").alias("label")))
+             .select("image", mapping[F.col("category")].cast("int").alias("label")))
     # Petastorm shards by parquet row group: several files so every Horovod rank gets data.
     frame = frame.repartition(max(4, 2 * settings.training.processes))
     return make_spark_converter(frame, parquet_row_group_size_bytes=4 * 1024 * 1024)
@@ -235,13 +225,14 @@ def shard_rows(n: int, rank: int, size: int, seed: int) -> np.ndarray:
 
 
 def memory_arrays(spec: DataSpec, rank: int = 0, size: int = 1, seed: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``rank``'s shard of the training rows as (x float32, y int32 label ids)."""
-    split = read_split_dir(spec.arrays_dir)
+                  ) -> tuple[EncodedImages, np.ndarray]:
+    """``rank``'s shard of the training rows as (images decoded on demand, int32 label ids)."""
+    height, _, channels = spec.image_shape
+    split = read_split_dir(spec.arrays_dir, height, channels)
     y_all = split.label_ids(spec.categories)
     keep = np.flatnonzero(np.isin(y_all, np.array(spec.train_label_ids)))
     rows = keep[shard_rows(len(keep), rank, size, seed)]
-    return np.asarray(split.x[rows], dtype=np.float32), y_all[rows]
+    return split.x.take(rows), y_all[rows]
 
 
 def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int = 1):
@@ -251,12 +242,14 @@ def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int 
     from tensorflow_similarity.samplers import MultiShotMemorySampler
 
     t = settings.training
-    x, y = memory_arrays(spec, rank, size, t.seed)
+    images, y = memory_arrays(spec, rank, size, t.seed)
     # The sampler draws with Python's `random`; a per-rank seed gives each rank its own batches.
     random.seed(t.seed * 1000 + rank)
     classes = sorted(set(int(v) for v in y))
+    # It holds row numbers; each sampled row is decoded when its batch is formed.
     return MultiShotMemorySampler(
-        x, y, classes_per_batch=min(t.classes_per_batch, len(classes)),
+        np.arange(len(images)), y, load_example_fn=images.__getitem__,
+        classes_per_batch=min(t.classes_per_batch, len(classes)),
         examples_per_class_per_batch=t.examples_per_class, steps_per_epoch=t.steps_per_epoch,
         class_list=classes)
 
@@ -291,15 +284,26 @@ def petastorm_dataset(spec: DataSpec, settings: Settings, rank: int = 0, size: i
     import tensorflow as tf
     from petastorm.spark import SparkDatasetConverter
 
+    from lookalike.preprocessing import to_model_input
+
     converter = SparkDatasetConverter(spec.petastorm_cache_dir, list(spec.petastorm_file_urls),
                                       spec.num_rows)
     t = settings.training
+    height, _, channels = spec.image_shape
+
+    def decode(data):
+        image = tf.numpy_function(lambda b: to_model_input(bytes(b), height, channels),
+                                  [data], tf.float32)
+        return tf.ensure_shape(image, spec.image_shape)
+
     with converter.make_tf_dataset(batch_size=256, num_epochs=None, workers_count=2,
                                    cur_shard=rank, shard_count=size,
                                    seed=t.seed + rank, shuffle_rows=True) as raw:
         keep = tf.constant(list(spec.train_label_ids), dtype=tf.int32)
-        stream = raw.unbatch().map(lambda row: (row.features, tf.cast(row.label, tf.int32)))
-        stream = stream.filter(lambda x, y: tf.reduce_any(tf.equal(keep, y)))
+        stream = raw.unbatch().filter(
+            lambda row: tf.reduce_any(tf.equal(keep, tf.cast(row.label, tf.int32))))
+        stream = stream.map(lambda row: (decode(row.image), tf.cast(row.label, tf.int32)),
+                            num_parallel_calls=tf.data.AUTOTUNE)
         yield balanced_batches(stream, spec.image_shape, t.classes_per_batch,
                                t.examples_per_class, seed=t.seed + rank)
 

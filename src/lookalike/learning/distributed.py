@@ -170,10 +170,11 @@ def training_phases(t) -> list[tuple[int, int, bool, float]]:
 def _built_model(settings, spec):
     import tensorflow as tf
 
-    from lookalike.learning.model import build_model
+    from lookalike.learning.model import build_model, precision_policy
 
     tf.keras.utils.set_random_seed(settings.training.seed)  # same initial weights everywhere
-    return build_model(settings, num_classes=len(spec.train_label_ids))
+    with precision_policy(settings.training.precision):
+        return build_model(settings, num_classes=len(spec.train_label_ids))
 
 
 def _compile_phase(model, settings, size: int, hvd, backbone_trainable: bool, lr_scale: float,

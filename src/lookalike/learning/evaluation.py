@@ -31,16 +31,32 @@ import pandas as pd
 from lookalike.config import Settings
 from lookalike.console import say
 from lookalike.learning.data import SplitArrays
+from lookalike.learning.encoded import EncodedImages, map_chunks
 from lookalike.vectors import exact_knn, prepare
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 GENERALISATION_ARTIFACT = "generalisation_model"
+# The raw-pixel baseline sees images at most this big (28 px Fashion-MNIST as it is; photos
+# at 32 px): its vectors stay small enough to hold a large catalogue's in memory.
+BASELINE_MAX_SIZE = 32
 
 
 def raw_pixels(x: np.ndarray) -> np.ndarray:
     """The baseline 'embedding': flattened preprocessed pixels."""
     x = np.asarray(x, dtype=np.float32)
     return x.reshape(len(x), -1)
+
+
+def embed_split(fn: Embedder, x) -> np.ndarray:
+    """``fn`` over a split's images, decoded a chunk at a time (bounded memory)."""
+    return map_chunks(fn, x)
+
+
+def baseline_vectors(x) -> np.ndarray:
+    """Raw-pixel baseline vectors: images at no more than BASELINE_MAX_SIZE px, flattened."""
+    if isinstance(x, EncodedImages) and x.size > BASELINE_MAX_SIZE:
+        x = x.at_size(BASELINE_MAX_SIZE)
+    return map_chunks(raw_pixels, x)
 
 
 def unseen_problem(configured, categories) -> str | None:
@@ -103,7 +119,9 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
     b_queries = test.subset(b_rows)
 
     def run(prefix: str, fn: Embedder, queries: SplitArrays, catalogue_vectors, dist: str):
-        report = _score(settings, fn(np.asarray(queries.x)), queries.labels, catalogue_vectors,
+        embed_queries = baseline_vectors if fn is raw_pixels else (
+            lambda x: embed_split(fn, x))
+        report = _score(settings, embed_queries(queries.x), queries.labels, catalogue_vectors,
                         train.labels, dist)
         metrics.update(report.as_flat_dict(prefix))
         metrics[f"{prefix}n_queries"] = float(report.n_queries)
@@ -111,7 +129,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
         return report
 
     if embed is not None:
-        catalogue = embed(np.asarray(train.x))
+        catalogue = embed_split(embed, train.x)
         if len(a_queries):
             run("a_", embed, a_queries, catalogue, distance)
         if val is not None and len(val):
@@ -122,9 +140,9 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
         if out_dir is not None and len(a_queries):
             plots += _plots(settings, embed, a_queries, train, catalogue, Path(out_dir))
     if embed_unseen is not None and embed_unseen is not embed and len(b_queries):
-        run("b_", embed_unseen, b_queries, embed_unseen(np.asarray(train.x)), distance)
+        run("b_", embed_unseen, b_queries, embed_split(embed_unseen, train.x), distance)
     if baseline:
-        pixels = raw_pixels(train.x)
+        pixels = baseline_vectors(train.x)
         if len(a_queries):
             run("baseline_a_", raw_pixels, a_queries, pixels, "cosine")
         if len(b_queries):
@@ -144,13 +162,15 @@ def _plots(settings: Settings, embed: Embedder, queries: SplitArrays, train: Spl
     picks = sorted(picks)[: settings.evaluation.plot_queries]
     q = queries.subset(np.array(picks, dtype=int))
     distance = settings.model.distance
-    _, top = exact_knn(prepare(embed(np.asarray(q.x)), distance), prepare(catalogue, distance),
+    query_images = np.asarray(q.x[np.arange(len(q))])
+    _, top = exact_knn(prepare(embed(query_images), distance), prepare(catalogue, distance),
                        5, distance)
-    grid = plot_neighbour_grid(np.asarray(q.x), np.asarray(train.x)[top], train.labels[top],
+    neighbours = np.asarray(train.x[top.ravel()]).reshape(*top.shape, *query_images.shape[1:])
+    grid = plot_neighbour_grid(query_images, neighbours, train.labels[top],
                                q.labels, out_dir / "neighbours.png")
     sample = _sample(len(queries), 2000, settings.training.seed)
-    projection = plot_projection(embed(np.asarray(queries.x[sample])), queries.labels[sample],
-                                 out_dir / "projection.png")
+    projection = plot_projection(embed_split(embed, queries.subset(sample).x),
+                                 queries.labels[sample], out_dir / "projection.png")
     return [grid, projection]
 
 

@@ -18,6 +18,7 @@ Backbones come from the open registry :mod:`lookalike.learning.backbones`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,8 @@ from lookalike.config import Settings
 
 INFO_FILE = "lookalike.json"
 SAVED_MODEL_DIR = "saved_model"
+# The same weights exported under training.precision's mixed policy, for GPU batch embedding.
+MIXED_MODEL_DIR = "saved_model_mixed"
 FORMAT_VERSION = 1
 
 
@@ -65,8 +68,25 @@ def build_model(settings: Settings, num_classes: int | None = None):
                                                  name="aug_brightness")(x)
             x = tf.keras.layers.RandomContrast(colour, name="aug_contrast")(x)
     features = backbone.builder(shape, settings.model.width, settings)(x)
-    outputs = MetricEmbedding(settings.model.embedding_size, name="metric_embedding")(features)
+    # float32 output under any precision policy: the loss's similarities need the range.
+    outputs = MetricEmbedding(settings.model.embedding_size, dtype="float32",
+                              name="metric_embedding")(features)
     return SimilarityModel(inputs, outputs, name="lookalike")
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Layers built inside use Keras precision policy ``name`` (``mixed_float16``: float16
+    compute, float32 weights; Keras then scales the loss). The global policy is restored, so
+    what is built afterwards (the exported float32 model) is not affected."""
+    import tensorflow as tf
+
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
 
 
 def set_backbone_trainable(model, trainable: bool, freeze_batchnorm: bool) -> None:
@@ -118,20 +138,41 @@ def compile_model(model, settings: Settings, optimizer) -> None:
 # --------------------------------------------------------------------------- save / load
 
 
-def save_embedding_model(model, directory: str | Path, info: dict) -> Path:
+def save_embedding_model(model, directory: str | Path, info: dict, mixed_model=None) -> Path:
     """Write ``directory/saved_model`` (TF SavedModel, signature ``serving_default``:
     ``images`` float32 [None, size, size, channels] -> ``embedding`` float32 [None, dim]) and
     ``directory/lookalike.json`` (``info`` completed with the model's geometry).
 
     ``info`` should carry: image_size, channels, distance, backbone, categories (sorted list;
     label id i is categories[i]), products_table, products_version, training_run_id.
+    ``mixed_model`` (the same weights built under a mixed precision policy) is also exported,
+    to ``saved_model_mixed``, with the same signature (float32 in and out).
     """
-    import tensorflow as tf
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     input_shape = tuple(model.inputs[0].shape[1:])
     embedding_size = int(model.outputs[0].shape[-1])
+    _export(model, directory / SAVED_MODEL_DIR)
+    full = dict(info)
+    if mixed_model is not None:
+        _export(mixed_model, directory / MIXED_MODEL_DIR)
+        full["mixed_precision"] = mixed_model.dtype_policy.name
+    full.update(format_version=FORMAT_VERSION, image_size=int(input_shape[0]),
+                channels=int(input_shape[2]), embedding_size=embedding_size,
+                input="float32 [n, image_size, image_size, channels] in [0, 1] "
+                      "(lookalike.preprocessing.batch_to_model_input)",
+                output="float32 [n, embedding_size], L2-normalised")
+    full.setdefault("categories", [])
+    (directory / INFO_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str),
+                                       encoding="utf-8")
+    return directory
+
+
+def _export(model, path: Path) -> None:
+    """One SavedModel: float32 images -> L2-normalised float32 embeddings."""
+    import tensorflow as tf
+
+    input_shape = tuple(model.inputs[0].shape[1:])
     keras_model = tf.keras.Model(model.inputs, model.outputs)
 
     class _Exported(tf.Module):
@@ -148,18 +189,7 @@ def save_embedding_model(model, directory: str | Path, info: dict) -> Path:
             return {"embedding": tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=1)}
 
     module = _Exported(keras_model)
-    tf.saved_model.save(module, str(directory / SAVED_MODEL_DIR),
-                        signatures={"serving_default": module.embed})
-    full = dict(info)
-    full.update(format_version=FORMAT_VERSION, image_size=int(input_shape[0]),
-                channels=int(input_shape[2]), embedding_size=embedding_size,
-                input="float32 [n, image_size, image_size, channels] in [0, 1] "
-                      "(lookalike.preprocessing.batch_to_model_input)",
-                output="float32 [n, embedding_size], L2-normalised")
-    full.setdefault("categories", [])
-    (directory / INFO_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str),
-                                       encoding="utf-8")
-    return directory
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.embed})
 
 
 class EmbeddingModel:
@@ -167,9 +197,11 @@ class EmbeddingModel:
 
     ``engine``: ``tensorflow`` (batch jobs, GPUs) or ``tflite`` (the REST server: small batches
     on CPU, see :mod:`lookalike.learning.engines`; falls back to TensorFlow if conversion fails).
+    ``precision="mixed"`` loads the mixed-precision export (``embedding.precision``, GPUs).
     """
 
-    def __init__(self, directory: str | Path, engine: str = "tensorflow", threads: int = 1):
+    def __init__(self, directory: str | Path, engine: str = "tensorflow", threads: int = 1,
+                 precision: str = "float32"):
         import tensorflow as tf
 
         from lookalike.learning.engines import ENGINES, tflite_or_none
@@ -181,9 +213,18 @@ class EmbeddingModel:
         if not info_path.exists():
             raise FileNotFoundError(f"{info_path} not found: not a Lookalike embedding model")
         self.info: dict = json.loads(info_path.read_text(encoding="utf-8"))
-        self._loaded = tf.saved_model.load(str(self.directory / SAVED_MODEL_DIR))
+        saved = SAVED_MODEL_DIR
+        if precision == "mixed":
+            if not self.info.get("mixed_precision"):
+                raise ValueError(f"{self.directory} has no mixed-precision export: train with "
+                                 "training.precision=mixed_float16 (or mixed_bfloat16), or "
+                                 "embed with embedding.precision=float32")
+            saved, engine = MIXED_MODEL_DIR, "tensorflow"
+        elif precision != "float32":
+            raise ValueError(f"unknown precision {precision!r}; use float32 or mixed")
+        self._loaded = tf.saved_model.load(str(self.directory / saved))
         self._fn = self._loaded.signatures["serving_default"]
-        self._tflite = (tflite_or_none(self.directory / SAVED_MODEL_DIR, threads)
+        self._tflite = (tflite_or_none(self.directory / saved, threads)
                         if engine == "tflite" else None)
 
     @property
@@ -227,10 +268,10 @@ class EmbeddingModel:
 
 
 def load_embedding_model(directory: str | Path, engine: str = "tensorflow",
-                         threads: int = 1) -> EmbeddingModel:
+                         threads: int = 1, precision: str = "float32") -> EmbeddingModel:
     """Load a folder written by :func:`save_embedding_model` (e.g. the downloaded MLflow
     artifact ``embedding_model/`` of a training run)."""
-    return EmbeddingModel(directory, engine, threads)
+    return EmbeddingModel(directory, engine, threads, precision)
 
 
 def configure_threads(intra: int | None = None, inter: int | None = None) -> None:

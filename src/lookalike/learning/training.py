@@ -91,10 +91,16 @@ def save_trained(settings: Settings, spec, weights_path: str, directory: Path,
                  run_id: str) -> Path:
     """Rebuild the model, load rank 0's final weights and save the embedding SavedModel."""
     from lookalike.learning.data import resolve_train_categories
-    from lookalike.learning.model import build_model, save_embedding_model
+    from lookalike.learning.model import build_model, precision_policy, save_embedding_model
 
     model = build_model(settings)
     model.load_weights(weights_path).expect_partial()
+    mixed = None
+    if settings.training.precision != "float32":
+        # The same weights for GPU batch embedding (embedding.precision=mixed).
+        with precision_policy(settings.training.precision):
+            mixed = build_model(settings)
+        mixed.load_weights(weights_path).expect_partial()
     info = {
         "backbone": settings.model.backbone, "distance": settings.model.distance,
         "categories": list(spec.categories),
@@ -102,7 +108,7 @@ def save_trained(settings: Settings, spec, weights_path: str, directory: Path,
         "products_table": spec.products_table, "products_version": spec.products_version,
         "training_run_id": run_id, "profile": settings.profile,
     }
-    return save_embedding_model(model, directory, info)
+    return save_embedding_model(model, directory, info, mixed)
 
 
 def _flat(prefix: str, section) -> dict[str, str]:

@@ -6,7 +6,9 @@
   processes and inherit no active run).
 * Objective: MAP@R of **validation** queries (at most ``tuning.max_validation_queries``, seeded
   sample) against the train-split catalogue; the test split is never read. Hyperopt minimises
-  ``-MAP@R``.
+  ``-MAP@R``. Which categories a trial trains on, asks about and searches is
+  :func:`tuning_plan`: ``tuning.objective`` a (in-distribution) or b (class-disjoint), and
+  never ``evaluation.unseen_categories`` when protocol (b) is on.
 * Data: the train/val splits are decoded once on the driver side into ``.npy`` files under
   ``LOOKALIKE_HOME/cache/arrays`` (:mod:`lookalike.data`); each trial memory-maps them, so no
   trial touches Delta. (Tuning therefore needs a catalogue that fits in memory.)
@@ -52,12 +54,54 @@ def startup_trials(max_evals: int) -> int:
 
 
 def tuning_key(settings: Settings, products_version: int) -> str:
-    """What tuned parameters are only valid for: profile, backbone, input geometry and the
-    catalogue version they were searched on (training applies a tuning run's best parameters
-    only when its key is the same)."""
+    """What tuned parameters are only valid for: profile, backbone, input geometry, objective
+    and the catalogue version they were searched on (training applies a tuning run's best
+    parameters only when its key is the same)."""
     return (f"profile={settings.profile};backbone={settings.model.backbone};"
             f"image={settings.image.size}x{settings.image.channels};"
-            f"products={int(products_version)}")
+            f"objective={settings.tuning.objective};products={int(products_version)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningPlan:
+    """Categories a trial trains on, asks about (val split) and searches (train split)."""
+
+    train: tuple[str, ...]
+    queries: tuple[str, ...]
+    catalogue: tuple[str, ...]
+
+
+def tuning_plan(settings: Settings, categories) -> TuningPlan:
+    """Who reads which classes during tuning.
+
+    With protocol (b) on (``evaluation.generalisation``), ``evaluation.unseen_categories`` are
+    invisible to tuning: not trained on, not asked about, not in the catalogue searched, so
+    protocol (b)'s figures stay a test of classes nothing was chosen on. Objective ``b`` also
+    holds ``tuning.validation_categories`` out of the trials' training and asks about them
+    only (class-disjoint validation).
+    """
+    from lookalike.learning.data import resolve_train_categories
+    from lookalike.learning.evaluation import unseen_problem
+
+    ev, t = settings.evaluation, settings.tuning
+    held_out: set[str] = set()
+    if ev.generalisation and unseen_problem(ev.unseen_categories, categories) is None:
+        held_out = set(ev.unseen_categories)
+    visible = tuple(c for c in categories if c not in held_out)
+    train = tuple(c for c in resolve_train_categories(settings, categories) if c not in held_out)
+    queries = train
+    if t.objective == "b":
+        unknown = sorted(set(t.validation_categories) - set(visible))
+        if unknown:
+            raise ValueError(f"tuning.validation_categories {unknown} are not categories tuning "
+                             f"may read; choose among {list(visible)} (the catalogue's "
+                             "categories minus evaluation.unseen_categories)")
+        queries = tuple(c for c in visible if c in set(t.validation_categories))
+        train = tuple(c for c in train if c not in set(queries))
+    if len(train) < 2:
+        raise ValueError(f"tuning would train on {list(train)}: metric learning needs at least 2 "
+                         "categories; hold fewer out (tuning.validation_categories)")
+    return TuningPlan(train, queries, visible)
 
 
 def build_space(description: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +144,9 @@ def clean_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, params: dict[str, Any],
-              parent_run_id: str, tracking_uri: str, experiment_id: str, threads: int) -> dict:
+def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPlan,
+              params: dict[str, Any], parent_run_id: str, tracking_uri: str,
+              experiment_id: str, threads: int) -> dict:
     """One Hyperopt evaluation (runs inside a Spark Python worker). Returns a hyperopt result."""
     from hyperopt import STATUS_OK
     from mlflow import MlflowClient
@@ -109,6 +154,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, params: dict[s
     from lookalike.config import settings_from_dict
     from lookalike.learning.data import DataSpec, read_split_dir
     from lookalike.learning.distributed import train_embedding
+    from lookalike.learning.evaluation import embed_split
     from lookalike.learning.metrics import retrieval_metrics
     from lookalike.learning.training import apply_params
     from lookalike.tracking import KIND_TAG
@@ -127,27 +173,35 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, params: dict[s
     try:
         for name, value in params.items():
             client.log_param(run_id, name, value)
+        trained_on = ",".join(spec.categories[i] for i in spec.train_label_ids)
+        client.log_param(run_id, "trained_on", trained_on[:500])
         with tempfile.TemporaryDirectory() as tmp:
             result = train_embedding(dataclasses.asdict(settings), spec_dict, tmp,
                                      mlflow_run_id=run_id, tracking_uri=tracking_uri,
                                      threads=threads, keep_model=True)
         model = result["model"]
-        train = read_split_dir(spec.arrays_dir)
-        val = read_split_dir(val_dir)
-        rows = np.arange(len(val))
+        size, _, channels = spec.image_shape
+        train = read_split_dir(spec.arrays_dir, size, channels)
+        train = train.subset(np.isin(train.labels, plan.catalogue))
+        val = read_split_dir(val_dir, size, channels)
+        rows = np.flatnonzero(np.isin(val.labels, plan.queries))
         limit = settings.tuning.max_validation_queries
         if len(rows) > limit:
             rows = np.sort(np.random.default_rng(settings.training.seed)
-                           .choice(len(rows), limit, replace=False))
+                           .choice(rows, limit, replace=False))
         batch = settings.embedding.batch_size
-        catalogue = model.predict(np.asarray(train.x), batch_size=batch, verbose=0)
-        queries = model.predict(np.asarray(val.x[rows]), batch_size=batch, verbose=0)
+
+        def embed(x):
+            return model.predict(x, batch_size=batch, verbose=0)
+        catalogue = embed_split(embed, train.x)
+        queries = embed_split(embed, val.subset(rows).x)
         report = retrieval_metrics(queries, val.labels[rows], catalogue, train.labels,
                                    k_values=settings.evaluation.k_values,
                                    distance=settings.model.distance)
         map_at_r = float(report.map_at_r)
         metrics = {f"val_{k}": v for k, v in report.as_flat_dict().items()}
         metrics["trial_seconds"] = time.time() - started
+        metrics["val_n_queries"] = float(len(rows))
         for name, value in metrics.items():
             client.log_metric(run_id, name, float(value))
         client.set_terminated(run_id, "FINISHED")
@@ -164,7 +218,8 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
     from hyperopt import SparkTrials, fmin, tpe
 
     from lookalike.config import load_search_space
-    from lookalike.learning.data import load_split, prepare_training_data, split_dir
+    from lookalike.learning.data import (list_categories, load_split, prepare_training_data,
+                                         split_dir)
     from lookalike.learning.model import cpu_count
     from lookalike.spark import get_spark
     from lookalike.tracking import KIND_TAG, configure_mlflow
@@ -177,9 +232,14 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
     description = load_search_space(settings)
     space = build_space(description)
 
-    # Tuning trains on every category allowed by training.train_categories, in memory.
-    spec = prepare_training_data(spark, settings, mode="memory")
-    load_split(spark, settings, "val", spec.products_version)
+    categories, version = list_categories(spark, settings)
+    plan = tuning_plan(settings, categories)
+    settings = settings.replace(training={"train_categories": list(plan.train)})
+    spec = prepare_training_data(spark, settings, version, mode="memory")
+    val = load_split(spark, settings, "val", spec.products_version)
+    if not np.isin(val.labels, plan.queries).any():
+        raise ValueError(f"the validation split has no image of {list(plan.queries)}: nothing "
+                         "to score tuning trials on (tuning.validation_categories)")
     val_dir = str(split_dir(settings, "val", spec.products_version))
     threads = max(1, cpu_count() // min(parallelism, max_evals))
     settings_dict = dataclasses.asdict(settings)
@@ -193,11 +253,14 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
         parent = run.info.run_id
         mlflow.log_params({"max_evals": max_evals, "parallelism": parallelism,
                            "tuning_epochs": settings.tuning.epochs,
+                           "objective": settings.tuning.objective,
+                           "trial_categories": ",".join(plan.train)[:500],
+                           "query_categories": ",".join(plan.queries)[:500],
                            "search_space": json.dumps(description)[:500]})
 
         def objective(params):
-            return run_trial(settings_dict, spec_dict, val_dir, params, parent, tracking_uri,
-                             experiment_id, threads)
+            return run_trial(settings_dict, spec_dict, val_dir, plan, params, parent,
+                             tracking_uri, experiment_id, threads)
 
         trials = SparkTrials(parallelism=parallelism, spark_session=spark)
         say("tune", f"{max_evals} trials, {parallelism} in parallel")
