@@ -252,3 +252,59 @@ def test_dbfs_volumes_and_file_uris_give_the_same_path(spark):
     frame = spark.createDataFrame([(u,) for u in uris], "uri STRING")
     assert {r[0] for r in frame.select(_local_path_column(F.col("uri"))).collect()} == {
         "/Volumes/main/shop/images/bags/b1.png"}
+
+
+def test_group_id_ties_photos_of_one_product_and_becomes_the_training_label(spark, settings,
+                                                                             tmp_path):
+    from lookalike.learning.data import memory_arrays, prepare_training_data
+
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    for seed in range(8):
+        (shop / f"{seed}.png").write_bytes(_image(seed))
+    csv = tmp_path / "meta.csv"
+    meta = pd.DataFrame({"product_id": [f"photo-{i}" for i in range(8)],
+                         "category": ["Bag"] * 4 + ["Coat"] * 4,
+                         "group_id": ["bag-1", "bag-1", "bag-2", "", "coat-1", "coat-1",
+                                      "coat-1", "coat-2"],
+                         "path": [f"{i}.png" for i in range(8)]})
+    meta.to_csv(csv, index=False)
+    assert ingest_folder(spark, settings, str(shop), str(csv)).inserted == 8
+    rows = read_products(spark, settings)[0].toPandas().set_index("product_id")
+    assert rows.loc["photo-0", "group_id"] == "bag-1" and rows.loc["photo-3", "group_id"] is None
+    # Same files and CSV again: nothing changes; a new group_id is an update of that row.
+    assert ingest_folder(spark, settings, str(shop), str(csv)).unchanged == 8
+    meta.loc[3, "group_id"] = "bag-2"
+    meta.to_csv(csv, index=False)
+    assert ingest_folder(spark, settings, str(shop), str(csv)).updated == 1
+
+    # Training learns "same product": label = group (photo-3 now in bag-2).
+    everything = settings.replace(catalogue={"split": {"train": 1.0, "val": 0.0, "test": 0.0}})
+    ingest_folder(spark, everything, str(shop), str(csv))
+    spec = prepare_training_data(spark, everything, mode="memory")
+    assert spec.label_column == "group"
+    assert spec.labels == ("bag-1", "bag-2", "coat-1", "coat-2")
+    images, y = memory_arrays(spec)
+    assert sorted(np.bincount(y).tolist()) == [1, 2, 2, 3]
+    by_category = prepare_training_data(
+        spark, everything.replace(training={"label": "category"}), mode="memory")
+    assert by_category.label_column == "category" and not by_category.labels
+
+
+def test_a_products_table_from_before_group_id_gains_the_column(spark, settings):
+    from lookalike.catalogue.tables import create_table, ensure_tables, group_column
+
+    table = catalogue_table(settings, "products")
+    old_schema = ("product_id STRING NOT NULL, category STRING NOT NULL, title STRING, "
+                  "image BINARY NOT NULL, format STRING, width INT, height INT, channels INT, "
+                  "content_hash STRING NOT NULL, source_uri STRING, split STRING NOT NULL, "
+                  "ingested_at TIMESTAMP")
+    create_table(spark, table, old_schema, change_feed=True)
+    assert "group_id" not in table.read(spark).columns
+    old_version = table.version(spark)
+    ensure_tables(spark, settings)
+    assert "group_id" in table.read(spark).columns
+    past = table.read(spark, versionAsOf=old_version)
+    assert past.select(group_column(past)).columns == ["group_id"]
+    summary = ingest_fashion_mnist(spark, settings, limit_per_split=5)
+    assert summary.inserted == 10

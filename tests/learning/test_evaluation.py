@@ -124,3 +124,27 @@ def test_unseen_categories_a_catalogue_lacks_are_named_plainly():
     assert unseen_problem([], ["a", "b"]).startswith("protocol (b) off")
     assert unseen_problem(["a"], ["a", "b", "c"]) is None
     assert "fewer than 2" in unseen_problem(["a", "b"], ["a", "b", "c"])
+
+
+def test_same_product_retrieval_is_scored_beside_category_retrieval():
+    """With group_id, a test photo must find its own product's photos, not just its category:
+    here the model's nearest item is always of the right category, but for one query the
+    wrong product."""
+    train = points_as_images([(1, 0), (1, 0.2), (0.8, 1), (1, 1), (-1, 0), (-1, -0.1)],
+                             ["A", "A", "A", "A", "C", "C"])
+    train.groups = np.array(["g1", "g1", "g2", "g2", "", ""])
+    test = points_as_images([(1, 0.1), (1, 0.15), (-1, 0.05)], ["A", "A", "C"])
+    test.groups = np.array(["g1", "g2", "g9"])  # g9 has no photo in train: not a query
+    settings = load_settings(overrides={"evaluation": {"unseen_categories": [],
+                                                       "k_values": [1, 5]}})
+    m = evaluate_embedders(settings, train, test, stretched)["metrics"]
+    assert m["a_recall_at_1"] == pytest.approx(1.0)
+    assert m["product_n_queries"] == 2
+    # (1, 0.15) x10 -> nearest (1, 0.2) of g1, while it shows g2: a product miss.
+    assert m["product_recall_at_1"] == pytest.approx(0.5)
+    assert m["product_recall_at_5"] == pytest.approx(1.0)
+    assert "baseline_product_recall_at_1" in m
+    # Without groups, no same-product figures at all.
+    plain = evaluate_embedders(settings, points_as_images([(1, 0), (0, 1)], ["A", "B"]),
+                               points_as_images([(1, 0.1)], ["A"]), stretched)["metrics"]
+    assert not any(name.startswith("product_") for name in plain)

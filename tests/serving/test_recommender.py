@@ -62,10 +62,12 @@ def test_load_context_rejects_index_of_other_model_version(packaged_model, tmp_p
 def test_packaged_catalogue_reads_thumbnails_on_demand(tmp_path):
     from lookalike.serving.catalogue_file import THUMBNAILS_FILE, ServingCatalogue, write_catalogue
 
-    rows = [("p1", "Bag", "red bag", b"\x89PNG-one"), ("p2", "Coat", None, None),
-            ("p3", "Bag", "", b"\x89PNG-three!")]
+    rows = [("p1", "Bag", "red bag", "g1", b"\x89PNG-one"), ("p2", "Coat", None, None, None),
+            ("p3", "Bag", "", "g1", b"\x89PNG-three!")]
     assert write_catalogue(iter(rows), tmp_path / "products") == 3
     catalogue = ServingCatalogue(tmp_path / "products")
+    assert catalogue.same_product("p1") == {"p1", "p3"} and catalogue.same_product("p2") == {"p2"}
+    assert (catalogue.product_key("p3"), catalogue.product_key("p2")) == ("g1", "p2")
     assert catalogue.ids == ["p1", "p2", "p3"] and "p2" in catalogue and "p9" not in catalogue
     assert (catalogue.category("p3"), catalogue.title("p1"), catalogue.title("p3")) == (
         "Bag", "red bag", None)
@@ -96,3 +98,40 @@ def test_ef_search_per_deployment_and_the_tflite_engine(packaged_model, tmp_path
                                               dtype=np.float32)
     np.testing.assert_allclose(served.model.embed(images), reference.model.embed(images),
                                atol=1e-5)
+
+
+def test_several_photos_of_a_product_are_answered_once_with_the_nearest(packaged_model, tmp_path):
+    """group_id: one row per product (its nearest photo); "more like this" never answers a
+    product with its own other photos."""
+    from lookalike.index import load_index, make_index
+    from lookalike.serving.catalogue_file import write_catalogue
+    from lookalike.serving.recommender import Recommender, limits_from
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(packaged_model.settings)
+    artifacts = _model_parts(packaged_model, tmp_path)
+    good = load_index(f"{artifacts}/index")
+    # Photos along an arc from p2: g1's two photos nearest, then g3's three, then p4.
+    layout = [("p2", None, 0.0), ("p1a", "g1", 0.10), ("p1b", "g1", 0.12), ("p3a", "g3", 0.22),
+              ("p3b", "g3", 0.24), ("p3c", "g3", 0.26), ("p4", None, 0.45)]
+    vectors = np.zeros((len(layout), good.dim), np.float32)
+    for i, (_, _, angle) in enumerate(layout):
+        vectors[i, 0], vectors[i, 1] = np.cos(angle), np.sin(angle)
+    index = make_index("exact", good.dim, good.distance, provenance=good.provenance)
+    index.add([pid for pid, _, _ in layout], vectors, ["Bag"] * len(layout))
+    index.save(tmp_path / "index")
+    write_catalogue(((pid, "Bag", None, group, None) for pid, group, _ in layout),
+                    tmp_path / "products")
+    served = Recommender(f"{artifacts}/embedding_model", tmp_path / "index",
+                         tmp_path / "products", limits_from(packaged_model.settings))
+    import pandas as pd
+
+    answer = served.recommend(pd.DataFrame({"product_id": ["p2", "p1a"]}), {"k": 3})
+    by_query = {q: [(r["product_id"], r["group_id"]) for r in answer if r["query"] == q]
+                for q in (0, 1)}
+    assert by_query[0] == [("p1a", "g1"), ("p3a", "g3"), ("p4", "p4")]
+    assert by_query[1] == [("p2", "p2"), ("p3a", "g3"), ("p4", "p4")]  # not p1b: same product
+    # More products asked for than exist: every product once, then no more rows.
+    everything = served.recommend(pd.DataFrame({"product_id": ["p4"]}), {"k": 10})
+    assert [(r["product_id"], r["group_id"]) for r in everything] == [
+        ("p3c", "g3"), ("p1b", "g1"), ("p2", "p2")]

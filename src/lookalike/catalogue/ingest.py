@@ -22,10 +22,12 @@ from lookalike.config import Settings
 from lookalike.preprocessing import ImageRejected, inspect_image
 
 _VALIDATED_SCHEMA = (
-    "product_id STRING, category STRING, title STRING, image BINARY, format STRING, width INT, "
-    "height INT, channels INT, content_hash STRING, source_uri STRING, split STRING, "
-    "reason STRING, detail STRING"
+    "product_id STRING, category STRING, title STRING, group_id STRING, image BINARY, "
+    "format STRING, width INT, height INT, channels INT, content_hash STRING, source_uri STRING, "
+    "split STRING, reason STRING, detail STRING"
 )
+_CANDIDATE_SCHEMA = ("product_id STRING, category STRING, title STRING, group_id STRING, "
+                     "image BINARY, source_uri STRING")
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,16 @@ def split_for(key: str, train: float, val: float) -> str:
 def validate_rows(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Decode-check each candidate row; add image facts, hash and split, or a reject reason.
 
-    Expects columns product_id, category, title, image, source_uri and optionally
+    Expects columns product_id, category, title, group_id, image, source_uri and optionally
     official_split ("train"/"test", as Fashion-MNIST has). Pure: used inside mapInPandas.
     """
     cat = settings.catalogue
     out = []
     for row in rows.itertuples(index=False):
         record = {"product_id": row.product_id, "category": row.category,
-                  "title": row.title if row.title else None, "image": None, "format": None,
+                  "title": row.title if row.title else None,
+                  "group_id": getattr(row, "group_id", None) or None, "image": None,
+                  "format": None,
                   "width": None, "height": None, "channels": None, "content_hash": None,
                   "source_uri": row.source_uri, "split": None, "reason": None, "detail": None}
         data = bytes(row.image) if row.image is not None else b""
@@ -140,6 +144,7 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
         current = stored.select("product_id", F.col("content_hash").alias("old_hash"),
                                 F.col("category").alias("old_category"),
                                 F.col("title").alias("old_title"),
+                                F.col("group_id").alias("old_group"),
                                 F.col("split").alias("old_split"))
         # Only key columns of the table are broadcast: the image bytes never cross a shuffle.
         diff = good.join(F.broadcast(current), "product_id", "left").withColumn(
@@ -148,11 +153,13 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
             .when((F.col("old_hash") != F.col("content_hash"))
                   | (F.col("old_category") != F.col("category"))
                   | ~F.col("old_title").eqNullSafe(F.col("title"))
+                  | ~F.col("old_group").eqNullSafe(F.col("group_id"))
                   | (F.col("old_split") != F.col("split")), F.lit("update"))
             .otherwise(F.lit("unchanged"))).persist()
         counts = {r["change"]: r["count"] for r in diff.groupBy("change").count().collect()}
         changed = (diff.where(F.col("change") != "unchanged")
-                   .drop("old_hash", "old_category", "old_title", "old_split", "change")
+                   .drop("old_hash", "old_category", "old_title", "old_group", "old_split",
+                         "change")
                    .withColumn("ingested_at", F.current_timestamp()))
         if counts.get("insert", 0) + counts.get("update", 0) > 0:
             (products.delta(spark).alias("t")
@@ -213,12 +220,12 @@ def _validate_partitions(settings: Settings):
 
 def ingest_candidates(spark, settings: Settings, rows: pd.DataFrame, source: str) -> IngestSummary:
     """Validate candidate rows (see :func:`validate_rows`) on Spark and upsert them."""
-    if "official_split" not in rows.columns:
-        rows = rows.assign(official_split=None)
+    for optional in ("official_split", "group_id"):
+        if optional not in rows.columns:
+            rows = rows.assign(**{optional: None})
     candidates = spark.createDataFrame(
-        rows[["product_id", "category", "title", "image", "source_uri", "official_split"]],
-        "product_id STRING, category STRING, title STRING, image BINARY, "
-        "source_uri STRING, official_split STRING")
+        rows[["product_id", "category", "title", "group_id", "image", "source_uri",
+              "official_split"]], _CANDIDATE_SCHEMA + ", official_split STRING")
     validated = candidates.repartition(settings.catalogue.ingest_partitions).mapInPandas(
         _validate_partitions(settings), _VALIDATED_SCHEMA)
     return upsert_validated(spark, settings, validated, source)
@@ -258,7 +265,8 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
     # read, only listed (its size comes from the file system) and rejected.
     files = listing.where(F.col("length") <= limit).select("path", "content", "length")
     too_large = listing.where(F.col("length") > limit).select(
-        *[F.lit(None).cast("string").alias(c) for c in ("product_id", "category", "title")],
+        *[F.lit(None).cast("string").alias(c)
+          for c in ("product_id", "category", "title", "group_id")],
         F.lit(None).cast("binary").alias("image"),
         *[F.lit(None).cast(t).alias(c) for c, t in (("format", "string"), ("width", "int"),
                                                    ("height", "int"), ("channels", "int"),
@@ -278,7 +286,7 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
         metadata["path"] = metadata["path"].map(os.path.normpath)
         meta_df = spark.createDataFrame(metadata)
         candidates = files.join(meta_df, files["relative"] == meta_df["path"], "left").select(
-            "product_id", "category", "title", F.col("content").alias("image"),
+            "product_id", "category", "title", "group_id", F.col("content").alias("image"),
             files["path"].alias("source_uri"))
     else:
         candidates = files.select(
@@ -286,13 +294,13 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
             F.when(F.instr("relative", "/") > 0, F.substring_index("relative", "/", 1))
             .otherwise(F.lit(None)).alias("category"),
             F.lit(None).cast("string").alias("title"),
+            F.lit(None).cast("string").alias("group_id"),
             F.col("content").alias("image"),
             F.col("path").alias("source_uri"))
     empty = _empty_files(spark, str(root))
     if empty:
         candidates = candidates.unionByName(spark.createDataFrame(
-            [(None, None, None, b"", uri) for uri in empty],
-            "product_id STRING, category STRING, title STRING, image BINARY, source_uri STRING"))
+            [(None, None, None, None, b"", uri) for uri in empty], _CANDIDATE_SCHEMA))
     validated = (candidates.mapInPandas(_validate_partitions(settings), _VALIDATED_SCHEMA)
                  .unionByName(too_large))
     return upsert_validated(spark, settings, validated, f"folder:{root}",

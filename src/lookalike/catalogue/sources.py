@@ -97,6 +97,7 @@ def fashion_mnist_rows(folder: Path, limit_per_split: int | None = None) -> pd.D
             "product_id": [f"fmnist-{prefix}-{i:05d}" for i in range(len(images))],
             "category": [FASHION_MNIST_CLASSES[label] for label in labels],
             "title": None,
+            "group_id": None,
             "image": [array_to_png(255 - image) for image in images],
             "source_uri": [f"{images_path}#{i}" for i in range(len(images))],
             "official_split": official_split,
@@ -105,15 +106,17 @@ def fashion_mnist_rows(folder: Path, limit_per_split: int | None = None) -> pd.D
 
 
 def read_metadata_csv(path: str) -> pd.DataFrame:
-    """Read a metadata CSV with columns product_id, category, path and optional title."""
+    """Read a metadata CSV with columns product_id, category, path and optional title and
+    group_id (photos of one product share a group_id; each photo is still its own row)."""
     metadata = pd.read_csv(path, dtype=str, keep_default_na=False)
     required = {"product_id", "category", "path"}
     missing = required - set(metadata.columns)
     if missing:
         raise ValueError(f"metadata CSV {path} is missing columns {sorted(missing)}; "
                          f"expected product_id, category, title (optional), path")
-    if "title" not in metadata.columns:
-        metadata["title"] = ""
+    for optional in ("title", "group_id"):
+        if optional not in metadata.columns:
+            metadata[optional] = ""
     duplicated = metadata["product_id"][metadata["product_id"].duplicated()].unique()
     if len(duplicated):
         raise ValueError(f"metadata CSV {path} repeats product_id {list(duplicated[:5])}")
@@ -121,4 +124,4 @@ def read_metadata_csv(path: str) -> pd.DataFrame:
     if len(empty):
         raise ValueError(f"metadata CSV {path}: rows {list(empty.index[:5])} have an empty "
                          f"product_id or category")
-    return metadata[["product_id", "category", "title", "path"]]
+    return metadata[["product_id", "category", "title", "group_id", "path"]]

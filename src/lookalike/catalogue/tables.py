@@ -25,7 +25,7 @@ from lookalike.config import Settings
 PRODUCTS_SCHEMA = (
     "product_id STRING NOT NULL, category STRING NOT NULL, title STRING, image BINARY NOT NULL, "
     "format STRING, width INT, height INT, channels INT, content_hash STRING NOT NULL, "
-    "source_uri STRING, split STRING NOT NULL, ingested_at TIMESTAMP"
+    "source_uri STRING, split STRING NOT NULL, ingested_at TIMESTAMP, group_id STRING"
 )
 REJECTS_SCHEMA = ("source_uri STRING NOT NULL, reason STRING NOT NULL, detail STRING, "
                   "rejected_at TIMESTAMP")
@@ -125,6 +125,7 @@ def create_table(spark, table: CatalogueTable, schema: str, change_feed: bool = 
     from delta.tables import DeltaTable
 
     if table.exists(spark):
+        _add_missing_columns(spark, table, schema)
         return
     builder = DeltaTable.createIfNotExists(spark)
     if table.path:
@@ -141,6 +142,27 @@ def create_table(spark, table: CatalogueTable, schema: str, change_feed: bool = 
         # Downstream jobs (embedding, index updates) read only what changed from the feed.
         builder = builder.property("delta.enableChangeDataFeed", "true")
     builder.execute()
+
+
+def _add_missing_columns(spark, table: CatalogueTable, schema: str) -> None:
+    """Columns of ``schema`` an older table lacks (e.g. products.group_id), added as nullable:
+    a catalogue made by an earlier release keeps working, its history intact."""
+    wanted = spark.createDataFrame([], schema).schema
+    have = set(table.read(spark).columns)
+    missing = [f for f in wanted.fields if f.name not in have]
+    if missing:
+        target = f"delta.`{table.path}`" if table.path else table.name
+        columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({columns})")
+
+
+def group_column(frame):
+    """products.group_id as a column, null for a table version from before it existed."""
+    from pyspark.sql import functions as F
+
+    if "group_id" in frame.columns:
+        return F.col("group_id")
+    return F.lit(None).cast("string").alias("group_id")
 
 
 def volume_of(path: str | Path) -> tuple[str, str, str] | None:

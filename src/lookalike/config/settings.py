@@ -171,6 +171,9 @@ class TrainingSettings:
     warmup_epochs: int
     finetune_lr_scale: float
     freeze_batchnorm: bool
+    # Metric-learning label: category | group (photos sharing a group_id are one product) |
+    # auto (group when the train split has group ids).
+    label: str
     # Keras precision policy while training: float32 | mixed_float16 (GPUs) | mixed_bfloat16.
     # The exported model is float32 either way (CPU serving, TFLite).
     precision: str
@@ -179,6 +182,8 @@ class TrainingSettings:
         for name in ("epochs", "steps_per_epoch", "classes_per_batch", "examples_per_class",
                      "processes", "max_in_memory_bytes"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        require(self.label in ("auto", "category", "group"), f"{key}.label",
+                "must be auto, category or group")
         require(self.precision in PRECISIONS, f"{key}.precision",
                 f"must be one of {', '.join(PRECISIONS)}")
         require(0 <= self.warmup_epochs <= self.epochs, f"{key}.warmup_epochs",

@@ -18,7 +18,10 @@ no float32 copy of a catalogue exists anywhere. Two paths, chosen by ``training.
   tf.data and class-balanced batches formed by :func:`balanced_batches`.
 
 Labels are integer ids into the **sorted list of every category** in the products table at the
-version read (:attr:`DataSpec.categories`); that list is stored with the model.
+version read (:attr:`DataSpec.categories`); that list is stored with the model. When photos of
+one product share a ``group_id`` (``training.label``: ``auto`` or ``group``), the metric-learning
+label is the product instead (:func:`product_keys`; ids into :attr:`DataSpec.labels`): the model
+learns "same product" rather than only "same category".
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class DataSpec:
     arrays_dir: str | None = None          # memory: EncodedImages files + labels.npy
     petastorm_cache_dir: str | None = None
     petastorm_file_urls: tuple[str, ...] = field(default_factory=tuple)
+    label_column: str = "category"         # "category" | "group" (the product, by group_id)
+    labels: tuple[str, ...] = ()           # group labels: product key of label id i
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +66,8 @@ class DataSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "DataSpec":
         data = dict(data)
-        for key in ("categories", "train_label_ids", "image_shape", "petastorm_file_urls"):
+        for key in ("categories", "train_label_ids", "image_shape", "petastorm_file_urls",
+                    "labels"):
             data[key] = tuple(data[key] or ())
         return cls(**data)
 
@@ -74,13 +80,19 @@ class SplitArrays:
     x: EncodedImages | np.ndarray
     labels: np.ndarray
     product_ids: np.ndarray
+    groups: np.ndarray | None = None       # group_id per row ("" = none), None = no column
 
     def label_ids(self, categories: Sequence[str]) -> np.ndarray:
         lookup = {c: i for i, c in enumerate(categories)}
         return np.array([lookup[c] for c in self.labels], dtype=np.int32)
 
     def subset(self, mask: np.ndarray) -> "SplitArrays":
-        return SplitArrays(take(self.x, mask), self.labels[mask], self.product_ids[mask])
+        groups = None if self.groups is None else self.groups[mask]
+        return SplitArrays(take(self.x, mask), self.labels[mask], self.product_ids[mask], groups)
+
+    @property
+    def has_groups(self) -> bool:
+        return self.groups is not None and bool(np.any(self.groups != ""))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -115,16 +127,19 @@ def load_split(spark, settings: Settings, split: str, version: int) -> SplitArra
     The bytes stream to disk one Spark partition at a time (``toLocalIterator``): the driver
     never holds the split, encoded or decoded.
     """
-    from lookalike.catalogue.tables import read_products
+    from lookalike.catalogue.tables import group_column, read_products
 
     directory = split_dir(settings, split, version)
     if not (directory / "done").exists():
         frame, _ = read_products(spark, settings, (split,), version)
-        rows = frame.select("product_id", "category", "image").toLocalIterator()
+        rows = frame.select("product_id", "category", group_column(frame),
+                            "image").toLocalIterator()
         tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
         columns = write_encoded(tmp, rows, order_key="product_id")
-        np.save(tmp / "labels.npy", columns.get("category", np.zeros(0, dtype=str)))
-        np.save(tmp / "product_ids.npy", columns.get("product_id", np.zeros(0, dtype=str)))
+        none = np.zeros(0, dtype=str)
+        np.save(tmp / "labels.npy", columns.get("category", none))
+        np.save(tmp / "product_ids.npy", columns.get("product_id", none))
+        np.save(tmp / "groups.npy", columns.get("group_id", none))
         (tmp / "done").write_text("ok")
         try:
             tmp.rename(directory)
@@ -139,7 +154,23 @@ def read_split_dir(directory: str | Path, size: int, channels: int) -> SplitArra
     directory = Path(directory)
     return SplitArrays(EncodedImages(directory, size, channels),
                        np.load(directory / "labels.npy"),
-                       np.load(directory / "product_ids.npy"))
+                       np.load(directory / "product_ids.npy"),
+                       np.load(directory / "groups.npy"))
+
+
+def product_keys(split: SplitArrays) -> np.ndarray:
+    """The product each row shows: its group_id, or its own product_id when it has none."""
+    if split.groups is None:
+        return split.product_ids
+    return np.where(split.groups != "", split.groups, split.product_ids)
+
+
+def training_labels(split: SplitArrays, spec: "DataSpec") -> np.ndarray:
+    """int32 metric-learning label ids of every row: categories, or products (group labels)."""
+    if spec.label_column == "category":
+        return split.label_ids(spec.categories)
+    lookup = {key: i for i, key in enumerate(spec.labels)}
+    return np.array([lookup.get(key, -1) for key in product_keys(split)], dtype=np.int32)
 
 
 def resolve_train_categories(settings: Settings, categories: Sequence[str]) -> tuple[str, ...]:
@@ -167,7 +198,7 @@ def prepare_training_data(spark, settings: Settings, version: int | None = None,
     """Materialise the train split (memory arrays or a Petastorm cache) and describe it."""
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import catalogue_table, read_products
+    from lookalike.catalogue.tables import catalogue_table, group_column, read_products
 
     categories, version = list_categories(spark, settings, version)
     train_categories = resolve_train_categories(settings, categories)
@@ -175,41 +206,60 @@ def prepare_training_data(spark, settings: Settings, version: int | None = None,
         raise ValueError("metric learning needs at least 2 training categories")
     label_ids = tuple(categories.index(c) for c in train_categories)
     frame, _ = read_products(spark, settings, ("train",), version)
-    totals = (frame.where(F.col("category").isin(list(train_categories)))
-              .agg(F.count("*").alias("rows"), F.sum(F.length("image")).alias("bytes")).first())
+    frame = frame.where(F.col("category").isin(list(train_categories)))
+    totals = frame.agg(F.count("*").alias("rows"), F.sum(F.length("image")).alias("bytes"),
+                       F.count(group_column(frame)).alias("grouped")).first()
     num_rows = int(totals["rows"])
     mode = mode or choose_mode(settings, int(totals["bytes"] or 0))
+    label_column = settings.training.label
+    if label_column == "auto":
+        label_column = "group" if totals["grouped"] else "category"
+    labels: tuple[str, ...] = ()
+    if label_column == "group":
+        keys = frame.select(_product_key(frame).alias("key")).distinct().collect()
+        labels = tuple(sorted(r["key"] for r in keys))
     shape = (settings.image.size, settings.image.size, settings.image.channels)
     common = dict(categories=categories, train_label_ids=label_ids,
                   products_table=str(catalogue_table(settings, "products")),
-                  products_version=int(version), num_rows=int(num_rows), image_shape=shape)
+                  products_version=int(version), num_rows=int(num_rows), image_shape=shape,
+                  label_column=label_column, labels=labels)
     if mode == "memory":
         load_split(spark, settings, "train", version)
         directory = split_dir(settings, "train", version)
         return DataSpec(mode="memory", arrays_dir=str(directory), **common)
     if mode != "petastorm":
         raise ValueError(f"unknown data path {mode!r}")
-    converter = petastorm_converter(spark, settings, version, categories, train_categories)
+    vocabulary = labels if label_column == "group" else categories
+    converter = petastorm_converter(spark, settings, frame, label_column, vocabulary)
     return DataSpec(mode="petastorm", petastorm_cache_dir=converter.cache_dir_url,
                     petastorm_file_urls=tuple(converter.file_urls), **common)
 
 
-def petastorm_converter(spark, settings: Settings, version: int, categories: Sequence[str],
-                        train_categories: Sequence[str]):
-    """Materialise (encoded image, label) of the train split with Petastorm's Spark converter."""
-    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+def _product_key(frame):
+    """Spark column: the product a row shows (group_id, else its own product_id)."""
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import read_products
+    from lookalike.catalogue.tables import group_column
+
+    group = group_column(frame)
+    return F.when(group.isNotNull() & (group != ""), group).otherwise(F.col("product_id"))
+
+
+def petastorm_converter(spark, settings: Settings, frame, label_column: str,
+                        vocabulary: Sequence[str]):
+    """Materialise (encoded image, label id) of the train rows ``frame`` with Petastorm's Spark
+    converter; label ids index ``vocabulary`` (categories, or product keys for group labels)."""
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+    from pyspark.sql import functions as F
 
     cache = settings.home_path / "petastorm"
     cache.mkdir(parents=True, exist_ok=True)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache.as_uri())
-    frame, _ = read_products(spark, settings, ("train",), version)
-    mapping = F.create_map(*[item for i, c in enumerate(categories)
-                             for item in (F.lit(c), F.lit(i))])
-    frame = (frame.where(F.col("category").isin(list(train_categories)))
-             .select("image", mapping[F.col("category")].cast("int").alias("label")))
+    key = F.col("category") if label_column == "category" else _product_key(frame)
+    ids = spark.createDataFrame(list(enumerate(vocabulary)), "label INT, key STRING")
+    # Only the small (label, key) table moves: broadcast, so the image bytes are not shuffled.
+    frame = (frame.select("image", key.alias("key")).join(F.broadcast(ids), "key")
+             .select("image", "label"))
     # Petastorm shards by parquet row group: several files so every Horovod rank gets data.
     frame = frame.repartition(max(4, 2 * settings.training.processes))
     return make_spark_converter(frame, parquet_row_group_size_bytes=4 * 1024 * 1024)
@@ -229,10 +279,10 @@ def memory_arrays(spec: DataSpec, rank: int = 0, size: int = 1, seed: int = 0
     """``rank``'s shard of the training rows as (images decoded on demand, int32 label ids)."""
     height, _, channels = spec.image_shape
     split = read_split_dir(spec.arrays_dir, height, channels)
-    y_all = split.label_ids(spec.categories)
-    keep = np.flatnonzero(np.isin(y_all, np.array(spec.train_label_ids)))
+    keep = np.flatnonzero(np.isin(split.label_ids(spec.categories),
+                                  np.array(spec.train_label_ids)))
     rows = keep[shard_rows(len(keep), rank, size, seed)]
-    return split.x.take(rows), y_all[rows]
+    return split.x.take(rows), training_labels(split, spec)[rows]
 
 
 def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int = 1):
@@ -299,10 +349,8 @@ def petastorm_dataset(spec: DataSpec, settings: Settings, rank: int = 0, size: i
     with converter.make_tf_dataset(batch_size=256, num_epochs=None, workers_count=2,
                                    cur_shard=rank, shard_count=size,
                                    seed=t.seed + rank, shuffle_rows=True) as raw:
-        keep = tf.constant(list(spec.train_label_ids), dtype=tf.int32)
-        stream = raw.unbatch().filter(
-            lambda row: tf.reduce_any(tf.equal(keep, tf.cast(row.label, tf.int32))))
-        stream = stream.map(lambda row: (decode(row.image), tf.cast(row.label, tf.int32)),
+        # Rows were filtered to the training categories when the converter was made.
+        stream = raw.unbatch().map(lambda row: (decode(row.image), tf.cast(row.label, tf.int32)),
                             num_parallel_calls=tf.data.AUTOTUNE)
         yield balanced_batches(stream, spec.image_shape, t.classes_per_batch,
                                t.examples_per_class, seed=t.seed + rank)

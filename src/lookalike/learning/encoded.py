@@ -100,7 +100,9 @@ def write_encoded(directory: Path, rows: Iterable, order_key) -> dict[str, np.nd
             for name, value in row.asDict().items():
                 if name != "image":
                     columns.setdefault(name, []).append(value)
-    arrays = {name: np.asarray(values).astype(str) for name, values in columns.items()}
+    # Missing values (no group_id) are stored as "" so the arrays stay plain strings.
+    arrays = {name: np.asarray(["" if v is None else v for v in values]).astype(str)
+              for name, values in columns.items()}
     order = np.argsort(arrays[order_key], kind="stable") if starts else np.zeros(0, dtype=int)
     np.save(directory / "starts.npy", np.asarray(starts, dtype=np.int64)[order])
     np.save(directory / "lengths.npy", np.asarray(lengths, dtype=np.int64)[order])

@@ -14,8 +14,12 @@ pixels, cosine) with the same code (:func:`lookalike.metrics.retrieval_metrics`)
   is true), or the main model itself if it was trained without the unseen categories; without
   either, (b) is skipped for the model (the baseline is still reported).
 
-Metric names: ``a_recall_at_{k}``, ``a_map_at_r``, ``val_a_...``, ``b_...``, ``baseline_a_...``,
-``baseline_b_...``. Per-class tables go to ``eval/<protocol>_per_class.csv``; plots to
+* **same product** (catalogues with ``group_id``, In-Shop style): test photos of a product that
+  has other photos in the train split ask for those; relevant = same product, not merely the
+  same category. Metrics ``product_*`` (and ``baseline_product_*``).
+
+Metric names: ``a_recall_at_{k}``, ``a_map_at_r``, ``val_a_...``, ``b_...``, ``product_...``,
+``baseline_a_...``, ``baseline_b_...``. Per-class tables go to ``eval/<protocol>_per_class.csv``; plots to
 ``eval/neighbours.png`` (query + 5 nearest catalogue items) and ``eval/projection.png``.
 """
 
@@ -30,7 +34,7 @@ import pandas as pd
 
 from lookalike.config import Settings
 from lookalike.console import say
-from lookalike.learning.data import SplitArrays
+from lookalike.learning.data import SplitArrays, product_keys
 from lookalike.learning.encoded import EncodedImages, map_chunks
 from lookalike.vectors import exact_knn, prepare
 
@@ -117,15 +121,20 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
     b_rows = np.flatnonzero(b_mask)
     b_rows = b_rows[_sample(len(b_rows), ev.max_queries, seed + 1)]
     b_queries = test.subset(b_rows)
+    product_queries = _same_product_queries(train, test, ev.max_queries, seed + 3)
 
     def run(prefix: str, fn: Embedder, queries: SplitArrays, catalogue_vectors, dist: str):
         embed_queries = baseline_vectors if fn is raw_pixels else (
             lambda x: embed_split(fn, x))
-        report = _score(settings, embed_queries(queries.x), queries.labels, catalogue_vectors,
-                        train.labels, dist)
+        by_product = prefix.endswith("product_")
+        report = _score(settings, embed_queries(queries.x),
+                        product_keys(queries) if by_product else queries.labels,
+                        catalogue_vectors,
+                        product_keys(train) if by_product else train.labels, dist)
         metrics.update(report.as_flat_dict(prefix))
         metrics[f"{prefix}n_queries"] = float(report.n_queries)
-        per_class[prefix.rstrip("_")] = report.per_class
+        if not by_product:  # one row per product would be as long as the catalogue
+            per_class[prefix.rstrip("_")] = report.per_class
         return report
 
     if embed is not None:
@@ -137,6 +146,8 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
                 catalogue, distance)
         if embed_unseen is embed and len(b_queries):
             run("b_", embed, b_queries, catalogue, distance)
+        if len(product_queries):
+            run("product_", embed, product_queries, catalogue, distance)
         if out_dir is not None and len(a_queries):
             plots += _plots(settings, embed, a_queries, train, catalogue, Path(out_dir))
     if embed_unseen is not None and embed_unseen is not embed and len(b_queries):
@@ -147,7 +158,19 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
             run("baseline_a_", raw_pixels, a_queries, pixels, "cosine")
         if len(b_queries):
             run("baseline_b_", raw_pixels, b_queries, pixels, "cosine")
+        if len(product_queries):
+            run("baseline_product_", raw_pixels, product_queries, pixels, "cosine")
     return {"metrics": metrics, "per_class": per_class, "plots": plots}
+
+
+def _same_product_queries(train: SplitArrays, test: SplitArrays, limit: int,
+                          seed: int) -> SplitArrays:
+    """Test photos of grouped products that have at least one other photo in the train split
+    (what same-product retrieval can find); empty without group_id."""
+    if not (train.has_groups and test.has_groups):
+        return test.subset(np.zeros(0, dtype=int))
+    grouped = np.flatnonzero((test.groups != "") & np.isin(test.groups, train.groups))
+    return test.subset(grouped[_sample(len(grouped), limit, seed)])
 
 
 def _plots(settings: Settings, embed: Embedder, queries: SplitArrays, train: SplitArrays,

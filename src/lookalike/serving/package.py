@@ -32,7 +32,7 @@ def _thumbnails(max_side: int):
         for frame in batches:
             yield pd.DataFrame({
                 "product_id": frame["product_id"], "category": frame["category"],
-                "title": frame["title"],
+                "title": frame["title"], "group_id": frame["group_id"],
                 "thumbnail": [thumbnail_png(bytes(b), max_side) for b in frame["image"]],
             })
     return run
@@ -46,7 +46,7 @@ def write_products_folder(settings: Settings, run_id: str, provenance: IndexProv
     row count."""
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import CatalogueTable, read_products
+    from lookalike.catalogue.tables import CatalogueTable, group_column, read_products
     from lookalike.serving.catalogue_file import write_catalogue
     from lookalike.spark import get_spark
 
@@ -55,16 +55,18 @@ def write_products_folder(settings: Settings, run_id: str, provenance: IndexProv
     # index was built keep the metadata of the version it was built from.
     current, _ = read_products(spark, settings)
     pinned, _ = read_products(spark, settings, version=provenance.products_version)
+    current, pinned = (f.withColumn("group_id", group_column(f)) for f in (current, pinned))
     products = current.unionByName(pinned.join(current.select("product_id"), "product_id",
                                                "left_anti"))
     embedded = (CatalogueTable.from_ref(provenance.embeddings_table)
                 .read(spark, versionAsOf=provenance.embeddings_version)
                 .where(F.col("model_version") == run_id).select("product_id"))
     rows = (products.join(embedded, "product_id", "inner")
-            .select("product_id", "category", "title", "image")
+            .select("product_id", "category", "title", "group_id", "image")
             .mapInPandas(_thumbnails(settings.serving.thumbnail_size),
-                         "product_id STRING, category STRING, title STRING, thumbnail BINARY"))
-    return write_catalogue(((r["product_id"], r["category"], r["title"],
+                         "product_id STRING, category STRING, title STRING, group_id STRING, "
+                         "thumbnail BINARY"))
+    return write_catalogue(((r["product_id"], r["category"], r["title"], r["group_id"],
                              None if r["thumbnail"] is None else bytes(r["thumbnail"]))
                             for r in rows.toLocalIterator()), directory)
 

@@ -22,14 +22,21 @@ param          type    default                      meaning
 k              long    ``serving.default_k`` (10)   neighbours per query, 1..``serving.max_k``
 category       string  ``""`` (any)                 only neighbours of this category
 exclude_self   boolean true                         product_id queries never return themselves
+                                                    (nor other photos of the same product)
 include_images boolean false                        add ``image``: base64 PNG thumbnail
 ============== ======= ============================ =========================================
 
 Response: ``{"predictions": [...]}``, one record per neighbour, ordered by query then rank:
 ``query`` (long: 0-based row of the request), ``rank`` (long, 1 = nearest), ``product_id``
 (string), ``category`` (string), ``title`` (string or null), ``distance`` (double: cosine
-distance ``1 - cos`` for cosine models, euclidean for l2), and ``image`` (string, only with
-``include_images``). A query with fewer matching products returns fewer rows.
+distance ``1 - cos`` for cosine models, euclidean for l2), ``group_id`` (string: the product
+the photo shows, its own product_id when the catalogue gives no group), and ``image`` (string,
+only with ``include_images``). A query with fewer matching products returns fewer rows.
+
+**One row per product.** When the catalogue has several photos of a product (a shared
+``group_id``), the answer lists the product once, with its nearest photo: the search asks the
+index for more neighbours than ``k`` (``k`` x the largest group, at most 4, doubling while
+products are missing) and keeps the first photo of each group.
 
 Errors: every invalid request -- bad base64, bytes that are not an image, unsupported format,
 image over ``serving.max_image_bytes`` / ``serving.max_pixels``, unknown product_id or
@@ -61,7 +68,7 @@ import pandas as pd
 
 from lookalike.config import Settings
 
-OUTPUT_COLUMNS = ["query", "rank", "product_id", "category", "title", "distance"]
+OUTPUT_COLUMNS = ["query", "rank", "product_id", "category", "title", "distance", "group_id"]
 
 
 class ConsistencyError(RuntimeError):
@@ -230,15 +237,14 @@ class Recommender:
                     raise _bad_request(f"row {row}: unknown product_id {pid!r}")
                 vectors[row] = self.index.vector_of(pid)
                 if exclude_self:
-                    excludes[row] = {pid}
+                    excludes[row] = self.catalogue.same_product(pid)
             else:
                 image_rows.append(row)
                 pixels.append(self._decode(image, row))
         if image_rows:
             with self._inference:
                 vectors[image_rows] = self.model.embed(np.stack(pixels))
-        hits = self.index.search(vectors, k, category=category,
-                                 exclude_ids=excludes if exclude_self else None)
+        hits = self._search(vectors, k, category, excludes if exclude_self else None)
 
         records = []
         catalogue = self.catalogue
@@ -246,11 +252,43 @@ class Recommender:
             for r, (pid, dist) in enumerate(row_hits, start=1):
                 record = {"query": q, "rank": r, "product_id": pid,
                           "category": catalogue.category(pid), "title": catalogue.title(pid),
-                          "distance": float(dist)}
+                          "distance": float(dist), "group_id": catalogue.product_key(pid)}
                 if include_images:
                     record["image"] = b64(catalogue.thumbnail(pid))
                 records.append(record)
         return records
+
+
+    def _search(self, vectors: np.ndarray, k: int, category: str | None,
+                excludes: list[set[str]] | None) -> list[list[tuple[str, float]]]:
+        """``k`` neighbours per query, one per product (see "One row per product")."""
+        if self.catalogue.largest_group <= 1:
+            return self.index.search(vectors, k, category=category, exclude_ids=excludes)
+        fetch = min(len(self.index), k * min(self.catalogue.largest_group, 4))
+        while True:
+            hits = self.index.search(vectors, fetch, category=category, exclude_ids=excludes)
+            best = [best_per_product(row, k, self.catalogue.product_key) for row in hits]
+            # Bounded: at most log2(len(index) / k) searches, each of at most the whole index.
+            if fetch >= len(self.index) or all(
+                    len(b) == k or len(row) < fetch for b, row in zip(best, hits)):
+                return best
+            fetch = min(len(self.index), fetch * 2)
+
+
+def best_per_product(hits: list[tuple[str, float]], k: int, product_key
+                     ) -> list[tuple[str, float]]:
+    """The first ``k`` hits of distinct products (hits are nearest first, so each product
+    keeps its nearest photo)."""
+    seen: set[str] = set()
+    out = []
+    for pid, dist in hits:
+        key = product_key(pid)
+        if key not in seen:
+            seen.add(key)
+            out.append((pid, dist))
+            if len(out) == k:
+                break
+    return out
 
 
 def as_frame(records: list[dict], include_images: bool = False) -> pd.DataFrame:
