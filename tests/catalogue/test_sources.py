@@ -39,7 +39,7 @@ def test_metadata_csv_checks_columns_duplicates_and_empty_values(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("product_id,category,path\np1,shoes,a.jpg\np2,bags,b.jpg\n")
     frame = read_metadata_csv(str(good))
-    assert list(frame.columns) == ["product_id", "category", "title", "path"]
+    assert list(frame.columns) == ["product_id", "category", "title", "group_id", "path"]
     assert frame["title"].tolist() == ["", ""]
     for text, message in [("product_id,path\np1,a.jpg\n", "missing columns"),
                           ("product_id,category,path\np1,a,x\np1,b,y\n", "repeats product_id"),

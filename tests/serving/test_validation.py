@@ -21,7 +21,7 @@ def test_signature_check_names_what_is_wrong():
     good = infer_signature(
         {"image": ["x"], "product_id": ["p"]},
         {"query": [0], "rank": [1], "product_id": ["p"], "category": ["c"], "title": ["t"],
-         "distance": [0.1]}, params={"k": 10})
+         "distance": [0.1], "group_id": ["p"]}, params={"k": 10})
     assert check_signature(good, {"k": 10}) == []
     problems = check_signature(infer_signature({"pixels": [1.0]}, {"query": [0]}), {"k": 10})
     assert any("inputs" in p for p in problems) and any("outputs lack" in p for p in problems)

@@ -4,14 +4,14 @@ default; :func:`start_server` (background, waits for ``/ping``) and :func:`serve
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +127,23 @@ def serve(settings: Settings, model_uri: str | None = None, port: int | None = N
 
 
 def post_json(url: str, payload: dict, timeout: float = 30.0) -> tuple[int, Any]:
-    """POST ``payload`` to ``url``; (status, parsed JSON or text). Small stdlib client."""
-    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"),
-                                     headers={"Content-Type": "application/json"})
+    """POST ``payload`` to ``url``; (status, parsed JSON or text). Small stdlib client.
+
+    A server may answer before it has read the body (HTTP 413 for an oversized one) and close:
+    the unsent rest of the body is dropped and the answer is still read.
+    """
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, body = error.code, error.read()
+        try:
+            connection.request("POST", parts.path or "/", body=json.dumps(payload).encode("utf-8"),
+                               headers={"Content-Type": "application/json"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered early; the response is waiting in the socket
+        response = connection.getresponse()
+        status, body = response.status, response.read()
+    finally:
+        connection.close()
     try:
         return status, json.loads(body)
     except ValueError:
