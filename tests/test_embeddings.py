@@ -113,6 +113,15 @@ def test_embed_without_catalogue_model_run_is_clear_error(embedding_run):
         embed_catalogue(settings, run_id="0" * 32)
 
 
+def test_mixed_precision_embedding_needs_a_model_trained_with_it(embedding_run):
+    from lookalike.embeddings import embed_catalogue
+
+    settings, run_id = embedding_run
+    mixed = settings.replace(embedding={"precision": "mixed"})
+    with pytest.raises(ValueError, match="no mixed-precision export"):
+        embed_catalogue(mixed, run_id=run_id)
+
+
 def test_search_time_params_change_without_a_rebuild_and_build_params_rebuild(catalogue):
     from lookalike.embeddings import embed_catalogue
     from lookalike.index import IndexManifest

@@ -101,14 +101,12 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
     from pyspark.sql import functions as F
 
     from lookalike.catalogue.tables import catalogue_table, create_table, read_products
-    from lookalike.learning.artifacts import read_info, resolve_model
+    from lookalike.learning.artifacts import resolve_model
     from lookalike.learning.model import cpu_count
     from lookalike.spark import get_spark
 
     run_id, model_dir = resolve_model(settings, run_id)
-    if settings.embedding.precision == "mixed" and not read_info(model_dir).get("mixed_precision"):
-        raise ValueError(f"embedding.precision is mixed but run {run_id}'s model has no "
-                         "mixed-precision export (train with training.precision=mixed_float16)")
+    _require_precision(settings, run_id, model_dir)
     spark = get_spark(settings)
     products, products_version = read_products(spark, settings)
     products = products.select("product_id", "category", "image", "content_hash")
@@ -174,6 +172,15 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
               "embed_seconds": round(embed_seconds, 1), "write_seconds": round(write_seconds, 1)}
     log.info("embed_catalogue: %s", result)
     return result
+
+
+def _require_precision(settings: Settings, run_id: str, model_dir) -> None:
+    """embedding.precision=mixed needs a model trained (and exported) with mixed precision."""
+    from lookalike.learning.artifacts import read_info
+
+    if settings.embedding.precision == "mixed" and not read_info(model_dir).get("mixed_precision"):
+        raise ValueError(f"embedding.precision is mixed but run {run_id}'s model has no "
+                         "mixed-precision export (train with training.precision=mixed_float16)")
 
 
 def _write_vectors(spark, table, run_id: str, vectors, removed_ids, first: bool) -> None:
