@@ -71,6 +71,8 @@ def test_shards_are_disjoint_and_cover_the_rows():
 
 def test_memory_sampler_batches_are_class_balanced_per_rank(catalogue):
     settings, spec = catalogue
+    # Decoded batch by batch (a shard over max_decoded_bytes), as large catalogues are.
+    settings = settings.replace(training={"max_decoded_bytes": 1})
     batches = [memory_sampler(spec, settings, rank, 2)[0] for rank in (0, 1)]
     for x, y in batches:
         counts = Counter(np.asarray(y).tolist())
@@ -112,3 +114,19 @@ def test_petastorm_path_streams_class_balanced_preprocessed_batches(catalogue, s
                 assert all(xi.tobytes() in known for xi in x)
                 seen.append({xi.tobytes() for xi in x})
     assert not (seen[0] & seen[3])  # ranks read different shards
+
+
+def test_a_small_shard_is_decoded_once_and_gives_the_same_batches(catalogue):
+    import random
+
+    settings, spec = catalogue
+    per_batch = memory_sampler(spec, settings.replace(training={"max_decoded_bytes": 1}))
+    random.seed(7)
+    x_streamed, y_streamed = per_batch[0]
+    once = memory_sampler(spec, settings.replace(training={"max_decoded_bytes": 10**9}))
+    random.seed(7)
+    x_once, y_once = once[0]
+    assert isinstance(once._x, np.ndarray) and once._x.dtype == np.float32
+    assert np.issubdtype(per_batch._x.dtype, np.integer)   # row numbers, decoded on demand
+    np.testing.assert_array_equal(np.asarray(y_streamed), np.asarray(y_once))
+    np.testing.assert_array_equal(np.asarray(x_streamed), np.asarray(x_once))

@@ -160,6 +160,8 @@ class TrainingSettings:
     # auto: memory when the train split's encoded image bytes are at most max_in_memory_bytes.
     data_path: str
     max_in_memory_bytes: int
+    # A rank's shard at most this big once decoded (float32) is decoded once, not per batch.
+    max_decoded_bytes: int
     seed: int
     # Protocol (b): train only on these category names; empty = all categories.
     train_categories: tuple[str, ...]
@@ -180,7 +182,7 @@ class TrainingSettings:
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "steps_per_epoch", "classes_per_batch", "examples_per_class",
-                     "processes", "max_in_memory_bytes"):
+                     "processes", "max_in_memory_bytes", "max_decoded_bytes"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
         require(self.label in ("auto", "category", "group"), f"{key}.label",
                 "must be auto, category or group")

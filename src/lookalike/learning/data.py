@@ -11,7 +11,8 @@ no float32 copy of a catalogue exists anywhere. Two paths, chosen by ``training.
   memory-mapped :class:`~lookalike.learning.encoded.EncodedImages`. Trainers, Horovod ranks and
   Hyperopt trials share these files, so nothing re-reads Delta. Batches come from
   tensorflow-similarity's class-balanced ``MultiShotMemorySampler``, whose ``load_example_fn``
-  decodes each sampled row.
+  decodes each sampled row; a rank's shard whose decoded size is at most
+  ``training.max_decoded_bytes`` is decoded once instead (small catalogues train faster).
 * **petastorm**: (image bytes, label) of the train split are materialised once with
   ``petastorm.spark.make_spark_converter`` (parquet cache under ``LOOKALIKE_HOME/petastorm``) and
   streamed with ``make_tf_dataset(cur_shard=rank, shard_count=size)``; images are decoded in
@@ -155,7 +156,7 @@ def read_split_dir(directory: str | Path, size: int, channels: int) -> SplitArra
     return SplitArrays(EncodedImages(directory, size, channels),
                        np.load(directory / "labels.npy"),
                        np.load(directory / "product_ids.npy"),
-                       np.load(directory / "groups.npy"))
+                       np.load(groups) if (groups := directory / "groups.npy").exists() else None)
 
 
 def product_keys(split: SplitArrays) -> np.ndarray:
@@ -285,6 +286,12 @@ def memory_arrays(spec: DataSpec, rank: int = 0, size: int = 1, seed: int = 0
     return split.x.take(rows), training_labels(split, spec)[rows]
 
 
+def decoded_bytes(images: EncodedImages) -> int:
+    """Bytes of ``images`` decoded as float32 model input."""
+    n, height, width, channels = images.shape
+    return int(n) * height * width * channels * 4
+
+
 def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int = 1):
     """Class-balanced ``MultiShotMemorySampler`` over ``rank``'s shard (rank-dependent seed)."""
     import random
@@ -296,9 +303,14 @@ def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int 
     # The sampler draws with Python's `random`; a per-rank seed gives each rank its own batches.
     random.seed(t.seed * 1000 + rank)
     classes = sorted(set(int(v) for v in y))
-    # It holds row numbers; each sampled row is decoded when its batch is formed.
+    if decoded_bytes(images) <= t.max_decoded_bytes:
+        # A small shard (Fashion-MNIST: 169 MB) is decoded once: no decoding in every step.
+        x, load = images[:], (lambda example: example)
+    else:
+        # The sampler holds row numbers; each sampled row is decoded when its batch is formed.
+        x, load = np.arange(len(images)), images.__getitem__
     return MultiShotMemorySampler(
-        np.arange(len(images)), y, load_example_fn=images.__getitem__,
+        x, y, load_example_fn=load,
         classes_per_batch=min(t.classes_per_batch, len(classes)),
         examples_per_class_per_batch=t.examples_per_class, steps_per_epoch=t.steps_per_epoch,
         class_list=classes)
