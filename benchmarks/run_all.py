@@ -36,6 +36,11 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
                                         "--queries", "1000", "--ef-search", "64,128"]),
         ("training_quality", ["benchmarks.bench_training", "--profile", "full", "--home",
                               str(Path(home) / "training")]),
+        # Issue 12: tune -> train -> evaluate for 3 seeds, the full profile shortened to fit.
+        ("quality_3_seeds", ["benchmarks.bench_quality", "--profile", "full", "--home",
+                             str(Path(home) / "quality"), "--seeds", "1,2,3",
+                             "--set", "training.epochs=4", "--set", "training.steps_per_epoch=300",
+                             "--set", "tuning.max_evals=4", "--set", "tuning.epochs=1"]),
         # Needs ../shared/datasets/clothing-photos (exits with a message without it).
         ("photos", ["benchmarks.bench_photos", "--home", str(Path(home) / "photos")]),
     ]
