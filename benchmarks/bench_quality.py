@@ -53,6 +53,28 @@ def targets(summary: dict) -> dict:
     return out
 
 
+def finished_seeds(settings) -> list[dict]:
+    """Per-seed rows rebuilt from the finished training runs of a benchmark home (after a run
+    that was stopped before its last seed): each run's metrics, seed and tuned parameters."""
+    import mlflow
+
+    from lookalike.learning.training import PARAMS_SOURCE_TAG, load_best_params
+    from lookalike.tracking import KIND_TAG, configure_mlflow
+
+    experiment_id = configure_mlflow(settings)
+    runs = mlflow.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'train' and "
+                              "attributes.status = 'FINISHED'", order_by=["start_time ASC"],
+                              output_format="list")
+    rows = []
+    for run in runs:
+        source = run.data.tags.get(PARAMS_SOURCE_TAG) or None
+        rows.append({"seed": int(run.data.params["training.seed"]), "run_id": run.info.run_id,
+                     "params_run_id": source,
+                     "best_params": load_best_params(source) if source else None,
+                     **run.data.metrics})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="full")
@@ -61,6 +83,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--no-tuning", action="store_true",
                         help="train with the configured parameters (no tune step)")
+    parser.add_argument("--summarise-home", action="store_true",
+                        help="run nothing: summarise the finished training runs in --home")
     args = parser.parse_args(argv)
 
     if args.home:
@@ -76,8 +100,11 @@ def main(argv=None) -> int:
     if args.home:
         overrides["home"] = args.home
     settings = load_settings(args.profile, overrides).replace(evaluation={"generalisation": True})
-    spark = get_spark(settings)
     started = time.time()
+    if args.summarise_home:
+        per_seed = finished_seeds(settings)
+        return _report(args, settings, per_seed, started)
+    spark = get_spark(settings)
     print("[bench] ingesting Fashion-MNIST", file=sys.stderr, flush=True)
     ingest_fashion_mnist(spark, settings)
     per_seed = []
@@ -94,6 +121,10 @@ def main(argv=None) -> int:
         per_seed.append(row)
         print(f"[bench] seed {seed}: a R@1 {row.get('a_recall_at_1', float('nan')):.4f}, "
               f"b R@1 {row.get('b_recall_at_1', float('nan')):.4f}", file=sys.stderr, flush=True)
+    return _report(args, settings, per_seed, started)
+
+
+def _report(args, settings, per_seed: list[dict], started: float) -> int:
     summary = summarise(per_seed)
     out = {"profile": args.profile, "overrides": args.set, "cores": os.cpu_count(),
            "objective": settings.tuning.objective,
