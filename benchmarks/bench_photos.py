@@ -56,16 +56,13 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-finetune", action="store_true")
     args = parser.parse_args(argv)
 
-    os.environ["LOOKALIKE_HOME"] = args.home
+    from benchmarks.common import bench_settings
     from lookalike.catalogue.ingest import ingest_folder
-    from lookalike.cli import _overrides
-    from lookalike.config import load_settings
     from lookalike.console import quiet_libraries
     from lookalike.learning.data import load_split
     from lookalike.spark import get_spark
 
-    overrides = {**_overrides(args.set), "home": args.home}
-    settings = load_settings(args.profile, overrides)
+    settings = bench_settings(args.profile, args.home, args.set)
     quiet_libraries(settings.home_path / "logs")
     spark = get_spark(settings)
     photos = Path(args.photos)

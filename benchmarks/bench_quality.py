@@ -87,19 +87,14 @@ def main(argv=None) -> int:
                         help="run nothing: summarise the finished training runs in --home")
     args = parser.parse_args(argv)
 
-    if args.home:
-        os.environ["LOOKALIKE_HOME"] = args.home
+    from benchmarks.common import bench_settings
     from lookalike.catalogue.ingest import ingest_fashion_mnist
-    from lookalike.cli import _overrides
-    from lookalike.config import load_settings
     from lookalike.learning.training import train_and_log
     from lookalike.learning.tuning import tune
     from lookalike.spark import get_spark
 
-    overrides = _overrides(args.set)
-    if args.home:
-        overrides["home"] = args.home
-    settings = load_settings(args.profile, overrides).replace(evaluation={"generalisation": True})
+    settings = bench_settings(args.profile, args.home, args.set).replace(
+        evaluation={"generalisation": True})
     started = time.time()
     if args.summarise_home:
         per_seed = finished_seeds(settings)

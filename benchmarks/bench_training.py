@@ -36,17 +36,11 @@ def main(argv=None) -> int:
                         help="train with the best params of the benchmark's tuning run")
     args = parser.parse_args(argv)
 
-    if args.home:
-        os.environ["LOOKALIKE_HOME"] = args.home
+    from benchmarks.common import bench_settings
     from lookalike.catalogue.ingest import ingest_fashion_mnist
-    from lookalike.cli import _overrides
-    from lookalike.config import load_settings
     from lookalike.spark import get_spark
 
-    overrides = _overrides(args.set)
-    if args.home:
-        overrides["home"] = args.home
-    settings = load_settings(args.profile, overrides)
+    settings = bench_settings(args.profile, args.home, args.set)
     spark = get_spark(settings)
     out: dict = {"profile": args.profile, "home": str(settings.home_path),
                  "cores": os.cpu_count(), "settings": {
