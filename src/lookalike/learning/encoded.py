@@ -13,10 +13,13 @@ lazy subset (nothing decoded); ``np.asarray(x)`` is refused, because it would de
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
+
+from lookalike.preprocessing import batch_to_model_input, to_model_input
 
 # Images decoded per step when a whole split is embedded: bounded memory, big enough batches.
 CHUNK_ROWS = 1024
@@ -58,15 +61,20 @@ class EncodedImages:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
-        return EncodedImages(self.directory, self.size, self.channels, self._rows[rows])
+        return self._view(rows=self._rows[rows])
 
     def at_size(self, size: int) -> "EncodedImages":
         """The same images, decoded at another size (e.g. the raw-pixel baseline's)."""
-        return EncodedImages(self.directory, size, self.channels, self._rows)
+        return self._view(size=int(size))
+
+    def _view(self, **changes) -> "EncodedImages":
+        """This view with other rows or size, sharing the opened files."""
+        view = copy.copy(self)
+        for name, value in changes.items():
+            setattr(view, "_rows" if name == "rows" else name, value)
+        return view
 
     def __getitem__(self, key):
-        from lookalike.preprocessing import batch_to_model_input, to_model_input
-
         if isinstance(key, (int, np.integer)):
             return to_model_input(self.encoded(int(key)), self.size, self.channels)
         indices = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
@@ -109,14 +117,10 @@ def write_encoded(directory: Path, rows: Iterable, order_key) -> dict[str, np.nd
     return {name: values[order] for name, values in arrays.items()}
 
 
-def chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
 def map_chunks(fn, x, size: int = CHUNK_ROWS) -> np.ndarray:
     """``fn`` over ``x`` (decoded images or an array) a chunk at a time, results stacked."""
-    parts = [np.asarray(fn(np.asarray(x[part]))) for part in chunks(len(x), size)]
+    parts = [np.asarray(fn(np.asarray(x[start:start + size])))
+             for start in range(0, len(x), size)]
     if parts:
         return np.concatenate(parts)
     return np.asarray(fn(np.zeros((0, *x.shape[1:]), dtype=np.float32)))

@@ -51,11 +51,6 @@ def raw_pixels(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def embed_split(fn: Embedder, x) -> np.ndarray:
-    """``fn`` over a split's images, decoded a chunk at a time (bounded memory)."""
-    return map_chunks(fn, x)
-
-
 def baseline_vectors(x) -> np.ndarray:
     """Raw-pixel baseline vectors: images at no more than BASELINE_MAX_SIZE px, flattened."""
     if isinstance(x, EncodedImages) and x.size > BASELINE_MAX_SIZE:
@@ -125,7 +120,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
 
     def run(prefix: str, fn: Embedder, queries: SplitArrays, catalogue_vectors, dist: str):
         embed_queries = baseline_vectors if fn is raw_pixels else (
-            lambda x: embed_split(fn, x))
+            lambda x: map_chunks(fn, x))
         by_product = prefix.endswith("product_")
         report = _score(settings, embed_queries(queries.x),
                         product_keys(queries) if by_product else queries.labels,
@@ -138,7 +133,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
         return report
 
     if embed is not None:
-        catalogue = embed_split(embed, train.x)
+        catalogue = map_chunks(embed, train.x)
         if len(a_queries):
             run("a_", embed, a_queries, catalogue, distance)
         if val is not None and len(val):
@@ -151,7 +146,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
         if out_dir is not None and len(a_queries):
             plots += _plots(settings, embed, a_queries, train, catalogue, Path(out_dir))
     if embed_unseen is not None and embed_unseen is not embed and len(b_queries):
-        run("b_", embed_unseen, b_queries, embed_split(embed_unseen, train.x), distance)
+        run("b_", embed_unseen, b_queries, map_chunks(embed_unseen, train.x), distance)
     if baseline:
         pixels = baseline_vectors(train.x)
         if len(a_queries):
@@ -192,7 +187,7 @@ def _plots(settings: Settings, embed: Embedder, queries: SplitArrays, train: Spl
     grid = plot_neighbour_grid(query_images, neighbours, train.labels[top],
                                q.labels, out_dir / "neighbours.png")
     sample = _sample(len(queries), 2000, settings.training.seed)
-    projection = plot_projection(embed_split(embed, queries.subset(sample).x),
+    projection = plot_projection(map_chunks(embed, queries.subset(sample).x),
                                  queries.labels[sample], out_dir / "projection.png")
     return [grid, projection]
 

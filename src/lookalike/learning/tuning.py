@@ -154,7 +154,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
     from lookalike.config import settings_from_dict
     from lookalike.learning.data import DataSpec, read_split_dir
     from lookalike.learning.distributed import train_embedding
-    from lookalike.learning.evaluation import embed_split
+    from lookalike.learning.encoded import map_chunks
     from lookalike.learning.metrics import retrieval_metrics
     from lookalike.learning.training import apply_params
     from lookalike.tracking import KIND_TAG
@@ -193,8 +193,8 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
 
         def embed(x):
             return model.predict(x, batch_size=batch, verbose=0)
-        catalogue = embed_split(embed, train.x)
-        queries = embed_split(embed, val.subset(rows).x)
+        catalogue = map_chunks(embed, train.x)
+        queries = map_chunks(embed, val.subset(rows).x)
         report = retrieval_metrics(queries, val.labels[rows], catalogue, train.labels,
                                    k_values=settings.evaluation.k_values,
                                    distance=settings.model.distance)
