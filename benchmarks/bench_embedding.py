@@ -27,12 +27,12 @@ def log_untrained_model(settings) -> str:
     import mlflow
     import tensorflow as tf
 
-    from lookalike.learning.model import build_model, save_embedding_model
+    from lookalike.learning.model import build_model, embedding_network, save_embedding_model
     from lookalike.tracking import KIND_TAG, MODEL_ARTIFACT, configure_mlflow
 
     tf.keras.utils.set_random_seed(0)
     configure_mlflow(settings)
-    model = build_model(settings)
+    model = embedding_network(build_model(settings), settings)
     with mlflow.start_run(run_name="bench-untrained", tags={KIND_TAG: "train"}) as run, \
             tempfile.TemporaryDirectory() as tmp:
         directory = save_embedding_model(model, f"{tmp}/{MODEL_ARTIFACT}", {

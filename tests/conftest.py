@@ -117,12 +117,12 @@ def _tiny_training_run(settings: Settings) -> str:
     import mlflow
     import tensorflow as tf
 
-    from lookalike.learning.model import build_model, save_embedding_model
+    from lookalike.learning.model import build_model, embedding_network, save_embedding_model
     from lookalike.tracking import KIND_TAG, MODEL_ARTIFACT, configure_mlflow
 
     tf.keras.utils.set_random_seed(7)
     configure_mlflow(settings)
-    model = build_model(settings)
+    model = embedding_network(build_model(settings), settings)
     with mlflow.start_run(tags={KIND_TAG: "train"}) as run, tempfile.TemporaryDirectory() as tmp:
         directory = save_embedding_model(model, f"{tmp}/{MODEL_ARTIFACT}", {
             "distance": settings.model.distance, "backbone": settings.model.backbone,

@@ -31,6 +31,8 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     ({"training": {"learning_rate": "fast"}}, "training.learning_rate"),
     ({"training": {"epochs": 0}}, "training.epochs"),
     ({"model": {"distance": "manhattan"}}, "model.distance"),
+    ({"model": {"embedding_from": "logits"}}, "model.embedding_from"),
+    ({"model": {"projection_size": -1}}, "model.projection_size"),
     ({"image": {"channels": 2}}, "image.channels"),
     ({"serving": {"port": 70000}}, "serving.port"),
     ({"catalogue": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}}, "catalogue.split"),

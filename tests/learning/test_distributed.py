@@ -56,7 +56,7 @@ def test_an_epoch_is_split_across_ranks():
 
 def test_fine_tuning_phases_freeze_then_unfreeze_at_a_lower_rate(base_settings):
     from lookalike.learning.distributed import training_phases
-    from lookalike.learning.model import build_model, set_backbone_trainable
+    from lookalike.learning.model import backbone_of, build_model, set_backbone_trainable
 
     plain = base_settings.training
     assert training_phases(plain) == [(0, plain.epochs, True, 1.0)]
@@ -66,7 +66,10 @@ def test_fine_tuning_phases_freeze_then_unfreeze_at_a_lower_rate(base_settings):
     assert training_phases(recipe) == [(0, 2, False, 1.0), (2, 5, True, 0.1)]
 
     model = build_model(base_settings)
-    head = len(model.get_layer("metric_embedding").trainable_weights)
+    # The head: projection (Dense, BatchNorm) and MetricEmbedding.
+    head = sum(len(layer.trainable_weights) for layer in model.layers
+               if layer is not backbone_of(model))
+    assert head == 5
     set_backbone_trainable(model, False, True)
     assert len(model.trainable_weights) == head                 # only the head learns
     set_backbone_trainable(model, True, False)

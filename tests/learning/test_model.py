@@ -10,7 +10,9 @@ import pytest
 from lookalike.config import load_settings
 from lookalike.learning.backbones import backbone_names
 from lookalike.learning.model import (
+    backbone_of,
     build_model,
+    embedding_network,
     load_embedding_model,
     save_embedding_model,
 )
@@ -62,23 +64,43 @@ def test_registry_lists_all_configurable_backbones():
     assert {"compact_cnn", "efficientnet_b0", "mobilenet_v2"} <= set(backbone_names())
 
 
-def test_saved_model_reloads_and_embeds_identically(tiny, tmp_path):
+def test_served_vector_is_the_pooled_features_or_the_head(tiny):
+    """embedding_from=features serves the backbone's pooled features (8 x width for
+    compact_cnn), L2-normalised; head serves the MetricEmbedding output the loss sees."""
     model = build_model(tiny)
+    x = images(6, seed=2)
+    features = embedding_network(model, tiny)(x, training=False).numpy()
+    pooled = backbone_of(model)(x, training=False).numpy()
+    assert features.shape == (6, 8 * tiny.model.width)
+    np.testing.assert_allclose(features, pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
+                               atol=1e-5)
+    head = tiny.replace(model={"embedding_from": "head"})
+    np.testing.assert_allclose(embedding_network(model, head)(x, training=False),
+                               model(x, training=False), atol=1e-6)
+    # The projection is a hidden layer of the training head only.
+    assert model.get_layer("projection").units == tiny.model.projection_size
+    bare = build_model(tiny.replace(model={"projection_size": 0}))
+    assert "projection" not in [layer.name for layer in bare.layers]
+
+
+def test_saved_model_reloads_and_embeds_identically(tiny, tmp_path):
+    model = embedding_network(build_model(tiny), tiny)
     x = images(37, seed=3)
     expected = model.predict(x, verbose=0)
+    dim = 8 * tiny.model.width
     info = {"categories": ["a", "b"], "distance": "cosine", "backbone": "compact_cnn",
             "products_table": "/t", "products_version": 3, "training_run_id": "r1"}
     save_embedding_model(model, tmp_path / "m", info)
     written = json.loads((tmp_path / "m" / "lookalike.json").read_text())
     assert written["image_size"] == 28 and written["channels"] == 1
-    assert written["embedding_size"] == 16 and written["products_version"] == 3
+    assert written["embedding_size"] == dim and written["products_version"] == 3
 
     loaded = load_embedding_model(tmp_path / "m")
     got = loaded.embed(x, batch_size=8)  # several batches, last one partial
-    assert got.dtype == np.float32 and got.shape == (37, 16)
+    assert got.dtype == np.float32 and got.shape == (37, dim)
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert loaded.info["categories"] == ["a", "b"] and loaded.embedding_size == 16
-    assert loaded.embed(np.zeros((0, 28, 28, 1), np.float32)).shape == (0, 16)
+    assert loaded.info["categories"] == ["a", "b"] and loaded.embedding_size == dim
+    assert loaded.embed(np.zeros((0, 28, 28, 1), np.float32)).shape == (0, dim)
     with pytest.raises(ValueError, match="shape"):
         loaded.embed(images(2, size=32))
 

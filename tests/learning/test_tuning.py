@@ -111,6 +111,9 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
     assert resolve_params(bigger, None, True, products_version=version) == ({}, None)
     in_distribution = settings.replace(tuning={"objective": "a"})
     assert resolve_params(in_distribution, None, True, products_version=version) == ({}, None)
+    # Trials scored another served vector than the one training would serve.
+    head = settings.replace(model={"embedding_from": "head"})
+    assert resolve_params(head, None, True, products_version=version) == ({}, None)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 

@@ -128,6 +128,10 @@ class ModelSettings:
     # backbones: downloaded where Google's storage is reachable), a weights file path
     # (air-gapped clusters), or None for random weights.
     pretrained_weights: str | None
+    # The served vector: "features" (the backbone's pooled output) or "head" (MetricEmbedding);
+    # projection_size: hidden layer of the training head between them (0 = none).
+    embedding_from: str
+    projection_size: int
 
     def validate(self, key: str) -> None:
         from lookalike.learning.backbones import backbone_names
@@ -137,6 +141,9 @@ class ModelSettings:
         require(self.embedding_size > 0, f"{key}.embedding_size", "must be > 0")
         require(self.distance in ("cosine", "l2"), f"{key}.distance", "must be 'cosine' or 'l2'")
         require(self.width > 0, f"{key}.width", "must be > 0")
+        require(self.embedding_from in ("features", "head"), f"{key}.embedding_from",
+                "must be 'features' or 'head'")
+        require(self.projection_size >= 0, f"{key}.projection_size", "must be >= 0 (0 = none)")
         for name in ("loss_alpha", "loss_beta", "loss_epsilon"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
         require(0.0 <= self.loss_lambda <= 1.0, f"{key}.loss_lambda", "must be in [0, 1]")

@@ -3,6 +3,7 @@
 Public, stable API (used by training, embedding and serving):
 
 * :func:`build_model` -- a ``tensorflow_similarity`` ``SimilarityModel`` for the settings.
+* :func:`embedding_network` -- its served part (images -> unit vectors).
 * :func:`save_embedding_model` -- write a TF SavedModel of the embedding function plus
   ``lookalike.json`` (everything a consumer needs to preprocess inputs and read outputs).
 * :func:`load_embedding_model` -- load that folder back as an :class:`EmbeddingModel`.
@@ -10,8 +11,9 @@ Public, stable API (used by training, embedding and serving):
 Input contract: float32 ``[batch, size, size, channels]`` in [0, 1], exactly what
 :func:`lookalike.preprocessing.batch_to_model_input` produces. The model never rescales
 [0, 1] inputs again, except where a ``keras.applications`` backbone documents a different
-input range (see :func:`_applications_backbone`). The MetricEmbedding head L2-normalises its
-output, so embeddings are unit vectors (cosine similarity == dot product).
+input range (see :func:`_applications_backbone`). Embeddings are unit vectors (cosine
+similarity == dot product): the backbone's pooled features or the MetricEmbedding head's output,
+as ``model.embedding_from`` says (:func:`embedding_network`).
 
 Backbones come from the open registry :mod:`lookalike.learning.backbones`.
 """
@@ -32,6 +34,7 @@ SAVED_MODEL_DIR = "saved_model"
 # The same weights exported under training.precision's mixed policy, for GPU batch embedding.
 MIXED_MODEL_DIR = "saved_model_mixed"
 FORMAT_VERSION = 1
+FEATURES_LAYER = "features"
 
 
 def build_model(settings: Settings, num_classes: int | None = None):
@@ -68,10 +71,37 @@ def build_model(settings: Settings, num_classes: int | None = None):
                                                  name="aug_brightness")(x)
             x = tf.keras.layers.RandomContrast(colour, name="aug_contrast")(x)
     features = backbone.builder(shape, settings.model.width, settings)(x)
+    # A named identity: what embedding_network serves when model.embedding_from is "features".
+    x = tf.keras.layers.Activation("linear", name=FEATURES_LAYER)(features)
+    if settings.model.projection_size:
+        # The training head's hidden layer: what the loss squeezes into class clusters is the
+        # projection, which leaves the features below it more general (SimCLR's finding).
+        x = tf.keras.layers.Dense(settings.model.projection_size, use_bias=False,
+                                  name="projection")(x)
+        x = tf.keras.layers.BatchNormalization(momentum=0.9, name="projection_bn")(x)
+        x = tf.keras.layers.Activation("relu", name="projection_relu")(x)
     # float32 output under any precision policy: the loss's similarities need the range.
     outputs = MetricEmbedding(settings.model.embedding_size, dtype="float32",
-                              name="metric_embedding")(features)
+                              name="metric_embedding")(x)
     return SimilarityModel(inputs, outputs, name="lookalike")
+
+
+def embedding_network(model, settings: Settings):
+    """The served part of a :func:`build_model` model: images -> unit vectors.
+
+    ``model.embedding_from``: ``features`` serves the backbone's pooled features, the
+    projection and MetricEmbedding head only shape them through the loss during training;
+    ``head`` serves the MetricEmbedding output (``model.embedding_size`` wide). Training, tuning
+    trials and the exported SavedModel all embed through this one function.
+    """
+    import tensorflow as tf
+
+    if settings.model.embedding_from == "head":
+        served = model.get_layer("metric_embedding").output  # already L2-normalised
+    else:
+        served = tf.keras.layers.UnitNormalization(dtype="float32", name="features_l2")(
+            model.get_layer(FEATURES_LAYER).output)
+    return tf.keras.Model(model.inputs, served, name=f"{model.name}_{settings.model.embedding_from}")
 
 
 @contextlib.contextmanager
@@ -139,7 +169,8 @@ def compile_model(model, settings: Settings, optimizer) -> None:
 
 
 def save_embedding_model(model, directory: str | Path, info: dict, mixed_model=None) -> Path:
-    """Write ``directory/saved_model`` (TF SavedModel, signature ``serving_default``:
+    """Write ``model`` (images -> vectors: an :func:`embedding_network`) as
+    ``directory/saved_model`` (TF SavedModel, signature ``serving_default``:
     ``images`` float32 [None, size, size, channels] -> ``embedding`` float32 [None, dim]) and
     ``directory/lookalike.json`` (``info`` completed with the model's geometry).
 
@@ -184,7 +215,7 @@ def _export(model, path: Path) -> None:
                                                     name="images")])
         def embed(self, images):
             vectors = self.net(images, training=False)
-            # MetricEmbedding already L2-normalises; normalising again is a no-op safeguard
+            # embedding_network already L2-normalises; normalising again is a no-op safeguard
             # that makes "cosine distance == 1 - dot product" part of the exported contract.
             return {"embedding": tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=1)}
 

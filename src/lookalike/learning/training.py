@@ -91,7 +91,8 @@ def save_trained(settings: Settings, spec, weights_path: str, directory: Path,
                  run_id: str) -> Path:
     """Rebuild the model, load rank 0's final weights and save the embedding SavedModel."""
     from lookalike.learning.data import resolve_train_categories
-    from lookalike.learning.model import build_model, precision_policy, save_embedding_model
+    from lookalike.learning.model import (build_model, embedding_network, precision_policy,
+                                          save_embedding_model)
 
     model = build_model(settings)
     model.load_weights(weights_path).expect_partial()
@@ -103,12 +104,15 @@ def save_trained(settings: Settings, spec, weights_path: str, directory: Path,
         mixed.load_weights(weights_path).expect_partial()
     info = {
         "backbone": settings.model.backbone, "distance": settings.model.distance,
+        "embedding_from": settings.model.embedding_from,
         "categories": list(spec.categories),
         "train_categories": list(resolve_train_categories(settings, spec.categories)),
         "products_table": spec.products_table, "products_version": spec.products_version,
         "training_run_id": run_id, "profile": settings.profile,
     }
-    return save_embedding_model(model, directory, info, mixed)
+    if mixed is not None:
+        mixed = embedding_network(mixed, settings)
+    return save_embedding_model(embedding_network(model, settings), directory, info, mixed)
 
 
 def _flat(prefix: str, section) -> dict[str, str]:

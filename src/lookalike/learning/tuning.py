@@ -54,10 +54,11 @@ def startup_trials(max_evals: int) -> int:
 
 
 def tuning_key(settings: Settings, products_version: int) -> str:
-    """What tuned parameters are only valid for: profile, backbone, input geometry, objective
-    and the catalogue version they were searched on (training applies a tuning run's best
-    parameters only when its key is the same)."""
+    """What tuned parameters are only valid for: profile, backbone, served vector, input
+    geometry, objective and the catalogue version they were searched on (training applies a
+    tuning run's best parameters only when its key is the same)."""
     return (f"profile={settings.profile};backbone={settings.model.backbone};"
+            f"embedding={settings.model.embedding_from};"
             f"image={settings.image.size}x{settings.image.channels};"
             f"objective={settings.tuning.objective};products={int(products_version)}")
 
@@ -156,6 +157,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
     from lookalike.learning.distributed import train_embedding
     from lookalike.learning.encoded import map_chunks
     from lookalike.learning.metrics import retrieval_metrics
+    from lookalike.learning.model import embedding_network
     from lookalike.learning.training import apply_params
     from lookalike.tracking import KIND_TAG
 
@@ -179,7 +181,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
             result = train_embedding(dataclasses.asdict(settings), spec_dict, tmp,
                                      mlflow_run_id=run_id, tracking_uri=tracking_uri,
                                      threads=threads, keep_model=True)
-        model = result["model"]
+        network = embedding_network(result["model"], settings)
         size, _, channels = spec.image_shape
         train = read_split_dir(spec.arrays_dir, size, channels)
         train = train.subset(np.isin(train.labels, plan.catalogue))
@@ -192,7 +194,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
         batch = settings.embedding.batch_size
 
         def embed(x):
-            return model.predict(x, batch_size=batch, verbose=0)
+            return network.predict(x, batch_size=batch, verbose=0)
         catalogue = map_chunks(embed, train.x)
         queries = map_chunks(embed, val.subset(rows).x)
         report = retrieval_metrics(queries, val.labels[rows], catalogue, train.labels,

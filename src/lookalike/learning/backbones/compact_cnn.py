@@ -12,7 +12,7 @@ _BN_MOMENTUM = 0.9
 
 @register_backbone("compact_cnn", "VGG-style CNN with BatchNorm for small (e.g. 28x28 grey) images")
 def _compact_cnn(input_shape: tuple[int, int, int], width: int, settings: Settings):
-    """Three blocks of 2 x (conv3x3 -> BN -> ReLU) + pooling, widths w, 2w, 4w.
+    """Three blocks of 2 x (conv3x3 -> BN -> ReLU) + pooling, widths w, 2w, 4w; 8w features.
 
     Global average *and* max pooling of the last block are concatenated: average pooling keeps
     shape statistics, max pooling keeps small distinctive details (buckles, logos); both help
@@ -34,7 +34,4 @@ def _compact_cnn(input_shape: tuple[int, int, int], width: int, settings: Settin
     avg = layers.GlobalAveragePooling2D(name="gap")(x)
     mx = layers.GlobalMaxPooling2D(name="gmp")(x)
     x = layers.Concatenate(name="pooled")([avg, mx])
-    x = layers.Dense(width * 8, use_bias=False, name="fc")(x)
-    x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="fc_bn")(x)
-    x = layers.Activation("relu", name="fc_relu")(x)
     return tf.keras.Model(inputs, x, name="compact_cnn")
