@@ -39,8 +39,12 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
         # Issue 12: tune -> train -> evaluate for 3 seeds, the full profile shortened to fit.
         ("quality_3_seeds", ["benchmarks.bench_quality", "--profile", "full", "--home",
                              str(Path(home) / "quality"), "--seeds", "1,2,3",
-                             "--set", "training.epochs=4", "--set", "training.steps_per_epoch=300",
+                             "--set", "training.epochs=6", "--set", "training.steps_per_epoch=400",
                              "--set", "tuning.max_evals=4", "--set", "tuning.epochs=1"]),
+        # ... and which vector to serve: the same weights scored as features and as head.
+        ("served_vector", ["benchmarks.bench_served_vector", "--profile", "full", "--home",
+                           str(Path(home) / "vectors"), "--set", "training.epochs=4",
+                           "--set", "training.steps_per_epoch=300"]),
         # Needs ../shared/datasets/clothing-photos (exits with a message without it).
         ("photos", ["benchmarks.bench_photos", "--home", str(Path(home) / "photos")]),
     ]
