@@ -135,14 +135,15 @@ class ModelSettings:
 
     def validate(self, key: str) -> None:
         from lookalike.learning.backbones import backbone_names
+        from lookalike.learning.model import EMBEDDING_FROM
 
         require(self.backbone in backbone_names(), f"{key}.backbone",
                 f"unknown backbone {self.backbone!r}; registered: {backbone_names()}")
         require(self.embedding_size > 0, f"{key}.embedding_size", "must be > 0")
         require(self.distance in ("cosine", "l2"), f"{key}.distance", "must be 'cosine' or 'l2'")
         require(self.width > 0, f"{key}.width", "must be > 0")
-        require(self.embedding_from in ("features", "head"), f"{key}.embedding_from",
-                "must be 'features' or 'head'")
+        require(self.embedding_from in EMBEDDING_FROM, f"{key}.embedding_from",
+                f"must be one of {list(EMBEDDING_FROM)}")
         require(self.projection_size >= 0, f"{key}.projection_size", "must be >= 0 (0 = none)")
         for name in ("loss_alpha", "loss_beta", "loss_epsilon"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")

@@ -35,6 +35,8 @@ SAVED_MODEL_DIR = "saved_model"
 MIXED_MODEL_DIR = "saved_model_mixed"
 FORMAT_VERSION = 1
 FEATURES_LAYER = "features"
+# What model.embedding_from may name (see embedding_network).
+EMBEDDING_FROM = ("features", "head")
 
 
 def build_model(settings: Settings, num_classes: int | None = None):
