@@ -19,64 +19,27 @@ import yaml
 from lookalike import cli
 from lookalike.config import load_settings
 
+from bundle_model import Bundle, load_documents
+
 ROOT = Path(__file__).resolve().parents[1]
-VAR = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
-BUNDLE_REF = re.compile(r"\$\{bundle\.(name|target)\}")
-WORKSPACE_REF = re.compile(r"\$\{workspace\.current_user\.(short_name|userName)\}")
-# What ${workspace.current_user.*} resolves to for the developer running the checks.
-USER = {"short_name": "ada", "userName": "ada@example.com"}
-JOB_PARAM = re.compile(r"\{\{\s*job\.parameters\.([A-Za-z0-9_]+)\s*\}\}")
-TASK_VALUE = re.compile(r"\{\{\s*tasks\.([A-Za-z0-9_]+)\.values\.([A-Za-z0-9_]+)\s*\}\}")
-ANY_REF = re.compile(r"\$\{[^}]*\}|\{\{[^}]*\}\}")
 
-
-def _load_bundle():
-    """databricks.yml and its includes: [(file, document)], first the root."""
-    root_file = ROOT / "databricks.yml"
-    root = yaml.safe_load(root_file.read_text())
-    documents = [(root_file, root)]
-    for pattern in root.get("include", []):
-        matches = sorted(glob.glob(str(ROOT / pattern)))
-        assert matches, f"include {pattern!r} matches no file"
-        for match in matches:
-            documents.append((Path(match), yaml.safe_load(Path(match).read_text())))
-    return documents
-
-
-BUNDLE = _load_bundle()
+BUNDLE = load_documents()
 ROOT_DOC = BUNDLE[0][1]
 TARGETS = sorted(ROOT_DOC["targets"])
 
 
 def _resources(kind: str):
     """[(defining file, key, definition)] of one resource kind over all bundle files."""
-    found = []
-    for path, document in BUNDLE:
-        for key, value in ((document or {}).get("resources", {}).get(kind) or {}).items():
-            found.append((path, key, value))
-    return found
+    return Bundle(TARGETS[0]).resources(kind)
 
 
 def _variables(target: str) -> dict:
-    values = {name: spec.get("default") for name, spec in ROOT_DOC["variables"].items()}
-    values.update((ROOT_DOC["targets"][target] or {}).get("variables") or {})
-    return values
+    return Bundle(target).variables
 
 
-def _resolve(text, variables: dict, target: str, depth: int = 0):
-    """Substitute ${var.X} (recursively) and ${bundle.*}; unknown variables fail the test."""
-    if not isinstance(text, str):
-        return text
-    assert depth < 10, f"variable cycle in {text!r}"
-
-    def var(match):
-        name = match.group(1)
-        assert name in variables, f"${{var.{name}}} is not declared in databricks.yml"
-        return str(_resolve(variables[name], variables, target, depth + 1))
-
-    text = WORKSPACE_REF.sub(lambda m: USER[m.group(1)], VAR.sub(var, text))
-    return BUNDLE_REF.sub(lambda m: ROOT_DOC["bundle"]["name"] if m.group(1) == "name"
-                          else target, text)
+def _resolve(text, variables: dict, target: str):
+    """Every ${...} reference resolved as the CLI does for ``target`` (tests/bundle_model)."""
+    return Bundle(target).resolve(text)
 
 
 def _wrapper_command(python_file: Path) -> str:
@@ -143,34 +106,9 @@ def test_every_task_runs_an_existing_entry_point_with_accepted_parameters(target
         assert python_file.parent == ROOT / "jobs", f"{where}: entry points live in jobs/"
         command = _wrapper_command(python_file)
 
-        job_params = {p["name"]: p["default"] for p in job.get("parameters", [])}
         upstream = {d["task_key"] for d in task.get("depends_on", [])}
         all_tasks = {t["task_key"]: t for t in job["tasks"]}
-
-        def ancestors(key, seen=None):
-            seen = set() if seen is None else seen
-            for dep in all_tasks[key].get("depends_on", []):
-                if dep["task_key"] not in seen:
-                    seen.add(dep["task_key"])
-                    ancestors(dep["task_key"], seen)
-            return seen
-
-        arguments = []
-        for raw in spt.get("parameters", []):
-            value = _resolve(raw, variables, target)
-
-            def job_param(match):
-                assert match.group(1) in job_params, f"{where}: undeclared job parameter {raw}"
-                return str(job_params[match.group(1)])
-
-            def task_value(match):
-                assert match.group(1) in ancestors(task["task_key"]), \
-                    f"{where}: {raw} refers to a task it does not depend on"
-                return "0123456789abcdef0123456789abcdef"
-
-            value = TASK_VALUE.sub(task_value, JOB_PARAM.sub(job_param, value))
-            assert not ANY_REF.search(value), f"{where}: unresolved reference in {raw!r}"
-            arguments.append(value)
+        arguments = Bundle(target).task_arguments(job_key, task, "123456789")
         assert upstream <= set(all_tasks), f"{where}: depends on unknown tasks"
         try:
             args = cli.parse([command, *arguments])
@@ -274,7 +212,8 @@ def _job_env(target: str) -> dict[str, dict]:
 def test_jobs_use_unity_catalog_names_from_one_environment(target, monkeypatch):
     """Tables are managed tables catalog.schema.name, the model a three-level name in the same
     schema, LOOKALIKE_HOME a Volume of that schema: read through the real settings loader."""
-    from lookalike.catalogue.tables import catalogue_table, volume_of
+    from lookalike.catalogue.tables import catalogue_table
+    from lookalike.runtime import volume_of
 
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
     for key, env in _job_env(target).items():
@@ -282,7 +221,9 @@ def test_jobs_use_unity_catalog_names_from_one_environment(target, monkeypatch):
         catalog, schema = settings.catalogue.catalog, settings.catalogue.database
         assert catalogue_table(settings, "products").name == f"`{catalog}`.`{schema}`.`products`"
         assert catalogue_table(settings, "embeddings").path is None
-        assert settings.registry.model_name == f"{catalog}.{schema}.{load_settings().registry.model_name}"
+        # Development mode prefixes the model's name too (dev_<you>_lookalike).
+        assert settings.registry.model_name.startswith(f"{catalog}.{schema}."), key
+        assert settings.registry.model_name.endswith(load_settings().registry.model_name), key
         assert volume_of(env["LOOKALIKE_HOME"])[:2] == (catalog, schema), key
         assert settings.mlflow.experiment.startswith("/"), "experiments are workspace paths"
 
@@ -339,11 +280,13 @@ def test_only_the_weekly_retrain_trains_and_the_daily_job_keeps_the_champions_ne
             for t in job["tasks"]}
         for command in ("embed", "build-index", "package"):
             parameters = commands[command]
-            run = parameters[parameters.index("--run-id") + 1]
+            # Every task knows its job run; the weekly job's later tasks find the training
+            # run of the same job run through it, the daily job names the champion's.
+            assert parameters[parameters.index("--job-run") + 1] == "{{job.run_id}}"
             if "train" in commands:
-                assert run == "{{tasks.train.values.run_id}}", (key, command)
+                assert "--run-id" not in parameters, (key, command)
             else:
-                assert run == "champion", (key, command)
+                assert parameters[parameters.index("--run-id") + 1] == "champion", (key, command)
 
 
 def test_the_wheel_leaves_the_runtimes_own_packages_alone():
@@ -361,3 +304,60 @@ def test_the_wheel_leaves_the_runtimes_own_packages_alone():
     local = {re.split(r"[<>=!~;\\[ ]", d, maxsplit=1)[0].lower()
              for d in project["optional-dependencies"]["local"]}
     assert {"pyspark", "delta-spark", "tensorflow"} <= local
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_horovod_processes_fit_the_gpu_workers(target):
+    """Issue 18, item 5: one Spark task per GPU worker, so the default number of Horovod
+    processes is the number of GPU workers (dev: 1), never more."""
+    bundle = Bundle(target)
+    for key, job in bundle.jobs().items():
+        params = {p["name"]: bundle.resolve(p["default"]) for p in job.get("parameters", [])}
+        if "processes" in params:
+            cluster = bundle.cluster(key, "gpu")
+            assert int(params["processes"]) <= int(cluster["num_workers"]), (target, params)
+
+
+def test_prod_uses_the_photos_recipe_and_dev_the_demo():
+    """Issue 18, item 6: prod trains a shop's photos with the photos profile, whose tuning
+    needs no Fashion-MNIST category; dev keeps the Fashion-MNIST demo."""
+    from lookalike.learning.tuning import tuning_plan
+
+    prod, dev = Bundle("prod").variables, Bundle("dev").variables
+    assert (prod["profile"], prod["ingest_source"]) == ("photos", "folder")
+    assert (dev["profile"], dev["ingest_source"]) == ("quick", "fashion-mnist")
+    photos = load_settings("photos")
+    assert photos.image.channels == 3
+    tuning_plan(photos, ["dress", "shirt", "shoes", "skirt"])   # any shop's categories
+
+
+def test_fashion_mnist_downloads_over_https_from_a_file_host():
+    """Issue 18, item 7: an S3 *website* endpoint answers HTTP only; clusters have no Debian
+    package, so the default URL must serve the four files over HTTPS."""
+    url = load_settings().catalogue.fashion_mnist_url
+    assert url.startswith("https://") and "s3-website" not in url
+
+
+def test_no_task_reads_task_values():
+    """Issue 18, item 8: dbutils.jobs.taskValues.set works only in notebooks; these tasks are
+    scripts, so hand-offs go through MLflow tags of the job run ({{job.run_id}})."""
+    for path, _, job in _resources("jobs"):
+        for task in job["tasks"]:
+            assert "spark_python_task" in task
+            text = " ".join(map(str, task["spark_python_task"].get("parameters", [])))
+            assert "{{tasks." not in text, (path.name, task["task_key"])
+            assert "{{job.run_id}}" in text, (path.name, task["task_key"])
+
+
+def test_catalog_is_a_required_variable_and_unity_catalog_objects_are_declared():
+    """The catalog `main` may not exist: the user names theirs. The bundle declares the
+    schema, both Volumes and the registered model, with grants."""
+    assert "default" not in ROOT_DOC["variables"]["catalog"]
+    bundle = Bundle("prod")
+    assert {k for _, k, _ in bundle.resources("volumes")} == {"home", "images"}
+    model = bundle.resource("registered_models", "lookalike")
+    assert any("EXECUTE" in g["privileges"] for g in model["grants"])
+    root = ROOT_DOC["targets"]["prod"]["workspace"]["root_path"]
+    assert not root.startswith("/Workspace/Shared"), "every user could edit prod's code"
+    for target in TARGETS:
+        assert ROOT_DOC["targets"][target]["workspace"].get("host")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -15,11 +17,26 @@ from lookalike.config import ConfigError, Settings, load_settings
 from lookalike.console import quiet_environment, quiet_libraries, say
 
 
+class Skipped(Exception):
+    """A job task with nothing to do yet (e.g. the nightly refresh before the first
+    champion): said plainly, and the task succeeds."""
+
+
+def _job_run(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise argparse.ArgumentTypeError(f"not a job run id: {value!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", help="settings profile: conf/<profile>.yaml (quick, full)")
     common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one setting, e.g. --set training.epochs=2")
+    common.add_argument("--job-run", type=_job_run, metavar="ID",
+                        help="Databricks job run ({{job.run_id}}): tags the runs and model "
+                             "version this task makes; without --run-id / --version, a later "
+                             "task uses the ones made earlier in the same job run")
     parser = argparse.ArgumentParser(prog="lookalike", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add = lambda name, **kw: commands.add_parser(name, parents=[common], **kw)  # noqa: E731
@@ -77,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--force", action="store_true", help="rerun every step")
     pipeline.add_argument("--skip-tuning", action="store_true")
 
+    add("app-sample", help="export the catalogue sample the demo app browses")
+
     demo = add("demo", help="pipeline, then REST server and Streamlit app")
     demo.add_argument("--no-pipeline", action="store_true", help="only start the servers")
     demo.add_argument("--app-port", type=int, default=8501)
@@ -113,15 +132,18 @@ def _ingest(args, settings: Settings) -> dict:
 
 def _tune(args, settings: Settings):
     from lookalike.learning.tuning import tune
+    from lookalike.tracking import job_tags
 
-    return tune(settings, max_evals=args.max_evals, parallelism=args.parallelism)
+    return tune(settings, max_evals=args.max_evals, parallelism=args.parallelism,
+                tags=job_tags(args.job_run))
 
 
 def _train(args, settings: Settings):
     from lookalike.learning.training import train_and_log
+    from lookalike.tracking import job_tags
 
     return train_and_log(settings, processes=args.processes, params_run_id=args.params_run_id,
-                         use_tuned=not args.no_tuned_params)
+                         use_tuned=not args.no_tuned_params, tags=job_tags(args.job_run))
 
 
 def _evaluate(args, settings: Settings):
@@ -145,38 +167,81 @@ def _build_index(args, settings: Settings):
 def _package(args, settings: Settings):
     from lookalike.serving.package import package_and_register
 
-    return package_and_register(settings, run_id=_run_id(args, settings))
+    from lookalike.tracking import job_tags
+
+    return package_and_register(settings, run_id=_run_id(args, settings),
+                                tags=job_tags(args.job_run))
 
 
 def _run_id(args, settings: Settings) -> str | None:
-    """``--run-id`` as given; ``champion`` is the champion's training run."""
+    """``--run-id`` as given (``champion``: the champion's training run); without it, the
+    training run of this job run (``--job-run``), else None (the latest)."""
     from lookalike.registry import resolve_run_id
+    from lookalike.tracking import job_run_training
 
-    return resolve_run_id(settings, args.run_id)
+    if args.run_id == "champion":
+        _require_champion(args, settings)
+    if args.run_id:
+        return resolve_run_id(settings, args.run_id)
+    if args.job_run:
+        return job_run_training(settings, args.job_run)
+    return None
+
+
+def _require_champion(args, settings: Settings) -> None:
+    """In a job (``--job-run``) no champion yet means nothing to refresh: skip, don't fail."""
+    from lookalike.registry import champion
+
+    if args.job_run and champion(settings) is None:
+        raise Skipped(f"{settings.registry.model_name} has no champion yet: the weekly "
+                      "retrain makes the first one")
+
+
+def _version(args, settings: Settings) -> str | None:
+    """``--version`` as given; without it, the version this job run packaged (``--job-run``),
+    else None (the challenger)."""
+    from lookalike.registry import version_of_job_run
+
+    if args.version or not args.job_run:
+        return args.version
+    found = version_of_job_run(settings, args.job_run)
+    if found is None:
+        raise Skipped(f"job run {args.job_run} packaged no model version")
+    return str(found.version)
 
 
 def _validate(args, settings: Settings):
     from lookalike.serving.validation import validate_version
 
-    return validate_version(settings, version=args.version, env_manager=args.env_manager)
+    return validate_version(settings, version=_version(args, settings),
+                            env_manager=args.env_manager)
 
 
 def _deploy(args, settings: Settings):
     from lookalike.serving.endpoint import deploy_champion
 
+    _require_champion(args, settings)
     return deploy_champion(settings, dry_run=args.dry_run)
 
 
 def _promote(args, settings: Settings):
     from lookalike.registry import promote
 
-    return promote(settings, version=args.version)
+    return promote(settings, version=_version(args, settings))
 
 
 def _recommend(args, settings: Settings):
     from lookalike.serving.neighbours import write_neighbours
 
+    if not args.model_uri:
+        _require_champion(args, settings)
     return write_neighbours(settings, model_uri=args.model_uri, k=args.k)
+
+
+def _app_sample(args, settings: Settings):
+    from lookalike.pipeline.sample import export_catalogue_sample
+
+    return export_catalogue_sample(settings)
 
 
 def _serve(args, settings: Settings):
@@ -202,6 +267,7 @@ COMMANDS: dict[str, Callable] = {
     "build-index": _build_index, "package": _package, "validate": _validate,
     "promote": _promote, "deploy": _deploy,
     "recommend": _recommend, "serve": _serve, "pipeline": _pipeline, "demo": _demo,
+    "app-sample": _app_sample,
 }
 
 
@@ -220,47 +286,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lookalike: {error}", file=sys.stderr)
         return 2
+    # On a cluster, first the schema and Volume that everything below writes to.
+    _prepare_workspace(settings)
     # `serve` runs the server in the foreground: its request log belongs on the terminal.
-    log_file = None if args.command == "serve" else quiet_libraries(settings.home_path / "logs")
+    log_file = None if args.command == "serve" else quiet_libraries(settings.logs_path)
     if log_file is not None and args.command in ("pipeline", "demo", "train", "tune"):
         say("lookalike", f"library logs: {log_file} (LOOKALIKE_VERBOSE=1 keeps them here)")
-    _prepare_workspace(settings)
-    result = COMMANDS[args.command](args, settings)
+    try:
+        result = COMMANDS[args.command](args, settings)
+    except Skipped as skipped:
+        say(args.command, f"skipped: {skipped}")
+        result = {"skipped": str(skipped)}
     if result is not None:
         # One JSON line on stdout: what schedulers and scripts parse.
         print(json.dumps(result, default=str, sort_keys=False))
-        _publish_task_values(result)
-    if args.command == "validate" and not result["passed"]:
+    if args.command == "validate" and "passed" in result and not result["passed"]:
         # A failed gate fails the job task: promotion does not run and the failure is notified.
         say("validate", f"version {result['version']} failed validation: {result['checks']}")
         return 1
     return 0
 
 
+def _keras_3_by_default() -> bool:
+    """TensorFlow >= 2.16 (Keras 3 unless TF_USE_LEGACY_KERAS): read without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(p) for p in version("tensorflow").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (2, 16)
+
+
 def _prepare_workspace(settings: Settings) -> None:
-    """On Databricks: the target's schema and Volume exist before any job step uses them."""
-    from lookalike.spark import get_spark, on_databricks
+    """On Databricks: the target's schema and Volume exist before any job step uses them, and
+    TensorFlow 2.16 (DBR 15.4 LTS ML) loads Keras 2 (tf-keras), which TF Similarity needs."""
+    from lookalike.runtime import on_databricks
 
     if on_databricks():
+        if _keras_3_by_default():
+            os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         from lookalike.catalogue.tables import prepare_unity_catalog
 
-        prepare_unity_catalog(get_spark(settings), settings)
-
-
-def _publish_task_values(result) -> None:
-    """On Databricks, expose scalar results (run_id, version, ...) to later tasks of the job
-    as ``{{tasks.<task>.values.<key>}}``."""
-    from lookalike.spark import on_databricks
-
-    if not on_databricks() or not isinstance(result, dict):
-        return
-    from pyspark.dbutils import DBUtils  # only exists on Databricks Runtime
-    from pyspark.sql import SparkSession
-
-    task_values = DBUtils(SparkSession.builder.getOrCreate()).jobs.taskValues
-    for key, value in result.items():
-        if isinstance(value, (str, int, float, bool)):
-            task_values.set(key=key, value=value)
+        prepare_unity_catalog(settings)
 
 
 if __name__ == "__main__":

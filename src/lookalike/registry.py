@@ -79,6 +79,25 @@ def model_version(settings: Settings, version: str | int | None, default_alias: 
         raise ValueError(f"registered model {name!r} has no version {version}") from error
 
 
+def version_of_job_run(settings: Settings, job_run: str, newest: int = 50):
+    """The model version that Databricks job run ``job_run`` packaged (version tag
+    ``lookalike.job_run``), or None. Tags are read per version: Unity Catalog's search returns
+    versions without them."""
+    import mlflow
+
+    from lookalike.tracking import JOB_RUN_TAG, configure_mlflow
+
+    configure_mlflow(settings)
+    client = mlflow.MlflowClient()
+    name = settings.registry.model_name
+    found = client.search_model_versions(f"name='{name}'")
+    for number in sorted((int(v.version) for v in found), reverse=True)[:newest]:
+        version = client.get_model_version(name, str(number))
+        if version.tags.get(JOB_RUN_TAG) == str(job_run):
+            return version
+    return None
+
+
 def champion(settings: Settings):
     """The champion's ModelVersion, or None before the first promotion."""
     import mlflow

@@ -14,10 +14,7 @@ import sys
 from pathlib import Path
 
 from lookalike.config import Settings
-
-
-def on_databricks() -> bool:
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+from lookalike.runtime import on_databricks  # noqa: F401 - callers ask lookalike.spark
 
 
 def delta_jars(settings: Settings) -> list[str]:

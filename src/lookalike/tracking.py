@@ -1,37 +1,68 @@
 """MLflow wiring shared by every job: where runs and models are stored, and finding past runs.
 
 Locally tracking and registry are one sqlite file under LOOKALIKE_HOME (MLflow 3 refuses a
-plain file store) with artifacts beside it; on Databricks the workspace server is used.
-Runs are tagged with ``lookalike.kind`` (tune, train, package) so jobs can find the latest one.
+plain file store) with artifacts beside it. On a Databricks cluster the workspace's tracking
+server and Unity Catalog's registry are used (``Settings.tracking_uri``), the experiment is a
+workspace path whose folder is created first, and Spark workers (tuning trials, Horovod ranks)
+get what they need to reach the server from :func:`tracking_environment`.
+Runs are tagged with ``lookalike.kind`` (tune, train, package) so jobs can find the latest one,
+and with ``lookalike.job_run`` when a Databricks job made them, so a later task of the same
+job run finds exactly the run an earlier task made (:func:`job_run_training`).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 
 from lookalike.config import Settings
-from lookalike.spark import on_databricks
+from lookalike.runtime import on_databricks
 
 KIND_TAG = "lookalike.kind"
+JOB_RUN_TAG = "lookalike.job_run"
 # Artifact folder of a training run holding the embedding SavedModel and its lookalike.json.
 MODEL_ARTIFACT = "embedding_model"
+
+
+def tracking_environment(settings: Settings) -> dict[str, str]:
+    """Environment a process on another node needs to log to this tracking server and
+    registry. For ``databricks`` URIs: the workspace host and a token of this driver, as
+    Databricks documents for Horovod and Hyperopt workers."""
+    env = {"MLFLOW_TRACKING_URI": settings.tracking_uri,
+           "MLFLOW_REGISTRY_URI": settings.registry_uri}
+    if settings.tracking_uri.startswith("databricks"):
+        from mlflow.utils.databricks_utils import get_databricks_host_creds
+
+        creds = get_databricks_host_creds(settings.tracking_uri)
+        env["DATABRICKS_HOST"] = creds.host
+        if creds.token:
+            env["DATABRICKS_TOKEN"] = creds.token
+    return env
+
+
+def job_tags(job_run: str | None) -> dict[str, str]:
+    """Tags of what a Databricks job task makes: its job run (``{{job.run_id}}``)."""
+    return {JOB_RUN_TAG: str(job_run)} if job_run else {}
 
 
 def configure_mlflow(settings: Settings) -> str:
     """Point MLflow at the configured stores and return the experiment id (created if needed)."""
     import mlflow
 
-    if on_databricks() and not settings.mlflow.tracking_uri:
-        mlflow.set_tracking_uri("databricks")
-        mlflow.set_registry_uri("databricks-uc")
-        experiment = mlflow.set_experiment(f"/Shared/{settings.mlflow.experiment}")
-        return experiment.experiment_id
-    settings.home_path.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
     # Child processes (Spark workers, Horovod ranks, `mlflow models serve`) inherit these.
     os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri
     os.environ["MLFLOW_REGISTRY_URI"] = settings.registry_uri
+    if on_databricks():
+        from lookalike import workspace
+
+        # A workspace path as configured (e.g. /Users/<you>/lookalike-dev), its folder made
+        # first: Databricks refuses an experiment whose parent folder does not exist.
+        path = workspace.check_workspace_path(settings.mlflow.experiment)
+        workspace.ensure_folder(posixpath.dirname(path))
+        return mlflow.set_experiment(path).experiment_id
+    settings.home_path.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(settings.mlflow.experiment)
     if experiment is None:
@@ -78,3 +109,12 @@ def require_run(settings: Settings, kind: str, run_id: str | None):
     if run is None:
         raise ValueError(f"no finished {kind!r} run yet: run `lookalike {kind}` first")
     return run
+
+
+def job_run_training(settings: Settings, job_run: str) -> str:
+    """The training run that Databricks job run ``job_run`` made (its ``train`` task)."""
+    run = latest_run(settings, "train", f"tags.`{JOB_RUN_TAG}` = '{job_run}'")
+    if run is None:
+        raise ValueError(f"job run {job_run} has no finished training run: did its train "
+                         "task succeed?")
+    return run.info.run_id

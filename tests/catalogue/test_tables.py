@@ -83,19 +83,40 @@ def test_managed_tables_hold_the_catalogue_by_name(spark, settings, tmp_path):
     assert catalogue_table(managed, "products").version_without_spark() is None
 
 
-def test_unity_catalog_preparation_creates_schema_and_home_volume(spark, base_settings,
+def test_unity_catalog_preparation_creates_schema_and_home_volume(base_settings, tmp_path,
                                                                    monkeypatch):
-    from lookalike.catalogue.tables import prepare_unity_catalog, volume_of
+    """Through the workspace API (here its stand-in, lookalike.workspace.StandIn): the tables'
+    schema and the Volume of LOOKALIKE_HOME are created once, before anything writes there;
+    a second run finds them. Not covered here: the real Unity Catalog API's answers."""
+    from lookalike.catalogue.tables import prepare_unity_catalog
+    from lookalike.runtime import volume_of
+    from lookalike.workspace import StandIn
 
-    assert volume_of("/Volumes/main/shop/lookalike/models") == ("main", "shop", "lookalike")
+    monkeypatch.setenv("LOOKALIKE_VOLUMES_ROOT", str(tmp_path / "Volumes"))
+    volumes = tmp_path / "Volumes"
+    assert volume_of(volumes / "main/shop/lookalike/models") == ("main", "shop", "lookalike")
     assert volume_of("/home/me/.lookalike") is None
-    database = f"prep_{uuid.uuid4().hex[:8]}"
-    managed = base_settings.replace(catalogue={"table_mode": "managed", "database": database})
-    # Locally (home not on a Volume) only the schema is needed; it is really created.
-    assert prepare_unity_catalog(spark, managed) == [f"CREATE SCHEMA IF NOT EXISTS `{database}`"]
-    assert spark.catalog.databaseExists(database)
-    on_volume = managed.replace(home="/Volumes/main/shop/lookalike",
-                                catalogue={"catalog": "main"})
-    # The local catalog has no catalog 'main': the error says what to do.
-    with pytest.raises(PermissionError, match="create it once as an admin"):
-        prepare_unity_catalog(spark, on_volume)
+    standin = StandIn(tmp_path / "workspace")
+    managed = base_settings.replace(home=str(volumes / "main/shop/lookalike"), catalogue={
+        "table_mode": "managed", "catalog": "main", "database": "shop"})
+    assert not (volumes / "main").exists()
+    assert prepare_unity_catalog(managed, standin) == ["schema main.shop",
+                                                       "volume main.shop.lookalike"]
+    assert (volumes / "main/shop/lookalike").is_dir()
+    posts = [c["path"] for c in standin._load()["calls"] if c["method"] == "POST"]
+    assert posts == ["/api/2.1/unity-catalog/schemas", "/api/2.1/unity-catalog/volumes"]
+    prepare_unity_catalog(managed, standin)
+    assert len([c for c in standin._load()["calls"] if c["method"] == "POST"]) == 2
+
+
+def test_preparation_without_the_privilege_says_what_to_ask_for(base_settings):
+    from lookalike.catalogue.tables import prepare_unity_catalog
+
+    class Refusing:
+        def do(self, method, path, **_):
+            raise PermissionError("PERMISSION_DENIED: User does not have CREATE SCHEMA")
+
+    managed = base_settings.replace(catalogue={"table_mode": "managed", "catalog": "main",
+                                               "database": "shop"})
+    with pytest.raises(PermissionError, match="grant the job's run_as identity"):
+        prepare_unity_catalog(managed, Refusing())

@@ -115,3 +115,13 @@ def test_mixed_precision_trains_and_the_exported_model_stays_float32(catalogue, 
     mixed_vectors = load_embedding_model(saved, precision="mixed").embed(images)
     assert mixed_vectors.dtype == np.float32
     assert np.min(np.sum(exact * mixed_vectors, axis=1)) > 0.98
+
+
+def test_gpu_task_slots_bound_horovod_processes():
+    """Issue 18, item 5: with spark.task.resource.gpu.amount 1, a one-GPU-worker cluster has
+    one task slot, whatever its cores; the guard counts GPUs, not cores."""
+    from lookalike.learning.distributed import gpu_task_slots
+
+    assert gpu_task_slots(executors=1, gpus_per_executor=1, gpus_per_task=1) == 1
+    assert gpu_task_slots(executors=2, gpus_per_executor=4, gpus_per_task=1) == 8
+    assert gpu_task_slots(executors=2, gpus_per_executor=1, gpus_per_task=0.5) == 4

@@ -10,7 +10,6 @@ import gzip
 import os
 import shutil
 import struct
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -58,11 +57,13 @@ def locate_fashion_mnist(directory: str, url: str, cache_dir: Path) -> Path:
             target = cache_dir / f"{name}.gz"
             if target.exists():
                 continue
-            # Download to a temporary name so an interrupted download is never mistaken for data.
+            # Download to a temporary name so an interrupted download is never mistaken for data;
+            # written front to back ("wb"): a Unity Catalog Volume takes no other kind of write.
+            part = cache_dir / f"{name}.gz.part{os.getpid()}"
             with urllib.request.urlopen(f"{url.rstrip('/')}/{name}.gz", timeout=60) as response, \
-                    tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as handle:
+                    open(part, "wb") as handle:
                 shutil.copyfileobj(response, handle)
-            os.replace(handle.name, target)
+            os.replace(part, target)
     return cache_dir
 
 

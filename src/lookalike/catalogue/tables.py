@@ -63,8 +63,14 @@ class CatalogueTable:
         """The :class:`delta.tables.DeltaTable` (merges, deletes, history)."""
         from delta.tables import DeltaTable
 
-        return (DeltaTable.forPath(spark, self.path) if self.path
-                else DeltaTable.forName(spark, self.name))
+        if self.path:
+            return DeltaTable.forPath(spark, self.path)
+        # Open-source Delta's forName takes at most schema.table: a name in the session's
+        # current catalog drops its catalog part (the same table; Databricks takes either).
+        parts = self.name.split("`.`")
+        if len(parts) == 3 and parts[0].strip("`") == spark.catalog.currentCatalog():
+            return DeltaTable.forName(spark, "`" + "`.`".join(parts[1:]))
+        return DeltaTable.forName(spark, self.name)
 
     def read(self, spark, **options):
         """The table as a DataFrame; ``options`` are Delta reader options (``versionAsOf``,
@@ -127,15 +133,21 @@ def create_table(spark, table: CatalogueTable, schema: str, change_feed: bool = 
     if table.exists(spark):
         _add_missing_columns(spark, table, schema)
         return
-    builder = DeltaTable.createIfNotExists(spark)
-    if table.path:
-        builder = builder.location(table.path)
-    else:
+    if table.name:
+        # SQL, not DeltaTable's builder: its tableName() takes no catalog.schema.table name
+        # outside Databricks, and Unity Catalog names have three levels.
         namespace = table.name.rsplit(".", 1)[0]
         if namespace != table.name:
             spark.sql(f"CREATE SCHEMA IF NOT EXISTS {namespace}")
-        builder = builder.tableName(table.name)
-    builder = builder.addColumns(spark.createDataFrame([], schema).schema)
+        clauses = [f"CREATE TABLE IF NOT EXISTS {table.name} ({schema}) USING DELTA"]
+        if partition_by:
+            clauses.append(f"PARTITIONED BY ({partition_by})")
+        if change_feed:
+            clauses.append("TBLPROPERTIES ('delta.enableChangeDataFeed' = 'true')")
+        spark.sql(" ".join(clauses))
+        return
+    builder = (DeltaTable.createIfNotExists(spark).location(table.path)
+               .addColumns(spark.createDataFrame([], schema).schema))
     if partition_by:
         builder = builder.partitionedBy(partition_by)
     if change_feed:
@@ -165,35 +177,39 @@ def group_column(frame):
     return F.lit(None).cast("string").alias("group_id")
 
 
-def volume_of(path: str | Path) -> tuple[str, str, str] | None:
-    """(catalog, schema, volume) of a ``/Volumes/<catalog>/<schema>/<volume>/...`` path."""
-    parts = Path(str(path)).parts
-    if len(parts) >= 5 and parts[:2] == ("/", "Volumes"):
-        return parts[2], parts[3], parts[4]
-    return None
+def prepare_unity_catalog(settings: Settings, client=None) -> list[str]:
+    """On Databricks, before a job writes anything: the managed tables' schema and the Volume
+    holding ``LOOKALIKE_HOME``, created through the workspace API if missing (the bundle
+    declares both; this covers a home moved elsewhere). Returns what it made sure of; a
+    missing privilege becomes an error that says what to ask for."""
+    from lookalike import workspace
+    from lookalike.runtime import volume_of
 
-
-def prepare_unity_catalog(spark, settings: Settings) -> list[str]:
-    """On Databricks, before a job: the managed tables' schema and the Volume that holds
-    ``LOOKALIKE_HOME``, created if missing (a first deploy needs no manual step). Returns the
-    statements run; a missing privilege becomes an error that says what to ask for."""
-    statements = []
-    if table_mode(settings) == "managed":
-        namespace = str(catalogue_table(settings, "products").name).rsplit(".", 1)[0]
-        statements.append(f"CREATE SCHEMA IF NOT EXISTS {namespace}")
+    wanted: list[tuple[str, ...]] = []
+    cat = settings.catalogue
+    if table_mode(settings) == "managed" and cat.catalog:
+        wanted.append((cat.catalog, cat.database))
     volume = volume_of(settings.home_path)
     if volume:
-        catalog, schema, name = (f"`{p}`" for p in volume)
-        statements += [f"CREATE SCHEMA IF NOT EXISTS {catalog}.{schema}",
-                       f"CREATE VOLUME IF NOT EXISTS {catalog}.{schema}.{name}"]
-    for statement in dict.fromkeys(statements):
+        wanted += [volume[:2], volume]
+    client = client or workspace.api()
+    done = []
+    for names in dict.fromkeys(wanted):
+        what = ("volume " if len(names) == 3 else "schema ") + ".".join(names)
         try:
-            spark.sql(statement)
-        except Exception as error:  # noqa: BLE001 - re-raised with what to do
-            raise PermissionError(f"`{statement}` failed ({str(error)[:200]}): create it once as "
-                                  "an admin, or grant the job's run_as identity CREATE SCHEMA / "
-                                  "CREATE VOLUME (README, Deploy on Databricks)") from error
-    return list(dict.fromkeys(statements))
+            if len(names) == 3:
+                workspace.ensure_volume(*names, client=client)
+            else:
+                workspace.ensure_schema(*names, client=client)
+        except Exception as error:  # noqa: BLE001 - the SDK's PermissionDenied and kin
+            if not isinstance(error, PermissionError) and type(error).__name__ not in (
+                    "PermissionDenied", "Unauthenticated", "NotFound"):
+                raise
+            raise PermissionError(f"{what}: {error}: create it once as an admin, or grant the "
+                                  "job's run_as identity USE CATALOG and CREATE SCHEMA / CREATE "
+                                  "VOLUME (docs/databricks.md)") from error
+        done.append(what)
+    return done
 
 
 def ensure_tables(spark, settings: Settings) -> None:

@@ -97,6 +97,9 @@ class DeploySettings:
     workload_type: str              # CPU | GPU_SMALL | ...
     scale_to_zero: bool
     wait_seconds: int               # wait this long for the endpoint to be ready (0 = no wait)
+    # Who may query the endpoint (CAN_QUERY): group names, or service principals' application
+    # ids (e.g. the demo app's); set by each bundle target.
+    query_principals: tuple[str, ...]
 
     def validate(self, key: str) -> None:
         require(bool(self.endpoint_name), f"{key}.endpoint_name", "must not be empty")

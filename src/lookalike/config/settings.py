@@ -20,6 +20,7 @@ from lookalike.config.operations import (
     ValidationSettings,
 )
 from lookalike.config.schema import ConfigError, build, require
+from lookalike.runtime import local_scratch, on_databricks
 
 
 # Keras mixed-precision policies (training.precision, embedding.precision).
@@ -355,12 +356,29 @@ class Settings:
         return self.serving.threads_per_worker or max(1, cpu_count() // self.serving_workers)
 
     @property
+    def logs_path(self) -> Path:
+        """Where the library log goes: under home, except on a cluster, where home is a
+        Volume (no appends there) and the log goes to the driver's own disk."""
+        return (local_scratch() if on_databricks() else self.home_path) / "logs"
+
+    @property
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.home_path / 'mlflow.db'}"
+        """The setting; else the workspace's tracking server on a cluster (``databricks``,
+        or what ``MLFLOW_TRACKING_URI`` names there), never a file; else sqlite under home."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        if on_databricks():
+            return os.environ.get("MLFLOW_TRACKING_URI") or "databricks"
+        return f"sqlite:///{self.home_path / 'mlflow.db'}"
 
     @property
     def registry_uri(self) -> str:
-        return self.mlflow.registry_uri or self.tracking_uri
+        """The setting; else Unity Catalog on a cluster; else the tracking store."""
+        if self.mlflow.registry_uri:
+            return self.mlflow.registry_uri
+        if on_databricks():
+            return os.environ.get("MLFLOW_REGISTRY_URI") or "databricks-uc"
+        return self.tracking_uri
 
     def replace(self, **sections: Any) -> "Settings":
         """Copy with whole sections or nested keys replaced: ``replace(training={"epochs": 1})``."""

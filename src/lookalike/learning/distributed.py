@@ -308,6 +308,24 @@ def _Timer():
     return Timer()
 
 
+def task_slots(spark) -> int:
+    """Spark tasks that can run at once: with ``spark.task.resource.gpu.amount`` set, GPUs
+    bound them (executors x GPUs per executor / GPUs per task), else the cores."""
+    sc = spark.sparkContext
+    conf = sc.getConf()
+    per_task = float(conf.get("spark.task.resource.gpu.amount", "0") or 0)
+    if per_task <= 0:
+        return int(sc.defaultParallelism)
+    per_executor = float(conf.get("spark.executor.resource.gpu.amount", "1") or 1)
+    # The driver counts as one entry of the memory status; local mode has only it.
+    executors = max(1, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+    return gpu_task_slots(executors, per_executor, per_task)
+
+
+def gpu_task_slots(executors: int, gpus_per_executor: float, gpus_per_task: float) -> int:
+    return int(executors * (gpus_per_executor // gpus_per_task))
+
+
 def run_training(settings, spec, checkpoint_dir: str | Path, processes: int = 1,
                  mlflow_run_id: str | None = None, tracking_uri: str | None = None,
                  return_weights: bool = False, spark=None) -> list[dict]:
@@ -329,12 +347,17 @@ def run_training(settings, spec, checkpoint_dir: str | Path, processes: int = 1,
     from lookalike.console import LineRouter, log_stream
     from lookalike.spark import get_spark
 
+    from lookalike.tracking import tracking_environment
+
     spark = spark or get_spark(settings)
-    slots = spark.sparkContext.defaultParallelism
+    slots = task_slots(spark)
     if processes > slots:
         raise ValueError(f"{processes} Horovod processes need {processes} concurrent Spark task "
-                         f"slots; this Spark has {slots}")
+                         f"slots; this cluster has {slots} (with spark.task.resource.gpu.amount, "
+                         "one per GPU): pass --processes <= that")
     env = dict(os.environ)
+    # Ranks on other nodes reach the tracking server through this (cluster: host + token).
+    env.update(tracking_environment(settings))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["PYTHONUNBUFFERED"] = "1"
     # Ranks' output comes back through Horovod: progress lines to the terminal, the rest to

@@ -126,7 +126,7 @@ def _flat(prefix: str, section) -> dict[str, str]:
 
 def train_and_log(settings: Settings, processes: int | None = None,
                   params_run_id: str | None = None, use_tuned: bool = True,
-                  resume_run_id: str | None = None) -> dict:
+                  resume_run_id: str | None = None, tags: dict | None = None) -> dict:
     """Train (and evaluate) the embedding model; return ``{"run_id", metrics...}``.
 
     ``processes`` > 1 trains with that many Horovod ranks (``horovod.spark.run``); default
@@ -158,7 +158,7 @@ def train_and_log(settings: Settings, processes: int | None = None,
 
     tags = {KIND_TAG: "train", "lookalike.products_table": spec.products_table,
             "lookalike.products_version": str(spec.products_version),
-            "lookalike.data_path": spec.mode, PARAMS_SOURCE_TAG: source or ""}
+            "lookalike.data_path": spec.mode, PARAMS_SOURCE_TAG: source or "", **(tags or {})}
     with mlflow.start_run(run_id=resume_run_id, tags=None if resume_run_id else tags) as run:
         run_id = run.info.run_id
         if not resume_run_id:

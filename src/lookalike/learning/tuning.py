@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -147,8 +148,11 @@ def clean_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPlan,
               params: dict[str, Any], parent_run_id: str, tracking_uri: str,
-              experiment_id: str, threads: int) -> dict:
-    """One Hyperopt evaluation (runs inside a Spark Python worker). Returns a hyperopt result."""
+              experiment_id: str, threads: int, worker_env: dict | None = None) -> dict:
+    """One Hyperopt evaluation (runs inside a Spark Python worker). Returns a hyperopt result.
+    ``worker_env`` (:func:`lookalike.tracking.tracking_environment`) reaches the tracking
+    server from a worker that has none of the driver's configuration."""
+    os.environ.update(worker_env or {})
     from hyperopt import STATUS_OK
     from mlflow import MlflowClient
 
@@ -214,7 +218,8 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
             "run_id": run_id, "params": params, "start": started, "end": time.time()}
 
 
-def tune(settings: Settings, max_evals: int | None = None, parallelism: int | None = None) -> dict:
+def tune(settings: Settings, max_evals: int | None = None, parallelism: int | None = None,
+         tags: dict | None = None) -> dict:
     """Run the search and return ``{"run_id", "best_params", "best_val_map_at_r", ...}``."""
     import mlflow
     from hyperopt import SparkTrials, fmin, tpe
@@ -224,7 +229,7 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
                                          split_dir)
     from lookalike.learning.model import cpu_count
     from lookalike.spark import get_spark
-    from lookalike.tracking import KIND_TAG, configure_mlflow
+    from lookalike.tracking import KIND_TAG, configure_mlflow, tracking_environment
 
     experiment_id = configure_mlflow(settings)
     spark = get_spark(settings)
@@ -247,10 +252,14 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
     settings_dict = dataclasses.asdict(settings)
     spec_dict = spec.to_dict()
     tracking_uri = settings.tracking_uri
+    # Trials run in Spark workers: they reach the tracking server through this environment
+    # (on a cluster: the workspace host and a token), never through a path on the driver.
+    worker_env = tracking_environment(settings)
 
     with mlflow.start_run(tags={KIND_TAG: "tune",
                                 "lookalike.products_version": str(spec.products_version),
-                                TUNING_KEY_TAG: tuning_key(settings, spec.products_version)}
+                                TUNING_KEY_TAG: tuning_key(settings, spec.products_version),
+                                **(tags or {})}
                           ) as run:
         parent = run.info.run_id
         mlflow.log_params({"max_evals": max_evals, "parallelism": parallelism,
@@ -262,7 +271,7 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
 
         def objective(params):
             return run_trial(settings_dict, spec_dict, val_dir, plan, params, parent,
-                             tracking_uri, experiment_id, threads)
+                             tracking_uri, experiment_id, threads, worker_env)
 
         trials = SparkTrials(parallelism=parallelism, spark_session=spark)
         say("tune", f"{max_evals} trials, {parallelism} in parallel")

@@ -3,10 +3,11 @@
 After a promotion the ``deploy`` job task (or ``lookalike deploy``) creates the endpoint
 ``deploy.endpoint_name`` or updates its config to serve ``registry.model_name`` at the version
 behind alias ``champion``; an endpoint already serving that version is left alone. Requests go
-through the Databricks SDK's authenticated API client (cluster credentials in a job,
-``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` or a CLI profile elsewhere), and the request built by
-:func:`endpoint_requests` is exactly what is sent, so ``--dry-run`` can print it without a
-workspace.
+through :func:`lookalike.workspace.api` (the Databricks SDK's authenticated client: cluster
+credentials in a job, ``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` or a CLI profile elsewhere),
+and the request built by :func:`endpoint_requests` is exactly what is sent, so ``--dry-run``
+can print it without a workspace. ``deploy.query_principals`` (groups, or service principals'
+application ids) get CAN_QUERY on the endpoint.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def serves_version(endpoint: dict, model_name: str, version: str | int) -> bool:
 
 def has_credentials() -> bool:
     """Whether the SDK can authenticate here (a job cluster, env vars or a CLI config)."""
-    from lookalike.spark import on_databricks
+    from lookalike.runtime import on_databricks
+    from lookalike.workspace import STANDIN_ENV
 
     return (on_databricks() or bool(os.environ.get("DATABRICKS_HOST"))
+            or bool(os.environ.get(STANDIN_ENV))
             or bool(os.environ.get("DATABRICKS_CONFIG_PROFILE"))
             or os.path.exists(os.path.expanduser("~/.databrickscfg")))
 
@@ -114,11 +117,14 @@ def deploy_champion(settings: Settings, dry_run: bool = False) -> dict:
         # No workspace to ask whether the endpoint exists: show both possible requests.
         return {**result, "action": "create if absent, else update", "requests": requests}
 
-    from databricks.sdk import WorkspaceClient
+    from lookalike.workspace import api as workspace_api, grant_endpoint_query
 
-    api = WorkspaceClient().api_client
+    api = workspace_api()
     existing = _get_endpoint(api, name)
     if existing is not None and serves_version(existing, settings.registry.model_name, version):
+        if not dry_run:
+            result["granted"] = grant_endpoint_query(existing["id"],
+                                                     list(settings.deploy.query_principals), api)
         return {**result, "action": "unchanged"}
     action = "update" if existing is not None else "create"
     request = requests[action]
@@ -126,7 +132,10 @@ def deploy_champion(settings: Settings, dry_run: bool = False) -> dict:
     if dry_run:
         return result
     say("deploy", f"{action} endpoint {name} -> {settings.registry.model_name} v{version}")
-    api.do(request["method"], request["path"], body=request["body"])
+    answer = api.do(request["method"], request["path"], body=request["body"])
+    endpoint_id = (answer or {}).get("id") or _get_endpoint(api, name)["id"]
+    result["granted"] = grant_endpoint_query(endpoint_id, list(settings.deploy.query_principals),
+                                             api)
     if settings.deploy.wait_seconds:
         result["state"] = _wait_ready(api, name, settings.deploy.wait_seconds)
     log.info("deploy: %s", result)

@@ -71,9 +71,11 @@ def write_products_folder(settings: Settings, run_id: str, provenance: IndexProv
                             for r in rows.toLocalIterator()), directory)
 
 
-def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
+def package_and_register(settings: Settings, run_id: str | None = None,
+                         tags: dict | None = None) -> dict:
     """Log, register and alias-as-challenger the pyfunc of training run ``run_id`` (default:
-    latest). Needs ``embed`` and ``build-index`` for that run first."""
+    latest). Needs ``embed`` and ``build-index`` for that run first. ``tags`` go on the
+    package run and the model version (e.g. the job run that made them)."""
     import mlflow
 
     from lookalike.index.build import index_dir
@@ -100,7 +102,8 @@ def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
         products_path = scratch / "products"
         n_products = write_products_folder(settings, run_id, meta, products_path)
         with mlflow.start_run(run_name=f"package-{run_id[:8]}",
-                              tags={KIND_TAG: "package", "lookalike.training_run": run_id}) as run:
+                              tags={KIND_TAG: "package", "lookalike.training_run": run_id,
+                                    **(tags or {})}) as run:
             mlflow.log_params({"training_run_id": run_id,
                                "products_version": meta.products_version,
                                "embeddings_version": meta.embeddings_version,
@@ -117,7 +120,7 @@ def package_and_register(settings: Settings, run_id: str | None = None) -> dict:
     tags = {BASED_ON_TAG: NO_CHAMPION if current is None else str(current.version),
             "training_run": run_id, "delta_version": str(meta.products_version),
             "embeddings_version": str(meta.embeddings_version),
-            "index_size": str(manifest.count), "package_run": package_run}
+            "index_size": str(manifest.count), "package_run": package_run, **(tags or {})}
     version = register_version(settings, info.model_uri, tags)
     result = {"model_name": name, "version": int(version.version),
               "logged_model_uri": info.model_uri,

@@ -7,6 +7,7 @@ from a real prediction) into the active MLflow run.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import tempfile
 import warnings
@@ -104,8 +105,11 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
 
 def _log_model(mlflow, name, limits, model_dir, index_path, products_path, code, signature,
                example, params):
+    # MLflow 3 names a logged model `name`; 2.x (DBR 15.4 LTS ML has 2.13) `artifact_path`.
+    where = ("name" if "name" in inspect.signature(mlflow.pyfunc.log_model).parameters
+             else "artifact_path")
     return mlflow.pyfunc.log_model(
-        name=name,
+        **{where: name},
         python_model=LookalikeModel(limits),
         artifacts={ARTIFACT_MODEL: str(model_dir), ARTIFACT_INDEX: str(index_path),
                    ARTIFACT_PRODUCTS: str(products_path)},

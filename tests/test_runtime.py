@@ -1,0 +1,48 @@
+"""On a Databricks cluster (DATABRICKS_RUNTIME_VERSION set): where logs and MLflow go.
+Each test here fails on the code before the "Databricks for real" issue (#18)."""
+
+from __future__ import annotations
+
+from lookalike.config import load_settings
+from lookalike.runtime import local_scratch, volume_of
+
+
+def test_logs_go_to_local_disk_not_the_volume_on_a_cluster(monkeypatch, tmp_path):
+    """Issue 18, item 1: a Volume takes no appends, and may not exist before the first task
+    creates it, so the library log is on the driver's disk there."""
+    monkeypatch.setenv("LOOKALIKE_VOLUMES_ROOT", str(tmp_path / "Volumes"))
+    home = tmp_path / "Volumes/main/shop/lookalike"
+    settings = load_settings(overrides={"home": str(home)})
+    assert settings.logs_path == home / "logs"            # a laptop: under home
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    assert volume_of(settings.home_path) == ("main", "shop", "lookalike")
+    assert volume_of(settings.logs_path) is None
+    assert settings.logs_path.is_relative_to(local_scratch())
+
+
+def test_tracking_on_a_cluster_is_the_workspace_server_never_a_file(monkeypatch, tmp_path):
+    """Issue 18, item 3: no sqlite file on a Volume; the workspace's server and Unity
+    Catalog's registry, or what the cluster's environment names."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    settings = load_settings(overrides={"home": str(tmp_path)})
+    assert settings.tracking_uri.startswith("sqlite:")
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    assert (settings.tracking_uri, settings.registry_uri) == ("databricks", "databricks-uc")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert settings.tracking_uri == "http://127.0.0.1:5000"
+    explicit = load_settings(overrides={"mlflow": {"tracking_uri": "http://x:1"}})
+    assert explicit.tracking_uri == explicit.registry_uri == "http://x:1"
+
+
+def test_workers_get_the_tracking_server_from_their_environment(monkeypatch, tmp_path):
+    """Issue 18, item 3: tuning trials and Horovod ranks are given the URIs (and on
+    Databricks the host and a token) instead of inheriting a path of the driver."""
+    from lookalike.tracking import tracking_environment
+
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://127.0.0.1:5000")
+    env = tracking_environment(load_settings(overrides={"home": str(tmp_path)}))
+    assert env == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+                   "MLFLOW_REGISTRY_URI": "http://127.0.0.1:5000"}
