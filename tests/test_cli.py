@@ -29,3 +29,10 @@ def test_every_command_parses_and_has_a_handler():
 def test_bad_setting_stops_with_exit_2_and_names_the_key(capsys):
     assert cli.main(["embed", "--set", "embedding.batch_size=lots"]) == 2
     assert "config error at 'embedding.batch_size'" in capsys.readouterr().err
+
+
+def test_job_run_ids_are_checked_before_they_reach_a_search_filter():
+    assert cli.parse(["embed", "--job-run", "123456"]).job_run == "123456"
+    assert cli.parse(["app-sample"]).command in cli.COMMANDS
+    with pytest.raises(SystemExit):
+        cli.parse(["embed", "--job-run", "1' or tags.x = '1"])

@@ -50,3 +50,30 @@ def test_dry_run_prints_the_request_for_the_registered_champion(packaged_model, 
     body = result["requests"]["update"]["body"]
     assert body["served_entities"][0]["entity_version"] == str(packaged_model.version)
     assert result["requests"]["create"]["body"]["name"] == "lookalike-test"
+
+
+def test_deploy_creates_then_leaves_the_endpoint_and_grants_query(packaged_model, tmp_path):
+    """The real command against the real registry, the workspace API stood in for
+    (lookalike.workspace.StandIn): create with the champion's version, CAN_QUERY for the
+    configured principals, then "unchanged". Not covered: Databricks' own answers."""
+    from lookalike.workspace import StandIn
+
+    settings = packaged_model.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    env.update(HOME=str(tmp_path), LOOKALIKE_HOME=str(settings.home_path),
+               LOOKALIKE_WORKSPACE_STANDIN=str(tmp_path / "ws"))
+    command = [sys.executable, "-m", "lookalike.cli", "deploy",
+               "--set", f"registry.model_name={settings.registry.model_name}",
+               "--set", "deploy.endpoint_name=lookalike-test",
+               "--set", "deploy.query_principals=[users]", "--set", "deploy.wait_seconds=0"]
+    actions = []
+    for _ in range(2):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        actions.append(json.loads(done.stdout.strip().splitlines()[-1])["action"])
+    assert actions == ["create", "unchanged"]
+    state = StandIn(tmp_path / "ws")._load()
+    entity = state["endpoints"]["lookalike-test"]["config"]["served_entities"][0]
+    assert entity["entity_version"] == str(packaged_model.version)
+    assert state["permissions"]["/api/2.0/permissions/serving-endpoints/id-lookalike-test"][0] == {
+        "group_name": "users", "permission_level": "CAN_QUERY"}
