@@ -373,10 +373,11 @@ class Settings:
 
     @property
     def registry_uri(self) -> str:
-        """The setting; else Unity Catalog on a cluster; else the tracking store."""
+        """The setting; else Unity Catalog on a cluster (unless the tracking URI is set);
+        else the tracking store."""
         if self.mlflow.registry_uri:
             return self.mlflow.registry_uri
-        if on_databricks():
+        if on_databricks() and not self.mlflow.tracking_uri:
             return os.environ.get("MLFLOW_REGISTRY_URI") or "databricks-uc"
         return self.tracking_uri
 
