@@ -10,6 +10,9 @@ Configuration (the server's environment; see :class:`streamlit_app.client.AppCon
 * ``LOOKALIKE_TOKEN``: bearer token for Databricks model serving (optional). It stays on the
   server: never rendered into the page, never a widget value, only sent to the configured
   endpoint (an edited endpoint gets no token).
+* ``LOOKALIKE_SERVING_ENDPOINT``: as a Databricks App (conf/bundle/app.yml), the serving
+  endpoint's name; requests carry the app's service principal credentials (no token), and a
+  ``/Volumes/...`` catalogue sample is read through the Files API.
 * ``LOOKALIKE_MAX_UPLOAD_BYTES`` / ``LOOKALIKE_MAX_UPLOAD_PIXELS``: upload limits, checked
   before anything is decoded (defaults 10 MB, 25 MP: the REST server's own limits).
 * ``LOOKALIKE_CATALOGUE_SAMPLE``: parquet written by ``lookalike.pipeline.export_catalogue_sample``
@@ -20,13 +23,17 @@ Configuration (the server's environment; see :class:`streamlit_app.client.AppCon
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import streamlit as st
 
 _ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+# The checkout's root (streamlit_app) and src/ (lookalike, where it is not installed: a
+# Databricks App runs from the bundle's files).
+for _path in (_ROOT / "src", _ROOT):
+    if _path.is_dir() and str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from lookalike.preprocessing import thumbnail_png  # noqa: E402
 from streamlit_app import client as lc  # noqa: E402
@@ -37,22 +44,25 @@ ALL_CATEGORIES = "All categories"
 
 
 @st.cache_resource(show_spinner=False)
-def get_client(endpoint: str, token: str | None) -> lc.LookalikeClient:
-    """One HTTP client (connection pool) per endpoint and token, shared by all sessions
-    (server-side memory: the token is never sent to the browser)."""
-    return lc.LookalikeClient(endpoint=endpoint, token=token or None)
+def get_client(endpoint: str, token: str | None, workspace: bool = False) -> lc.LookalikeClient:
+    """One HTTP client (connection pool) per endpoint and credentials, shared by all sessions
+    (server-side memory: no token or credential is ever sent to the browser)."""
+    return lc.LookalikeClient(endpoint=endpoint, token=token or None,
+                              auth=lc.workspace_auth() if workspace else None)
 
 
 @st.cache_data(show_spinner=False)
-def load_sample(path: str, modified: float):
-    """The catalogue sample; ``modified`` (file mtime) makes a re-export visible."""
-    return lc.read_catalogue_sample(path)
+def load_sample(path: str, modified: float, workspace: bool = False):
+    """The catalogue sample; ``modified`` (file mtime, or the hour for a Volume read through
+    the workspace) makes a re-export visible."""
+    return lc.read_catalogue_sample(path, workspace)
 
 
 @st.cache_data(ttl=300, max_entries=200, show_spinner=False)
-def recommend(endpoint: str, token: str | None, kind: str, value, k: int, category: str | None):
+def recommend(endpoint: str, token: str | None, kind: str, value, k: int, category: str | None,
+              workspace: bool = False):
     """Neighbours of a product id or image bytes; errors are raised, never cached."""
-    api = get_client(endpoint, token)
+    api = get_client(endpoint, token, workspace)
     if kind == "image":
         return api.similar_to_image(value, k=k, category=category)
     return api.similar_to_product(value, k=k, category=category)
@@ -99,7 +109,10 @@ def sidebar(config: lc.AppConfig, sample):
     else:
         endpoint = config.endpoint
         st.sidebar.caption(f"REST endpoint: {endpoint} (set by {lc.ENDPOINT_ENV})")
-    st.sidebar.caption("Bearer token: " + ("set on the server" if config.token else "none"))
+    if config.workspace:
+        st.sidebar.caption("Credentials: the app's service principal (server side)")
+    else:
+        st.sidebar.caption("Bearer token: " + ("set on the server" if config.token else "none"))
     st.sidebar.header("Results")
     k = st.sidebar.slider("How many lookalikes (k)", min_value=1, max_value=50, value=10, key="k")
     if sample is not None and len(sample):
@@ -173,7 +186,8 @@ def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str |
         try:
             with st.spinner("Finding lookalikes…"):
                 neighbours = recommend(endpoint, config.token_for(endpoint), query["kind"],
-                                       query["value"], k, category)
+                                       query["value"], k, category,
+                                       config.workspace_for(endpoint))
         except lc.EndpointError as error:
             st.error(str(error))
             return
@@ -205,14 +219,21 @@ def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str |
 
 def main() -> None:
     st.set_page_config(page_title="Lookalike", page_icon="👗", layout="wide")
+    try:
+        config = lc.AppConfig.from_environ()
+    except lc.EndpointError as error:     # a misconfigured deployment: say so, plainly
+        st.error(str(error))
+        return
     sample_path = lc.default_sample_path()
     try:
-        modified = sample_path.stat().st_mtime if sample_path.exists() else 0.0
-        sample = load_sample(str(sample_path), modified)
+        if sample_path.exists():
+            modified = sample_path.stat().st_mtime
+        else:   # a Volume through the Files API: look again every hour (nightly export)
+            modified = float(int(time.time() // 3600)) if config.workspace else 0.0
+        sample = load_sample(str(sample_path), modified, config.workspace)
     except Exception as error:  # a broken sample must not take the page down
         st.warning(f"Could not read the catalogue sample {sample_path}: {error}")
         sample = None
-    config = lc.AppConfig.from_environ()
     endpoint, k, category = sidebar(config, sample)
 
     st.title("Lookalike")

@@ -3,7 +3,9 @@
 Pure functions and one class, no Streamlit import, so they are testable on their own and the
 app stays a thin page. The endpoint is either the local ``mlflow models serve`` URL
 (``http://127.0.0.1:5001``) or a Databricks model serving URL
-(``https://<workspace>/serving-endpoints/<name>/invocations``) with a bearer token.
+(``https://<workspace>/serving-endpoints/<name>/invocations``) with a bearer token, or, as a
+Databricks App, a serving endpoint by name (``LOOKALIKE_SERVING_ENDPOINT``) queried with the
+app's service principal through the Databricks SDK (:func:`workspace_auth`).
 
 Request/response contract (see the package's serving module)::
 
@@ -21,14 +23,14 @@ import base64
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import requests
 
 from lookalike.app_env import (ALLOW_ENDPOINT_EDIT_ENV, DEFAULT_ENDPOINT,  # noqa: F401
                                DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, ENDPOINT_ENV,
                                MAX_UPLOAD_BYTES_ENV, MAX_UPLOAD_PIXELS_ENV, SAMPLE_ENV,
-                               TOKEN_ENV, catalogue_sample_path)
+                               SERVING_ENDPOINT_ENV, TOKEN_ENV, catalogue_sample_path)
 
 SAMPLE_COLUMNS = ("product_id", "category", "title", "thumbnail")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
@@ -49,14 +51,29 @@ class AppConfig:
     allow_endpoint_edit: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS
+    # A Databricks App: the endpoint is the workspace's serving endpoint, and requests carry
+    # the app's service principal credentials (from the environment, via the SDK).
+    workspace: bool = False
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> "AppConfig":
         import os
 
         environ = os.environ if environ is None else environ
+        name = (environ.get(SERVING_ENDPOINT_ENV) or "").strip()
+        if name:
+            host = (environ.get("DATABRICKS_HOST") or "").strip().rstrip("/")
+            if not host:
+                raise EndpointError(f"{SERVING_ENDPOINT_ENV} names a Databricks serving "
+                                    "endpoint, but DATABRICKS_HOST is not set (a Databricks App "
+                                    "sets it)")
+            if not host.startswith(("http://", "https://")):
+                host = "https://" + host        # Databricks Apps give the bare host name
+            endpoint = f"{host}/serving-endpoints/{name}/invocations"
+        else:
+            endpoint = (environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).strip()
         return cls(
-            endpoint=(environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).strip(),
+            endpoint=endpoint, workspace=bool(name),
             token=(environ.get(TOKEN_ENV) or "").strip() or None,
             allow_endpoint_edit=environ.get(ALLOW_ENDPOINT_EDIT_ENV, "").lower()
             in ("1", "true", "yes"),
@@ -66,8 +83,24 @@ class AppConfig:
 
     def token_for(self, endpoint: str) -> str | None:
         """The bearer token for ``endpoint``: only ever the configured endpoint's."""
-        same = invocations_url(endpoint) == invocations_url(self.endpoint)
-        return self.token if same else None
+        return self.token if self._configured(endpoint) else None
+
+    def workspace_for(self, endpoint: str) -> bool:
+        """Whether requests to ``endpoint`` carry the app's workspace credentials: only to
+        the configured serving endpoint, never to an edited URL."""
+        return self.workspace and self._configured(endpoint)
+
+    def _configured(self, endpoint: str) -> bool:
+        return invocations_url(endpoint) == invocations_url(self.endpoint)
+
+
+def workspace_auth() -> Callable[[], dict[str, str]]:
+    """Headers that authenticate as this process's Databricks identity (a Databricks App: its
+    service principal, from DATABRICKS_CLIENT_ID / _SECRET; elsewhere DATABRICKS_TOKEN or a
+    CLI profile), refreshed by the SDK as tokens expire."""
+    from databricks.sdk.core import Config
+
+    return Config().authenticate
 
 
 class EndpointError(RuntimeError):
@@ -98,6 +131,8 @@ class LookalikeClient:
     token: str | None = None
     timeout: float = 30.0
     session: requests.Session = field(default_factory=requests.Session, repr=False)
+    # Headers from the workspace's identity (workspace_auth), instead of a fixed token.
+    auth: Callable[[], dict[str, str]] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -107,6 +142,8 @@ class LookalikeClient:
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if self.auth is not None:
+            headers.update(self.auth())
         return headers
 
     def invoke(self, records: Sequence[dict[str, Any]], params: dict[str, Any]) -> list[Neighbour]:
@@ -264,14 +301,24 @@ def default_sample_path(environ: dict[str, str] | None = None) -> Path:
     return catalogue_sample_path(None, environ)
 
 
-def read_catalogue_sample(path: str | Path):
-    """The exported catalogue sample as a DataFrame (thumbnail column: PNG bytes); None if absent."""
+def read_catalogue_sample(path: str | Path, workspace: bool = False):
+    """The exported catalogue sample as a DataFrame (thumbnail column: PNG bytes); None if absent.
+    With ``workspace`` (a Databricks App, which mounts no Volume), a ``/Volumes/...`` path is
+    read through the workspace's Files API as the app's service principal."""
+    import io
+
     import pandas as pd
 
     path = Path(path)
-    if not path.exists():
+    if path.exists():
+        source = path
+    elif workspace and str(path).startswith("/Volumes/"):
+        source = _volume_file(str(path))
+        if source is None:
+            return None
+    else:
         return None
-    frame = pd.read_parquet(path)
+    frame = pd.read_parquet(source if isinstance(source, Path) else io.BytesIO(source))
     missing = [c for c in ("product_id", "category", "thumbnail") if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {missing}; re-export it with "
@@ -279,6 +326,17 @@ def read_catalogue_sample(path: str | Path):
     if "title" not in frame.columns:
         frame["title"] = None
     return frame.reset_index(drop=True)
+
+
+def _volume_file(path: str) -> bytes | None:
+    """A Unity Catalog Volume file's bytes (Files API), or None if it does not exist yet."""
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.errors import NotFound
+
+    try:
+        return WorkspaceClient().files.download(path).contents.read()
+    except NotFound:
+        return None
 
 
 def random_page(frame, size: int, seed: int, category: str | None = None):

@@ -23,6 +23,9 @@ DYNAMIC = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 USER = {"short_name": "ada", "userName": "ada@example.com"}
 # `--var` values a user passes (catalog has no default on purpose).
 CLI_VARS = {"catalog": "shop"}
+# What ${resources.apps.<key>.service_principal_client_id} is once the app exists (its
+# service principal's application id, made by the workspace when the app is created).
+APP_SERVICE_PRINCIPAL = "6f1c2a3b-0000-4000-8000-00000000a99e"
 # Resource kinds whose names development mode prefixes with dev_<short_name>_.
 DEV_PREFIXED = ("schemas", "registered_models")
 
@@ -100,6 +103,10 @@ class Bundle:
                 return self.user[parts[2]]
             if parts[0] == "resources" and parts[3:] == ["name"]:
                 return self.resource_name(parts[1], parts[2])
+            if parts[0] == "resources" and parts[1] == "apps" and \
+                    parts[3:] == ["service_principal_client_id"]:
+                self.resource("apps", parts[2])
+                return APP_SERVICE_PRINCIPAL
             raise AssertionError(f"unknown reference ${{{match.group(1)}}}")
 
         return REF.sub(one, value)

@@ -9,17 +9,15 @@ Unity Catalog access, jobs without timeouts or alerts.
 from __future__ import annotations
 
 import ast
-import glob
+import json
 import re
 from pathlib import Path
 
 import pytest
-import yaml
+from bundle_model import Bundle, load_documents
 
 from lookalike import cli
 from lookalike.config import load_settings
-
-from bundle_model import Bundle, load_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +93,6 @@ def test_expected_jobs_exist():
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_task_runs_an_existing_entry_point_with_accepted_parameters(target):
-    variables = _variables(target)
     checked = 0
     for path, job_key, job, task in _tasks():
         where = f"{path.name}: {job_key}.{task['task_key']}"
@@ -293,7 +290,6 @@ def test_the_wheel_leaves_the_runtimes_own_packages_alone():
     """Installed as a job library on DBR 15.4 LTS ML, the wheel must not replace the cluster's
     Spark, Delta, TensorFlow (Horovod is built against it), Horovod, Hyperopt or Petastorm, and
     pins nothing exactly: exact pins live in .ci/requirements.lock and the `local` extra."""
-    import re
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -361,3 +357,30 @@ def test_catalog_is_a_required_variable_and_unity_catalog_objects_are_declared()
     assert not root.startswith("/Workspace/Shared"), "every user could edit prod's code"
     for target in TARGETS:
         assert ROOT_DOC["targets"][target]["workspace"].get("host")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_demo_app_reads_what_the_jobs_export_and_queries_the_endpoint(target):
+    """conf/bundle/app.yml: the app browses the sample the app_sample task writes into the
+    home Volume (which it may read), queries the target's endpoint by name, and its service
+    principal is among those the deploy task grants CAN_QUERY."""
+    from lookalike.app_env import SAMPLE_ENV, SAMPLE_RELATIVE_PATH, SERVING_ENDPOINT_ENV
+
+    bundle = Bundle(target)
+    app = bundle.resolve(bundle.resource("apps", "lookalike_app"))
+    env = {e["name"]: e["value"] for e in app["config"]["env"]}
+    home = next(iter(_job_env(target).values()))["LOOKALIKE_HOME"]
+    assert env[SAMPLE_ENV] == f"{home}/{SAMPLE_RELATIVE_PATH.as_posix()}"
+    assert env[SERVING_ENDPOINT_ENV] == bundle.resolve(bundle.variables["endpoint_name"])
+    volume = app["resources"][0]["uc_securable"]
+    assert volume["permission"] == "READ_VOLUME"
+    assert volume["securable_full_name"] == ".".join(home.split("/")[2:5])
+    principals = json.loads(next(iter(_job_env(target).values()))[
+        "LOOKALIKE__DEPLOY__QUERY_PRINCIPALS"])
+    assert bundle.resolve("${resources.apps.lookalike_app.service_principal_client_id}") \
+        in principals
+    source = (ROOT / "conf" / "bundle" / app["source_code_path"]).resolve()
+    assert source == ROOT and (source / app["config"]["command"][2]).is_file()
+    commands = {_wrapper_command(ROOT / "jobs" / Path(t["spark_python_task"]["python_file"]).name)
+                for job in bundle.jobs().values() for t in job["tasks"]}
+    assert "app-sample" in commands

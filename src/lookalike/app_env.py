@@ -9,6 +9,9 @@ from pathlib import Path
 
 ENDPOINT_ENV = "LOOKALIKE_ENDPOINT"
 TOKEN_ENV = "LOOKALIKE_TOKEN"
+# As a Databricks App: the name of the model serving endpoint to query, with the app's own
+# service principal (credentials the platform puts in the app's environment; no token here).
+SERVING_ENDPOINT_ENV = "LOOKALIKE_SERVING_ENDPOINT"
 SAMPLE_ENV = "LOOKALIKE_CATALOGUE_SAMPLE"
 # "1" lets visitors edit the endpoint URL (a developer's setting; the token never follows an
 # edited URL). Off by default: the endpoint is what the server was configured with.

@@ -166,7 +166,6 @@ def _build_index(args, settings: Settings):
 
 def _package(args, settings: Settings):
     from lookalike.serving.package import package_and_register
-
     from lookalike.tracking import job_tags
 
     return package_and_register(settings, run_id=_run_id(args, settings),

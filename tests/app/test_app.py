@@ -360,3 +360,89 @@ def test_endpoint_is_fixed_unless_allowed_and_the_token_never_follows_an_edit(
     finally:
         configured.close()
         elsewhere.close()
+
+
+class WorkspaceStandIn:
+    """A loopback stand-in of a workspace for the app as a Databricks App: the serving
+    endpoint ``shop`` (forwarded to the real ``mlflow models serve``) and the Files API of
+    one Volume file. Records each request's path and Authorization header. Not covered: the
+    OAuth exchange of an app's service principal (the SDK authenticates with a token here)."""
+
+    def __init__(self, served_model: str, volume_path: str, sample: bytes):
+        import http.server
+        import threading
+        import urllib.request
+
+        seen = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, status, body, kind="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                seen.append((self.path, self.headers.get("Authorization")))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/serving-endpoints/shop/invocations":
+                    return self._answer(404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}')
+                request = urllib.request.Request(f"{served_model}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    self._answer(response.status, response.read())
+
+            def do_GET(self):
+                seen.append((self.path, self.headers.get("Authorization")))
+                if self.path == f"/api/2.0/fs/files{volume_path}":
+                    return self._answer(200, sample, "application/octet-stream")
+                self._answer(404, b'{"error_code": "NOT_FOUND", "message": "no such file"}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_as_a_databricks_app_it_queries_the_serving_endpoint_with_workspace_credentials(
+        monkeypatch, served_model, app_sample, tmp_path):
+    """conf/bundle/app.yml: the endpoint by name, the sample from the Volume through the
+    Files API, credentials from the workspace identity (never a page element)."""
+    volume_path = "/Volumes/shop/lookalike/lookalike/app/catalogue_sample.parquet"
+    workspace = WorkspaceStandIn(served_model, volume_path, Path(app_sample[0]).read_bytes())
+    try:
+        for name in (lc.ENDPOINT_ENV, lc.TOKEN_ENV, "DATABRICKS_CONFIG_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))        # no ~/.databrickscfg of the machine
+        monkeypatch.setenv(lc.SERVING_ENDPOINT_ENV, "shop")
+        monkeypatch.setenv("DATABRICKS_HOST", workspace.url)
+        monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+        monkeypatch.setenv(lc.SAMPLE_ENV, volume_path)
+        config = lc.AppConfig.from_environ()
+        assert config.endpoint == f"{workspace.url}/serving-endpoints/shop/invocations"
+        assert config.workspace_for(config.endpoint)
+        assert not config.workspace_for("http://127.0.0.1:1/invocations")
+        app = run_app()
+        assert not app.error, [e.value for e in app.error]
+        assert len(results(app)) == 10
+        assert not [t for t in texts(app) if TOKEN in t]
+        paths = {path for path, _ in workspace.requests}
+        assert paths == {f"/api/2.0/fs/files{volume_path}", "/serving-endpoints/shop/invocations"}
+        assert {auth for _, auth in workspace.requests} == {f"Bearer {TOKEN}"}
+    finally:
+        workspace.close()
+
+
+def test_as_a_databricks_app_without_a_host_it_says_what_is_missing():
+    with pytest.raises(lc.EndpointError, match="DATABRICKS_HOST is not set"):
+        lc.AppConfig.from_environ({lc.SERVING_ENDPOINT_ENV: "shop"})
+    config = lc.AppConfig.from_environ({lc.SERVING_ENDPOINT_ENV: "shop",
+                                        "DATABRICKS_HOST": "adb-1.azuredatabricks.net"})
+    assert config.endpoint == "https://adb-1.azuredatabricks.net/serving-endpoints/shop/invocations"

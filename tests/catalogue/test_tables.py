@@ -52,6 +52,7 @@ def test_managed_tables_hold_the_catalogue_by_name(spark, settings, tmp_path):
     """Ingest, re-ingest and a neighbours-style partition overwrite through metastore names on
     the real local session (its built-in catalog stands in for Unity Catalog)."""
     from imagegen import encode_image
+
     from lookalike.catalogue.ingest import ingest_folder
 
     database = f"lookalike_{uuid.uuid4().hex[:8]}"

@@ -32,9 +32,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+from bundle_model import Bundle, task_order
 
-from bundle_model import ROOT, Bundle, task_order
-from lookalike.processes import free_port, log_tail, stop_process, wait_http
+from lookalike.processes import free_port, stop_process, wait_http
 
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 # The catalog a rehearsal passes with --var: the local metastore's only catalog.
@@ -344,6 +344,7 @@ class Workspace:
         import base64
 
         from imagegen import encode_image
+
         from lookalike.config import load_settings
         from lookalike.serving.server import post_json, start_server, stop_server
 

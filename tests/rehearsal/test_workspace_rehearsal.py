@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-
+from bundle_model import APP_SERVICE_PRINCIPAL
 from rehearse import NOT_COVERED, Workspace, fashion_mnist_slice, file_server, shop_photos
 
 pytestmark = pytest.mark.slow
@@ -55,6 +55,10 @@ def _report(ws: Workspace) -> None:
 def _check_endpoint(ws: Workspace, name: str) -> None:
     state = ws.state()
     assert name in state["endpoints"], state["endpoints"]
+    # The group and the demo app's service principal may query it (CAN_QUERY).
+    granted = state["permissions"][f"/api/2.0/permissions/serving-endpoints/id-{name}"]
+    assert {"service_principal_name": APP_SERVICE_PRINCIPAL,
+            "permission_level": "CAN_QUERY"} in granted, granted
     status, body = ws.query_endpoint(name)
     assert status == 200, body
     records = body["predictions"] if isinstance(body, dict) else body

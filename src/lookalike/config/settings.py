@@ -22,7 +22,6 @@ from lookalike.config.operations import (
 from lookalike.config.schema import ConfigError, build, require
 from lookalike.runtime import local_scratch, on_databricks
 
-
 # Keras mixed-precision policies (training.precision, embedding.precision).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 

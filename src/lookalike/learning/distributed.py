@@ -346,7 +346,6 @@ def run_training(settings, spec, checkpoint_dir: str | Path, processes: int = 1,
 
     from lookalike.console import LineRouter, log_stream
     from lookalike.spark import get_spark
-
     from lookalike.tracking import tracking_environment
 
     spark = spark or get_spark(settings)

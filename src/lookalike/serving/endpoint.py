@@ -117,14 +117,14 @@ def deploy_champion(settings: Settings, dry_run: bool = False) -> dict:
         # No workspace to ask whether the endpoint exists: show both possible requests.
         return {**result, "action": "create if absent, else update", "requests": requests}
 
-    from lookalike.workspace import api as workspace_api, grant_endpoint_query
+    from lookalike import workspace
 
-    api = workspace_api()
+    api = workspace.api()
     existing = _get_endpoint(api, name)
     if existing is not None and serves_version(existing, settings.registry.model_name, version):
         if not dry_run:
-            result["granted"] = grant_endpoint_query(existing["id"],
-                                                     list(settings.deploy.query_principals), api)
+            result["granted"] = workspace.grant_endpoint_query(
+                existing["id"], list(settings.deploy.query_principals), api)
         return {**result, "action": "unchanged"}
     action = "update" if existing is not None else "create"
     request = requests[action]
@@ -134,8 +134,8 @@ def deploy_champion(settings: Settings, dry_run: bool = False) -> dict:
     say("deploy", f"{action} endpoint {name} -> {settings.registry.model_name} v{version}")
     answer = api.do(request["method"], request["path"], body=request["body"])
     endpoint_id = (answer or {}).get("id") or _get_endpoint(api, name)["id"]
-    result["granted"] = grant_endpoint_query(endpoint_id, list(settings.deploy.query_principals),
-                                             api)
+    result["granted"] = workspace.grant_endpoint_query(
+        endpoint_id, list(settings.deploy.query_principals), api)
     if settings.deploy.wait_seconds:
         result["state"] = _wait_ready(api, name, settings.deploy.wait_seconds)
     log.info("deploy: %s", result)
