@@ -46,3 +46,16 @@ def test_workers_get_the_tracking_server_from_their_environment(monkeypatch, tmp
     env = tracking_environment(load_settings(overrides={"home": str(tmp_path)}))
     assert env == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
                    "MLFLOW_REGISTRY_URI": "http://127.0.0.1:5000"}
+
+
+def test_keras_2_is_chosen_where_tensorflow_would_load_keras_3(monkeypatch):
+    """DBR 15.4 LTS ML's TensorFlow 2.16 loads Keras 3 unless TF_USE_LEGACY_KERAS; TF
+    Similarity needs Keras 2 (the runtime's tf-keras). TF 2.15 (here) needs nothing."""
+    import importlib.metadata
+
+    from lookalike.runtime import prefer_keras_2
+
+    env: dict = {}
+    assert prefer_keras_2(env) is False and env == {}
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.16.1")
+    assert prefer_keras_2(env) is True and env == {"TF_USE_LEGACY_KERAS": "1"}

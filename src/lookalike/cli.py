@@ -306,25 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _keras_3_by_default() -> bool:
-    """TensorFlow >= 2.16 (Keras 3 unless TF_USE_LEGACY_KERAS): read without importing it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        major, minor = (int(p) for p in version("tensorflow").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        return False
-    return (major, minor) >= (2, 16)
-
-
 def _prepare_workspace(settings: Settings) -> None:
-    """On Databricks: the target's schema and Volume exist before any job step uses them, and
-    TensorFlow 2.16 (DBR 15.4 LTS ML) loads Keras 2 (tf-keras), which TF Similarity needs."""
-    from lookalike.runtime import on_databricks
+    """TensorFlow 2.16 (DBR 15.4 LTS ML) loads Keras 2 (tf-keras), which TF Similarity needs;
+    on Databricks the target's schema and Volume exist before any job step uses them."""
+    from lookalike.runtime import on_databricks, prefer_keras_2
 
+    prefer_keras_2()
     if on_databricks():
-        if _keras_3_by_default():
-            os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         from lookalike.catalogue.tables import prepare_unity_catalog
 
         prepare_unity_catalog(settings)

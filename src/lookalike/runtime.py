@@ -31,6 +31,23 @@ def volume_of(path: str | Path) -> tuple[str, str, str] | None:
     return (parts[0], parts[1], parts[2]) if len(parts) >= 3 else None
 
 
+def prefer_keras_2(environ: dict | None = None) -> bool:
+    """With TensorFlow >= 2.16 (Keras 3 by default; DBR 15.4 LTS ML ships 2.16 with tf-keras),
+    make ``tf.keras`` the tf-keras package (Keras 2), which TF Similarity needs. Call before
+    TensorFlow is imported; True if it set the switch. TF 2.15 is Keras 2 already."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    environ = os.environ if environ is None else environ
+    try:
+        major, minor = (int(p) for p in version("tensorflow").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    if (major, minor) < (2, 16):
+        return False
+    environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    return True
+
+
 def local_scratch() -> Path:
     """A folder on this machine's own disk. Volumes take whole-file writes only (no appends,
     no random writes), so logs and other appended files live here on a cluster."""

@@ -366,9 +366,9 @@ class Workspace:
 
 
 def _keras_3_here() -> bool:
-    from lookalike.cli import _keras_3_by_default
+    from lookalike.runtime import prefer_keras_2
 
-    return _keras_3_by_default()
+    return prefer_keras_2({})
 
 
 def _venv_path() -> str:

@@ -77,3 +77,21 @@ def test_a_title_only_change_reaches_the_next_package(embedding_run, spark, tmp_
     local = mlflow.artifacts.download_artifacts(second["model_uri"], dst_path=str(tmp_path))
     catalogue = ServingCatalogue(packaged_artifacts(local)[ARTIFACT_PRODUCTS])
     assert catalogue.title(row["product_id"]) == "Red canvas tote"
+
+
+def test_the_package_pins_mlflow_by_its_module_and_types_empty_text_columns(packaged_model):
+    """On DBR 15.4 LTS ML only mlflow-skinny is installed (no `mlflow` distribution), so the
+    pin comes from mlflow.__version__; and MLflow 2.13 cannot infer a type for a text column
+    with no value (these test products have no titles): the signature still has one."""
+    import mlflow
+    from mlflow.models import get_model_info
+
+    from lookalike.tracking import configure_mlflow
+
+    settings = packaged_model.settings
+    configure_mlflow(settings)
+    uri = f"models:/{settings.registry.model_name}/{packaged_model.version}"
+    requirements = mlflow.pyfunc.get_model_dependencies(uri)
+    assert f"mlflow=={mlflow.__version__}" in open(requirements).read().split()
+    outputs = {c.name for c in get_model_info(uri).signature.outputs.inputs}
+    assert {"product_id", "category", "title"} <= outputs

@@ -35,6 +35,10 @@ def test_validation_in_a_fresh_uv_environment_gates_promotion(packaged_model):
     built from the model's requirements; then a too-strict latency bound fails the version and
     promotion refuses it."""
     import mlflow
+    from mlflow.utils import env_manager as managers
+
+    if not hasattr(managers, "UV"):
+        pytest.skip(f"MLflow {mlflow.__version__} has no uv env_manager (DBR 15.4: 2.13.1)")
 
     from lookalike.registry import VALIDATION_TAG, promote
     from lookalike.serving.validation import validate_version

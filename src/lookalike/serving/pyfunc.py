@@ -36,8 +36,10 @@ class LookalikeModel(PythonModel):
         self.recommender: Recommender | None = None
 
     def load_context(self, context) -> None:
+        from lookalike.runtime import prefer_keras_2
         from lookalike.serving.worker import enable_nodelay, limit_request_bodies
 
+        prefer_keras_2()  # before TensorFlow loads: a 2.16+ serving environment (tf-keras)
         # In each scoring-server worker, before it serves: see lookalike.serving.worker.
         enable_nodelay()
         limit_request_bodies(self.limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
@@ -53,15 +55,20 @@ class LookalikeModel(PythonModel):
 def _requirements() -> list[str]:
     from importlib import metadata
 
-    pins = []
+    import mlflow
+
+    # mlflow.__version__, not the distribution's: DBR 15.4 LTS ML has only mlflow-skinny.
+    pins = [f"mlflow=={mlflow.__version__}"]
     # Everything the pickled model and its code need at load time, cloudpickle (which
-    # pickled the PythonModel) included; pinned to what packaged it.
-    for name in ("mlflow", "cloudpickle", "tensorflow", "faiss-cpu", "numpy", "pandas", "pyarrow",
-                 "pillow", "pyyaml"):
+    # pickled the PythonModel) included; pinned to what packaged it. tf-keras where it is
+    # installed: TensorFlow >= 2.16 needs it for Keras 2 (lookalike.runtime.prefer_keras_2).
+    for name in ("cloudpickle", "tensorflow", "tf-keras", "faiss-cpu", "numpy", "pandas",
+                 "pyarrow", "pillow", "pyyaml"):
         try:
             pins.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
-            pins.append(name)
+            if name != "tf-keras":
+                pins.append(name)
     return pins
 
 
@@ -85,6 +92,10 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
     example = pd.DataFrame({"image": [image_b64, None], "product_id": [None, first]})
     params = default_params(settings)
     output = as_frame(recommender.recommend(example, {**params, "k": 3}))
+    # MLflow 2.x (DBR 15.4 LTS ML) cannot infer a text column with no value (no titles): as
+    # pandas' string dtype it infers string; MLflow 3 infers the same signature either way.
+    output = output.astype({c: "string" for c in output.columns
+                            if output[c].dtype == object and output[c].isna().all()})
     with warnings.catch_warnings():
         # "integer columns cannot represent missing values": our ints (query, rank) never are.
         warnings.simplefilter("ignore", UserWarning)

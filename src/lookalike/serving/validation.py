@@ -183,6 +183,14 @@ def validate_version(settings: Settings, version: str | int | None = None,
 
     cfg = settings.validation
     env_manager = env_manager or cfg.env_manager
+    from mlflow.utils import env_manager as managers
+
+    if env_manager == "uv" and not hasattr(managers, "UV"):
+        import mlflow
+
+        raise ValueError(f"MLflow {mlflow.__version__} has no uv environment manager: set "
+                         "validation.env_manager to local (the Databricks bundle does: the job "
+                         "cluster is itself a fresh environment) or virtualenv (needs pyenv)")
     found = model_version(settings, version, default_alias=CHALLENGER)
     name, number = settings.registry.model_name, found.version
     model_uri = f"models:/{name}/{number}"
