@@ -22,6 +22,8 @@ KIND_TAG = "lookalike.kind"
 JOB_RUN_TAG = "lookalike.job_run"
 # Artifact folder of a training run holding the embedding SavedModel and its lookalike.json.
 MODEL_ARTIFACT = "embedding_model"
+# Experiments whose workspace folder this process has made sure of.
+_FOLDERS_MADE: set[str] = set()
 
 
 def tracking_environment(settings: Settings) -> dict[str, str]:
@@ -60,7 +62,9 @@ def configure_mlflow(settings: Settings) -> str:
         # A workspace path as configured (e.g. /Users/<you>/lookalike-dev), its folder made
         # first: Databricks refuses an experiment whose parent folder does not exist.
         path = workspace.check_workspace_path(settings.mlflow.experiment)
-        workspace.ensure_folder(posixpath.dirname(path))
+        if path not in _FOLDERS_MADE:   # once per process: jobs call this from every step
+            workspace.ensure_folder(posixpath.dirname(path))
+            _FOLDERS_MADE.add(path)
         return mlflow.set_experiment(path).experiment_id
     settings.home_path.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient()

@@ -182,6 +182,8 @@ def prepare_unity_catalog(settings: Settings, client=None) -> list[str]:
     holding ``LOOKALIKE_HOME``, created through the workspace API if missing (the bundle
     declares both; this covers a home moved elsewhere). Returns what it made sure of; a
     missing privilege becomes an error that says what to ask for."""
+    from databricks.sdk.errors import NotFound, PermissionDenied, Unauthenticated
+
     from lookalike import workspace
     from lookalike.runtime import volume_of
 
@@ -201,10 +203,7 @@ def prepare_unity_catalog(settings: Settings, client=None) -> list[str]:
                 workspace.ensure_volume(*names, client=client)
             else:
                 workspace.ensure_schema(*names, client=client)
-        except Exception as error:  # noqa: BLE001 - the SDK's PermissionDenied and kin
-            if not isinstance(error, PermissionError) and type(error).__name__ not in (
-                    "PermissionDenied", "Unauthenticated", "NotFound"):
-                raise
+        except (PermissionError, PermissionDenied, Unauthenticated, NotFound) as error:
             raise PermissionError(f"{what}: {error}: create it once as an admin, or grant the "
                                   "job's run_as identity USE CATALOG and CREATE SCHEMA / CREATE "
                                   "VOLUME (docs/databricks.md)") from error
