@@ -117,10 +117,14 @@ class Bundle:
     def job_file(self, key: str) -> Path:
         return next(path for path, k, _ in self.resources("jobs") if k == key)
 
-    def task_arguments(self, job_key: str, task: dict, job_run_id: str) -> list[str]:
-        """A task's ``spark_python_task`` parameters as a run passes them."""
+    def task_arguments(self, job_key: str, task: dict, job_run_id: str,
+                       params: dict | None = None) -> list[str]:
+        """A task's ``spark_python_task`` parameters as a run passes them; ``params`` are the
+        job parameters a run overrides (``bundle run --params``)."""
         job = self.jobs()[job_key]
-        params = {p["name"]: self.resolve(p["default"]) for p in job.get("parameters", [])}
+        declared = {p["name"]: self.resolve(p["default"]) for p in job.get("parameters", [])}
+        assert set(params or {}) <= set(declared), f"{job_key}: no job parameter {params}"
+        params = {**declared, **(params or {})}
 
         def dynamic(match):
             ref = match.group(1)

@@ -233,35 +233,21 @@ class Workspace:
         return self.volumes / path[len("/Volumes/"):]
 
     # -- `bundle run` -----------------------------------------------------------------------
-    def run_job(self, job_key: str, job_run_id: str, params: dict | None = None,
-                after_task=None) -> dict[str, dict]:
-        """Every task of ``job_key`` in dependency order; {task_key: its JSON result}."""
+    def run_job(self, job_key: str, job_run_id: str, params: dict | None = None
+                ) -> dict[str, dict]:
+        """Every task of ``job_key`` in dependency order, ``params`` overriding job parameters
+        (``bundle run --params``); {task_key: its JSON result}."""
         job = self.bundle.jobs()[job_key]
-        if params:
-            job = {**job, "parameters": [{**p, "default": params.get(p["name"], p["default"])}
-                                         for p in job.get("parameters", [])]}
-        bundle_jobs = self.bundle.jobs()
-        bundle_jobs[job_key] = job
-        results = {}
-        for task in task_order(job["tasks"]):
-            results[task["task_key"]] = self.run_task(job_key, job, task, job_run_id)
-            if after_task:
-                after_task(task["task_key"], results[task["task_key"]])
-        return results
+        return {task["task_key"]: self.run_task(job_key, task, job_run_id, params)
+                for task in task_order(job["tasks"])}
 
-    def run_task(self, job_key: str, job: dict, task: dict, job_run_id: str) -> dict:
+    def run_task(self, job_key: str, task: dict, job_run_id: str,
+                 params: dict | None = None) -> dict:
         spt = task["spark_python_task"]
         python_file = (self.bundle.job_file(job_key).parent / spt["python_file"]).resolve()
-        original = self.bundle.jobs
-        self.bundle.jobs = lambda: {**original(), job_key: job}  # type: ignore[method-assign]
-        try:
-            arguments = [self._map(a) for a in self.bundle.task_arguments(job_key, task,
-                                                                          job_run_id)]
-        finally:
-            self.bundle.jobs = original  # type: ignore[method-assign]
-        cluster = self.bundle.resolve(next(c["new_cluster"] for c in job["job_clusters"]
-                                           if c["job_cluster_key"] == task["job_cluster_key"]))
-        env = self.cluster_env(cluster)
+        arguments = [self._map(a) for a in self.bundle.task_arguments(job_key, task,
+                                                                      job_run_id, params)]
+        env = self.cluster_env(self.bundle.cluster(job_key, task["job_cluster_key"]))
         started = time.perf_counter()
         done = subprocess.run([sys.executable, str(python_file), *arguments], env=env,
                               cwd=str(self.workdir), capture_output=True, text=True,
@@ -293,10 +279,10 @@ class Workspace:
                 "spark.master local[2]", f"spark.master local[{workers}]")
             (conf / "spark-defaults.conf").write_text(text)
         env.update({k: self._map(str(v)) for k, v in (cluster.get("spark_env_vars") or {}).items()})
-        if env.pop("TF_USE_LEGACY_KERAS", None) and not _keras_3_here():
+        if not _keras_3_here():
             # The runtime's TF 2.16 needs it (tf-keras); this machine's TF 2.15 is Keras 2
             # already and has no tf-keras to switch to.
-            self.dropped_env = ["TF_USE_LEGACY_KERAS"]
+            env.pop("TF_USE_LEGACY_KERAS", None)
         env.update({
             "PATH": _venv_path(),
             "DATABRICKS_RUNTIME_VERSION": "15.4",
