@@ -93,3 +93,110 @@ def test_backbone_from_settings_with_a_weights_path(base_settings, tmp_path):
                                   .transpose(2, 3, 1, 0))
     with pytest.raises(ValueError, match="channels = 3"):
         get_backbone("efficientnet_lite0").builder((64, 64, 1), 32, settings)
+
+
+def _legacy_file(path, state, keys, storages: dict[str, np.ndarray]):
+    """A legacy .pth: the header pickles, a state pickle, the storage keys, raw storages."""
+    with open(path, "wb") as f:
+        for header in (_TORCH_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(header, f)
+        f.write(state)
+        pickle.dump(keys, f)
+        for key in keys:
+            data = storages[key]
+            f.write(len(data).to_bytes(8, "little") + data.astype("<f4").tobytes())
+
+
+def _state_pickle(size, stride, offset=0, numel=4) -> bytes:
+    """Pickle bytes of {"w": torch._utils._rebuild_tensor_v2(<FloatStorage "0">, offset, size,
+    stride)} as torch writes them (a persistent id for the storage), without torch: a
+    stand-in module of that name exists only while pickling."""
+    import io
+    import sys
+    import types
+
+    class Storage:
+        pass
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return ("storage", "FloatStorage", "0", "cpu", numel, None)
+            return None
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called")
+
+    torch_utils = types.ModuleType("torch._utils")
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    torch_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+
+    class Rebuild:
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, (Storage(), offset, size, stride))
+
+    buffer = io.BytesIO()
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    sys.modules["torch"] = types.ModuleType("torch")
+    sys.modules["torch._utils"] = torch_utils
+    try:
+        Pickler(buffer, protocol=2).dump({"w": Rebuild()})
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return buffer.getvalue()
+
+
+def test_every_pickle_of_a_weights_file_is_refused_code(tmp_path):
+    """Issue 19, item 5: the header pickles, not just the state dict, go through an
+    unpickler that loads no callable (a .pth whose first pickle calls os.system ran it)."""
+    import os
+
+    hostile = tmp_path / "first-pickle.pth"
+    hostile.write_bytes(pickle.dumps(os.system))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        read_torch_legacy(hostile)
+    keys = tmp_path / "keys-pickle.pth"
+    _legacy_file(keys, _state_pickle((2, 2), (2, 1)), ["0"], {"0": np.arange(4.0)})
+    data = keys.read_bytes()
+    keys.write_bytes(data.replace(pickle.dumps(["0"]), pickle.dumps(os.system)))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        read_torch_legacy(keys)
+
+
+def test_tensor_views_stay_inside_their_storage(tmp_path):
+    """Sizes, strides and offsets from the file are checked before as_strided: a view past
+    the storage would read stray memory (or crash)."""
+    good = tmp_path / "good.pth"
+    _legacy_file(good, _state_pickle((2, 2), (2, 1)), ["0"], {"0": np.arange(4.0)})
+    np.testing.assert_array_equal(read_torch_legacy(good)["w"], [[0.0, 1.0], [2.0, 3.0]])
+    for name, state in (("past-end", _state_pickle((2, 2), (1000, 1))),
+                        ("offset", _state_pickle((2, 2), (2, 1), offset=3)),
+                        ("negative", _state_pickle((2, 2), (-2, 1)))):
+        path = tmp_path / f"{name}.pth"
+        _legacy_file(path, state, ["0"], {"0": np.arange(4.0)})
+        with pytest.raises(ValueError, match="reads element|invalid view"):
+            read_torch_legacy(path)
+    short = tmp_path / "truncated.pth"
+    _legacy_file(short, _state_pickle((2, 2), (2, 1)), ["0"], {"0": np.arange(4.0)})
+    short.write_bytes(short.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        read_torch_legacy(short)
+
+
+def test_h5_weights_of_another_network_are_refused(tmp_path):
+    """`pretrained_weights: x.h5` of another network used to load nothing, silently."""
+    import tensorflow as tf
+
+    other = tf.keras.Sequential([tf.keras.Input((8,)), tf.keras.layers.Dense(4, name="fc")])
+    other.save_weights(str(tmp_path / "other.h5"))
+    with pytest.raises(ValueError, match="weights of another network"):
+        pretrained_lite0((32, 32, 3), str(tmp_path / "other.h5"))
+    own = pretrained_lite0((32, 32, 3), None)
+    own.save_weights(str(tmp_path / "lite0.h5"))
+    loaded = pretrained_lite0((32, 32, 3), str(tmp_path / "lite0.h5"))
+    np.testing.assert_array_equal(loaded.get_weights()[0], own.get_weights()[0])

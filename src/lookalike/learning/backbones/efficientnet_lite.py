@@ -68,35 +68,88 @@ class _StateUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         _, storage_type, key, _, numel, _ = pid
+        if storage_type not in _STORAGE_DTYPES:
+            raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
         return key, storage_type, int(numel)
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """The file's other pickles (magic number, protocol, sys info, storage keys) are plain
+    values: no callable at all is loaded from them."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refusing a persistent id outside the state dict")
+
+
+def _plain(f):
+    return _PlainUnpickler(f).load()
+
+
 def read_torch_legacy(path: str | Path) -> dict[str, np.ndarray]:
-    """The tensors of a legacy-format (pre-zip) PyTorch state dict, as numpy arrays."""
+    """The tensors of a legacy-format (pre-zip) PyTorch state dict, as numpy arrays. Only
+    tensors, dicts and plain values are unpickled, and every tensor view is checked to lie
+    inside its storage (a hostile file can neither run code nor read stray memory)."""
     with open(path, "rb") as f:
-        if pickle.load(f) != _TORCH_MAGIC:
+        if _plain(f) != _TORCH_MAGIC:
             raise ValueError(f"{path} is not a legacy PyTorch file")
-        pickle.load(f)                      # protocol version
-        pickle.load(f)                      # sys info (endianness, type sizes)
+        _plain(f)                           # protocol version
+        _plain(f)                           # sys info (endianness, type sizes)
         state = _StateUnpickler(f).load()
-        keys = pickle.load(f)
+        keys = _plain(f)
+        if not isinstance(state, dict) or not isinstance(keys, list):
+            raise ValueError(f"{path}: not a state dict")
         storages = {}
         descriptors = {t.storage[0]: t.storage for t in state.values() if isinstance(t, _Tensor)}
         for key in keys:
+            if key not in descriptors:
+                raise ValueError(f"{path}: storage {key!r} belongs to no tensor")
             _, storage_type, numel = descriptors[key]
             dtype = np.dtype(_STORAGE_DTYPES[storage_type]).newbyteorder("<")
             (count,) = struct.unpack("<q", f.read(8))
             if count != numel:
                 raise ValueError(f"{path}: storage {key} holds {count} values, expected {numel}")
-            storages[key] = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+            data = f.read(count * dtype.itemsize)
+            if len(data) != count * dtype.itemsize:
+                raise ValueError(f"{path}: storage {key} is truncated")
+            storages[key] = np.frombuffer(data, dtype=dtype)
     tensors = {}
     for name, tensor in state.items():
+        if not isinstance(tensor, _Tensor) or tensor.storage[0] not in storages:
+            raise ValueError(f"{path}: {name!r} is not a tensor with stored data")
         flat = storages[tensor.storage[0]]
+        _check_view(path, name, tensor, len(flat))
         itemsize = flat.dtype.itemsize
         tensors[name] = np.lib.stride_tricks.as_strided(
             flat[tensor.offset:], shape=tensor.size,
             strides=tuple(s * itemsize for s in tensor.stride)).astype(flat.dtype.newbyteorder("="))
     return tensors
+
+
+def _check_view(path, name: str, tensor: _Tensor, length: int) -> None:
+    """A tensor's offset, sizes and strides must address only elements of its storage."""
+    values = (tensor.offset, *tensor.size, *tensor.stride)
+    if (len(tensor.size) != len(tensor.stride)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                       for v in values)):
+        raise ValueError(f"{path}: {name!r} has an invalid view {tensor[1:]}")
+    if 0 in tensor.size:
+        return
+    last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
+    if last >= length:
+        raise ValueError(f"{path}: {name!r} reads element {last} of a storage of {length}")
+
+
+def _h5_layer_names(path: Path) -> set[str]:
+    """Layer names a Keras ``.h5`` weights (or whole-model) file holds weights for."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        return {n.decode() if isinstance(n, bytes) else str(n)
+                for n in group.attrs.get("layer_names", [])}
 
 
 def _keras_name(torch_name: str) -> str:
@@ -189,6 +242,14 @@ def pretrained_lite0(input_shape: tuple[int, int, int], weights: str | None,
         return model
     path = packaged_weights_file() if weights == "imagenet" else Path(weights)
     if path.suffix in (".h5", ".keras") or path.name.endswith(".weights.h5"):
+        # by_name loads the layers whose names match and ignores the rest: weights of another
+        # network would load nothing, silently. Every layer with weights must be in the file.
+        missing = [layer.name for layer in model.layers
+                   if layer.weights and layer.name not in _h5_layer_names(path)]
+        if missing:
+            raise ValueError(f"{path} has no weights for {len(missing)} layers of "
+                             f"EfficientNet-Lite0 (e.g. {missing[:3]}): weights of another "
+                             "network?")
         model.load_weights(str(path), skip_mismatch=False, by_name=True)
         return model
     tensors = read_torch_legacy(path)
