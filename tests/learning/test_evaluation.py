@@ -148,3 +148,18 @@ def test_same_product_retrieval_is_scored_beside_category_retrieval():
     plain = evaluate_embedders(settings, points_as_images([(1, 0), (0, 1)], ["A", "B"]),
                                points_as_images([(1, 0.1)], ["A"]), stretched)["metrics"]
     assert not any(name.startswith("product_") for name in plain)
+
+
+def test_per_class_tables_cannot_run_as_spreadsheet_formulas():
+    """Issue 19, item 7: category names reach the per-class CSVs; a name starting with = + -
+    @ (or a tab / CR) gets a leading quote so a spreadsheet shows it as text."""
+    import pandas as pd
+
+    from lookalike.learning.evaluation import spreadsheet_safe
+
+    table = pd.DataFrame({"category": ["=HYPERLINK(\"x\")", "@SUM(1)", "Shirt", "-2+3"],
+                          "recall_at_1": [0.5, 0.25, 1.0, 0.0]})
+    safe = spreadsheet_safe(table)
+    assert list(safe["category"]) == ["'=HYPERLINK(\"x\")", "'@SUM(1)", "Shirt", "'-2+3"]
+    assert list(safe["recall_at_1"]) == [0.5, 0.25, 1.0, 0.0]
+    assert table["category"][0].startswith("=")      # the input is left as it was

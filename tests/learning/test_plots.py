@@ -57,3 +57,18 @@ def test_pca_projection_recovers_planar_data_and_writes_png(tmp_path):
     path = plot_projection(vectors, labels, tmp_path / "sub" / "pca.png", class_names={0: "left", 1: "right"})
     assert path.exists() and path.stat().st_size > 1000
     assert imread(path).shape[:2] == (600, 700)
+
+
+def test_category_names_are_text_not_mathtext(tmp_path):
+    """Issue 19, item 7: a category named like ``$x^{$`` made matplotlib parse mathtext and
+    fail the plot; ``_hidden`` vanished from the legend."""
+    rng = np.random.default_rng(0)
+    names = ["$x^{$", "_hidden", "a $5 shirt"]
+    images = rng.random((3, 8, 8, 1))
+    grid = plot_neighbour_grid(images, rng.random((3, 2, 8, 8, 1)),
+                               np.array([[0, 1], [1, 2], [2, 0]]), np.array([0, 1, 2]),
+                               tmp_path / "grid.png", class_names=names)
+    assert imread(grid).shape[0] > 0
+    projection = plot_projection(rng.random((30, 4)), np.arange(30) % 3,
+                                 tmp_path / "projection.png", class_names=names)
+    assert imread(projection).shape[0] > 0

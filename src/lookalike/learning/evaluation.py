@@ -192,6 +192,17 @@ def _plots(settings: Settings, embed: Embedder, queries: SplitArrays, train: Spl
     return [grid, projection]
 
 
+def spreadsheet_safe(table):
+    """A copy whose text cells cannot run as spreadsheet formulas (a category named
+    ``=HYPERLINK(...)``): cells starting with = + - @ or a tab / CR get a leading quote."""
+    out = table.copy()
+    for column in out.columns[out.dtypes == object]:
+        out[column] = [("'" + v) if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t",
+                                                                      "\r") else v
+                       for v in out[column]]
+    return out
+
+
 def log_evaluation(result: dict) -> None:
     """Log an :func:`evaluate_embedders` result to the active MLflow run."""
     import mlflow
@@ -200,7 +211,7 @@ def log_evaluation(result: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, table in result["per_class"].items():
             path = Path(tmp) / f"{name}_per_class.csv"
-            table.to_csv(path, index=False)
+            spreadsheet_safe(table).to_csv(path, index=False)
             mlflow.log_artifact(str(path), artifact_path="eval")
     for path in result["plots"]:
         mlflow.log_artifact(str(path), artifact_path="eval")

@@ -24,12 +24,16 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _label_text(label: object, class_names: Mapping | Sequence | None) -> str:
-    if class_names is None:
-        return str(label)
-    try:
-        return str(class_names[label])  # type: ignore[index]
-    except (KeyError, IndexError, TypeError):
-        return str(label)
+    """A category name as literal text: ``$...$`` would be parsed as mathtext (and can fail
+    the whole plot), and a legend label starting with ``_`` would be hidden."""
+    text = str(label)
+    if class_names is not None:
+        try:
+            text = str(class_names[label])  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            pass
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
 
 
 def _show_image(ax, image: np.ndarray) -> None:
