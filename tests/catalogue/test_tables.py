@@ -121,3 +121,16 @@ def test_preparation_without_the_privilege_says_what_to_ask_for(base_settings):
                                                "database": "shop"})
     with pytest.raises(PermissionError, match="grant the job's run_as identity"):
         prepare_unity_catalog(managed, Refusing())
+
+
+def test_names_and_values_reach_sql_quoted(spark, base_settings, monkeypatch):
+    """Issue 19, item 8: table names and the neighbours' replaceWhere value are quoted and
+    escaped, so a backtick or a quote in them is data, never SQL."""
+    from lookalike.catalogue.tables import quote_identifier, sql_string
+
+    for value in ("m1", "it's", "a\\\\'b", "x' OR '1'='1"):
+        assert spark.sql(f"SELECT {sql_string(value)} AS v").collect()[0]["v"] == value
+    assert quote_identifier("we`ird") == "`we``ird`"
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    odd = base_settings.replace(catalogue={"catalog": "c", "database": "shop`; DROP"})
+    assert catalogue_table(odd, "products").name == "`c`.`shop``; DROP`.`products`"

@@ -111,8 +111,19 @@ def catalogue_table(settings: Settings, table: str) -> CatalogueTable:
     name = getattr(cat, f"{table}_table")
     if table_mode(settings) == "managed":
         parts = [p for p in (cat.catalog, cat.database, name) if p]
-        return CatalogueTable(name=".".join(f"`{p}`" for p in parts))
+        return CatalogueTable(name=".".join(quote_identifier(p) for p in parts))
     return CatalogueTable(path=str(settings.warehouse_path / cat.database / name))
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as one SQL identifier: in backticks, a backtick inside doubled."""
+    return "`" + str(name).replace("`", "``") + "`"
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a Spark SQL string literal (backslash and quote escaped), for the few
+    places that take SQL text, such as Delta's replaceWhere."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def delta_version(path: str | Path) -> int | None:
@@ -163,7 +174,7 @@ def _add_missing_columns(spark, table: CatalogueTable, schema: str) -> None:
     have = set(table.read(spark).columns)
     missing = [f for f in wanted.fields if f.name not in have]
     if missing:
-        target = f"delta.`{table.path}`" if table.path else table.name
+        target = f"delta.{quote_identifier(table.path)}" if table.path else table.name
         columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
         spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({columns})")
 

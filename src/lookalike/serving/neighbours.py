@@ -54,8 +54,9 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
     ``{model_uri, model_version, products, rows, k, table_version}``.
     """
     import mlflow
+    from pyspark.sql import functions as F
 
-    from lookalike.catalogue.tables import catalogue_table
+    from lookalike.catalogue.tables import catalogue_table, sql_string
     from lookalike.index import IndexManifest
     from lookalike.serving.pyfunc import (
         ARTIFACT_INDEX,
@@ -89,9 +90,8 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
     table = catalogue_table(settings, "neighbours")
     started = time.time()
     table.save(rows.write.format("delta").mode("overwrite").partitionBy("model_version")
-               .option("replaceWhere", f"model_version = '{model_version}'"))
-    written = (table.read(spark)
-               .where(f"model_version = '{model_version}'").count())
+               .option("replaceWhere", f"model_version = {sql_string(model_version)}"))
+    written = table.read(spark).where(F.col("model_version") == model_version).count()
     shutil.rmtree(local, ignore_errors=True)
     result = {"model_uri": model_uri, "model_version": model_version, "products": int(len(ids)),
               "rows": int(written), "k": k, "table_version": table.version(spark),
