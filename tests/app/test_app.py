@@ -306,12 +306,27 @@ def test_token_stays_on_the_server(app_env, monkeypatch):
     assert len(results(app)) == 10  # the configured endpoint still answers
 
 
-class RecordingEndpoint:
+class _Loopback:
+    """A threaded HTTP server on 127.0.0.1 for one handler class; ``close()`` stops it."""
+
+    def _start(self, handler) -> None:
+        import http.server
+        import threading
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RecordingEndpoint(_Loopback):
     """A loopback HTTP endpoint that records each request's Authorization header."""
 
     def __init__(self):
         import http.server
-        import threading
 
         seen = self.authorizations = []
 
@@ -329,13 +344,7 @@ class RecordingEndpoint:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
 def test_endpoint_is_fixed_unless_allowed_and_the_token_never_follows_an_edit(
@@ -362,7 +371,7 @@ def test_endpoint_is_fixed_unless_allowed_and_the_token_never_follows_an_edit(
         elsewhere.close()
 
 
-class WorkspaceStandIn:
+class WorkspaceStandIn(_Loopback):
     """A loopback stand-in of a workspace for the app as a Databricks App: the serving
     endpoint ``shop`` (forwarded to the real ``mlflow models serve``) and the Files API of
     one Volume file. Records each request's path and Authorization header. Not covered: the
@@ -370,7 +379,6 @@ class WorkspaceStandIn:
 
     def __init__(self, served_model: str, volume_path: str, sample: bytes):
         import http.server
-        import threading
         import urllib.request
 
         seen = self.requests = []
@@ -402,13 +410,7 @@ class WorkspaceStandIn:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
 def test_as_a_databricks_app_it_queries_the_serving_endpoint_with_workspace_credentials(
