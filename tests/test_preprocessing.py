@@ -10,6 +10,8 @@ from imagegen import encode_image
 from lookalike.preprocessing import (
     ImageRejected,
     batch_to_model_input,
+    checked_model_input,
+    decode_cost,
     inspect_image,
     pil_to_model_input,
     to_model_input,
@@ -148,3 +150,113 @@ def test_exif_orientation_turns_phone_photos_upright():
     reference = pil_to_model_input(Image.fromarray(upright), 32, 3)
     assert np.abs(turned - reference).mean() < 0.03
     assert turned[:6, 12:20, 0].mean() > 0.6 and turned[:6, 12:20, 1].mean() < 0.3  # red on top
+
+
+# ---- hostile and unusual images (issue 19, items 2 and 3) -----------------------------------
+
+def _saved(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _photo(width=64, height=48) -> Image.Image:
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def test_multi_picture_jpeg_is_a_jpeg():
+    """A phone photo with an MPF segment (gain or depth map) opens as MPO: it is a JPEG."""
+    first, second = _photo(), _photo().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mpo = _saved(first, "MPO", save_all=True, append_images=[second], quality=95)
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    assert inspect_image(mpo, **LIMITS).format == "JPEG"
+    plain = to_model_input(_saved(first, "JPEG", quality=95), 32, 3)
+    np.testing.assert_allclose(checked_model_input(mpo, 32, 3, **LIMITS), plain, atol=1e-6)
+
+
+def test_colour_key_transparency_is_composited_on_white():
+    """An RGB PNG whose background is transparent through a tRNS colour key answers as the
+    same picture on white."""
+    pixels = np.asarray(_photo()).copy()
+    background = np.zeros(pixels.shape[:2], bool)
+    background[:, :16] = True
+    on_white, keyed = pixels.copy(), pixels.copy()
+    on_white[background] = 255
+    keyed[background] = (0, 255, 0)
+    keyed_png = _saved(Image.fromarray(keyed), "PNG", transparency=(0, 255, 0))
+    for channels in (1, 3):
+        expected = to_model_input(encode_image(on_white, "PNG"), 40, channels)
+        np.testing.assert_allclose(to_model_input(keyed_png, 40, channels), expected, atol=2 / 255)
+
+
+def test_grey_colour_key_and_palette_transparency_are_white():
+    grey = np.full((20, 20), 7, np.uint8)
+    grey[5:15, 5:15] = 0
+    keyed = _saved(Image.fromarray(grey), "PNG", transparency=7)
+    array = to_model_input(keyed, 20, 1)[..., 0]
+    assert array[0, 0] == pytest.approx(1.0) and array[10, 10] == pytest.approx(0.0)
+    palette = Image.fromarray(grey).convert("P")
+    index = palette.getpixel((0, 0))
+    assert to_model_input(_saved(palette, "PNG", transparency=index), 20, 1)[0, 0, 0] == 1.0
+
+
+def test_images_that_decode_at_full_size_are_refused_from_their_header():
+    """PNG, WebP and progressive JPEG cannot decode at a reduced scale: their cost is known
+    from the header, and over max_decode_bytes they are refused before any pixel is
+    decoded (a 48 KB 16-bit 25 MP PNG took 2 s and 620 MB)."""
+    bomb = _saved(Image.new("I;16", (5000, 5000)), "PNG")
+    assert len(bomb) < 100_000
+    with Image.open(io.BytesIO(bomb)) as image:
+        assert decode_cost(image, 224) == 5000 * 5000 * 2
+    with pytest.raises(ImageRejected) as rejected:
+        checked_model_input(bomb, 224, 3, 1_000_000, 30_000_000, ("PNG",), 20_000_000)
+    assert rejected.value.reason == "too_costly" and "PNG" in rejected.value.detail
+    photo = _photo(800, 600)
+    baseline = _saved(photo, "JPEG", quality=90)
+    progressive = _saved(photo, "JPEG", quality=90, progressive=True, subsampling=0)
+    limits = dict(LIMITS, max_decode_bytes=1_000_000)
+    assert checked_model_input(baseline, 64, 3, **limits).shape == (64, 64, 3)
+    with pytest.raises(ImageRejected, match="progressive JPEG"):
+        checked_model_input(progressive, 64, 3, **limits)
+    assert checked_model_input(progressive, 64, 3, **LIMITS).shape == (64, 64, 3)
+
+
+_PEAK_SCRIPT = r"""
+import io, resource, sys
+import numpy as np
+from PIL import Image
+from lookalike.preprocessing import checked_model_input, decode_cost
+data = sys.stdin.buffer.read()
+with Image.open(io.BytesIO(data)) as image:
+    cost = decode_cost(image, 224)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+checked_model_input(data, 224, 3, 10**8, 10**8, ("JPEG", "PNG", "WEBP"), 10**9)
+print(cost, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("name", ["16-bit PNG", "RGBA PNG", "colour-key PNG", "palette PNG",
+                                  "WebP", "progressive JPEG", "baseline JPEG"])
+def test_decode_cost_bounds_what_decoding_allocates(name):
+    """The estimate the server refuses by is what decoding really takes (peak memory of a
+    fresh process, 2000 x 1500 pixels; within 12 MB)."""
+    import subprocess
+    import sys
+
+    size = (2000, 1500)
+    images = {
+        "16-bit PNG": lambda: _saved(Image.new("I;16", size, 300), "PNG"),
+        "RGBA PNG": lambda: _saved(Image.new("RGBA", size, (1, 2, 3, 4)), "PNG"),
+        "colour-key PNG": lambda: _saved(Image.new("RGB", size), "PNG", transparency=(0, 0, 0)),
+        "palette PNG": lambda: _saved(Image.new("P", size), "PNG", transparency=0),
+        "WebP": lambda: _saved(Image.new("RGB", size), "WEBP", lossless=True),
+        "progressive JPEG": lambda: _saved(_photo(*size), "JPEG", progressive=True,
+                                           subsampling=0),
+        "baseline JPEG": lambda: _saved(_photo(*size), "JPEG"),
+    }
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], input=images[name](),
+                          capture_output=True, check=True, timeout=120)
+    cost, peak = map(int, done.stdout.split())
+    assert peak <= cost + 12_000_000, (name, cost, peak)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import (Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin,
+                 UnidentifiedImageError)
 
 # Truncated files must be errors, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -42,6 +43,22 @@ _CHANNELS_BY_MODE = {"1": 1, "L": 1, "P": 3, "RGB": 3, "RGBA": 4, "LA": 2, "CMYK
                      "I": 1, "I;16": 1, "F": 1, "YCbCr": 3}
 
 
+# Formats Pillow reports for a file that is a JPEG to every other reader: MPO is a JPEG with
+# extra pictures after the first (phone photos with gain maps or depth maps carry them).
+_JPEG_ALIASES = {"MPO": "JPEG"}
+
+# PNG text chunks are decompressed whole when the header is read (Pillow's default allows
+# 64 MB in all): product photos need none of it.
+PngImagePlugin.MAX_TEXT_CHUNK = 256 * 1024
+PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
+
+
+def image_format(image: Image.Image) -> str:
+    """The file format of an opened image, MPO (a multi-picture JPEG) reported as JPEG."""
+    fmt = image.format or "unknown"
+    return _JPEG_ALIASES.get(fmt, fmt)
+
+
 def _checked_open(data: bytes, max_bytes: int, max_pixels: int,
                   allowed_formats: Sequence[str]) -> Image.Image:
     """Open ``data`` and check bytes, format and width x height from the header, before any
@@ -53,7 +70,7 @@ def _checked_open(data: bytes, max_bytes: int, max_pixels: int,
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
-    fmt = image.format or "unknown"
+    fmt = image_format(image)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected("too_many_pixels",
@@ -63,6 +80,46 @@ def _checked_open(data: bytes, max_bytes: int, max_pixels: int,
     if width <= 0 or height <= 0:
         raise ImageRejected("corrupt", f"invalid size {width}x{height}")
     return image
+
+
+# Bytes per pixel of a decoded image in each Pillow mode (Pillow keeps 2- and 3-band pixels
+# in 4 bytes).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decode_cost(image: Image.Image, size: int) -> int:
+    """Peak bytes that :func:`_decoded_model_input` allocates for ``image`` (opened, not yet
+    decoded), from its header: what a server bounds before it decodes anything.
+
+    A baseline JPEG decodes at a reduced scale (at least ``size``) and costs little whatever
+    its size. Every other image is decoded at full size first: PNG, WebP, and progressive
+    JPEG, whose decoder keeps every DCT coefficient (2 bytes each) of the whole picture.
+    """
+    width, height = image.size
+    full = width * height
+    if isinstance(image, JpegImagePlugin.JpegImageFile):
+        scale = 1
+        while scale < 8 and min(width, height) // (scale * 2) >= size:
+            scale *= 2  # what draft() picks: the smallest picture still >= size
+        drafted = -(-width // scale) * -(-height // scale) * 4
+        if image.info.get("progressive") or image.info.get("progression"):
+            sampling = JpegImagePlugin.get_sampling(image)  # 0: 4:4:4, 1: 4:2:2, 2: 4:2:0
+            chroma = {1: 0.5, 2: 0.25}.get(sampling, 1.0)
+            layers = len(image.getbands())
+            return int(full * 2 * (1 + (layers - 1) * chroma)) + drafted
+        return drafted
+    if image.format == "WEBP":
+        return full * 16  # libwebp's RGBA canvas, Pillow's copy, and its resize (measured)
+    decoded = _MODE_BYTES.get(image.mode, 4)
+    if image.mode == "PA" or "transparency" in image.info:
+        return full * (decoded + 8)  # made RGBA at full size, then resized premultiplied
+    if image.mode == "P":
+        return full * (decoded + 4)  # made RGB at full size
+    if image.mode in ("LA", "RGBA"):
+        return full * decoded * 2  # resized premultiplied: one more copy
+    if image.mode == "1":
+        return full * 2
+    return full * decoded
 
 
 def _rejection(error: Exception) -> ImageRejected:
@@ -94,7 +151,7 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int,
     try:
         with _checked_open(data, max_bytes, max_pixels, allowed_formats) as image:
             image.load()
-            info = ImageInfo(format=image.format or "unknown", width=image.size[0],
+            info = ImageInfo(format=image_format(image), width=image.size[0],
                              height=image.size[1], mode=image.mode,
                              channels=_CHANNELS_BY_MODE.get(image.mode, 3))
     except _DECODE_ERRORS as error:
@@ -103,10 +160,24 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int,
 
 
 def checked_model_input(data: bytes, size: int, channels: int, max_bytes: int, max_pixels: int,
-                        allowed_formats: Sequence[str]) -> np.ndarray:
-    """:func:`inspect_image`'s checks and :func:`to_model_input` with one decode (serving)."""
+                        allowed_formats: Sequence[str], max_decode_bytes: int | None = None
+                        ) -> np.ndarray:
+    """:func:`inspect_image`'s checks and :func:`to_model_input` with one decode (serving).
+
+    With ``max_decode_bytes``, an image whose decoding would allocate more
+    (:func:`decode_cost`, read from the header) is refused before any pixel is decoded.
+    """
     try:
         with _checked_open(data, max_bytes, max_pixels, allowed_formats) as image:
+            if max_decode_bytes is not None:
+                cost = decode_cost(image, size)
+                if cost > max_decode_bytes:
+                    kind = "progressive JPEG" if image_format(image) == "JPEG" else image_format(image)
+                    raise ImageRejected(
+                        "too_costly", f"a {image.size[0]}x{image.size[1]} {kind} ({image.mode}) "
+                        f"decodes at full size, about {cost // 1_000_000} MB, over the limit of "
+                        f"{max_decode_bytes // 1_000_000} MB: send it smaller, or as a "
+                        "baseline JPEG")
             return _decoded_model_input(image, size, channels)
     except _DECODE_ERRORS as error:
         raise _rejection(error) from error
@@ -132,33 +203,51 @@ def _decoded_model_input(image: Image.Image, size: int, channels: int) -> np.nda
 def pil_to_model_input(image: Image.Image, size: int, channels: int) -> np.ndarray:
     """As :func:`to_model_input`, for an already-opened PIL image.
 
-    The image is resized so its longest side is ``size`` *before* it is letterboxed, so memory
-    follows the output size: a 100000 x 250 strip never becomes a 100000 x 100000 square.
-    Phone photos are turned upright from their EXIF orientation; 16-bit and float pixels are
-    scaled to 8 bits rather than clipped.
+    The image is first resized, in the mode it was decoded in, so its longest side is
+    ``size``; every conversion after that (bit depth, EXIF orientation, transparency, colour,
+    the letterbox) works on the small image, so they cost memory that follows the output size.
+    Only what cannot wait is done at full size: palettes and colour-key transparency (tRNS)
+    become RGBA first, since resizing would blend their pixels. Phone photos are turned upright
+    from their EXIF orientation; 16-bit and float pixels are scaled to 8 bits, not clipped.
     """
+    image = _before_resize(image)
+    width, height = image.size
+    # Turned a quarter, the longest side is still the longest: resize before _upright.
+    scale = size / max(width, height)
+    fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if fitted != (width, height):
+        image = image.resize(fitted, Image.Resampling.BILINEAR)
     image = _upright(_eight_bit(image))
-    if image.mode in ("P", "PA", "LA", "RGBA"):
+    if image.mode in ("LA", "RGBA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     target_mode = "L" if channels == 1 else "RGB"
     image = image.convert(target_mode)
-    width, height = image.size
-    if (width, height) != (size, size):
-        scale = size / max(width, height)
-        fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if fitted != (width, height):
-            image = image.resize(fitted, Image.Resampling.BILINEAR)
-        if fitted != (size, size):
-            fill = 255 if channels == 1 else (255, 255, 255)
-            square = Image.new(target_mode, (size, size), fill)
-            square.paste(image, ((size - fitted[0]) // 2, (size - fitted[1]) // 2))
-            image = square
+    if image.size != (size, size):
+        fill = 255 if channels == 1 else (255, 255, 255)
+        square = Image.new(target_mode, (size, size), fill)
+        square.paste(image, ((size - image.size[0]) // 2, (size - image.size[1]) // 2))
+        image = square
     array = np.asarray(image, dtype=np.float32) / 255.0
     if channels == 1:
         array = array[..., np.newaxis]
     return array
+
+
+def _before_resize(image: Image.Image) -> Image.Image:
+    """What must happen at full size: palette and colour-key transparency as real alpha
+    (resizing blends neighbours, so a key colour would no longer match), bilevel as grey
+    (Pillow resizes "1" and "P" by nearest neighbour only)."""
+    if image.mode in ("P", "PA"):
+        transparent = image.mode == "PA" or "transparency" in image.info
+        return image.convert("RGBA" if transparent else "RGB")
+    if "transparency" in image.info and image.mode in ("L", "RGB", "1"):
+        # A tRNS colour key: pixels of that exact colour are transparent.
+        return image.convert("RGBA")
+    if image.mode == "1":
+        return image.convert("L")
+    return image
 
 
 _EXIF_ORIENTATION = 0x0112

@@ -135,3 +135,43 @@ def test_several_photos_of_a_product_are_answered_once_with_the_nearest(packaged
     everything = served.recommend(pd.DataFrame({"product_id": ["p4"]}), {"k": 10})
     assert [(r["product_id"], r["group_id"]) for r in everything] == [
         ("p3c", "g3"), ("p1b", "g1"), ("p2", "p2")]
+
+
+def test_work_stops_at_the_server_timeout(packaged_model, tmp_path):
+    """Decoding and inference run under one lock per worker; a request that cannot have it
+    before the scoring server's timeout (its client got 504) does no work at all."""
+    import threading
+    import time
+
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from lookalike.serving.recommender import Recommender, b64, limits_from
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(packaged_model.settings)
+    artifacts = _model_parts(packaged_model, tmp_path)
+    recommender = Recommender(f"{artifacts}/embedding_model", f"{artifacts}/index",
+                              f"{artifacts}/products", limits_from(packaged_model.settings))
+    recommender.timeout = 0.5
+    image = b64(packaged_model.products.iloc[0]["image"])
+    query = pd.DataFrame({"image": [image]})
+    assert len(recommender.recommend(query, {"k": 2})) == 2
+    decoded = []
+    original = recommender._decode
+    recommender._decode = lambda text, row: decoded.append(row) or original(text, row)
+    busy = threading.Event()
+
+    def hold_the_worker():
+        with recommender._inference:
+            busy.set()
+            time.sleep(2)
+
+    holder = threading.Thread(target=hold_the_worker)
+    holder.start()
+    busy.wait()
+    started = time.monotonic()
+    with pytest.raises(MlflowException, match="timeout"):
+        recommender.recommend(query, {"k": 2})
+    assert time.monotonic() - started < 1.5 and decoded == []
+    holder.join()

@@ -35,9 +35,9 @@ def _product(packaged_model, index: int = 3) -> pd.Series:
     return packaged_model.products.sort_values("product_id").iloc[index]
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -190,3 +190,86 @@ def test_oversized_body_is_413_before_it_is_read_and_the_server_keeps_serving(
     assert status == 413, (status, str(body)[:200])
     pid = packaged_model.products.iloc[0]["product_id"]
     assert len(_ok(served_model, [{"product_id": pid}], k=3)) == 3
+
+
+# ---- hostile clients and images (issue 19, items 1-4) ---------------------------------------
+
+def test_half_open_connections_lock_nobody_out_and_are_closed(served_model, packaged_model):
+    """300 sockets that send half a request head and wait: a real client is still answered
+    (uvicorn's own limit counted them and answered everyone 503), and the server closes them
+    after serving.header_timeout_seconds."""
+    import socket
+    import time
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(served_model)
+    held = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+            held.append(sock)
+        pid = _product(packaged_model)["product_id"]
+        assert len(_ok(served_model, [{"product_id": pid}], k=2)) == 2
+        deadline = time.monotonic() + packaged_model.settings.serving.header_timeout_seconds + 5
+        for sock in held:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                assert sock.recv(1) == b""  # closed by the server, nothing answered
+            except ConnectionResetError:
+                pass  # closed with our unread bytes in its buffer
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _keyed_twins(packaged_model) -> tuple[bytes, bytes]:
+    """A catalogue picture with its dark background white, and the same with that background
+    a tRNS colour key (transparent)."""
+    pixels = np.asarray(Image.open(io.BytesIO(_product(packaged_model, 9)["image"]))
+                        .convert("RGB")).copy()
+    background = pixels.max(axis=-1) < 40
+    assert background.any() and not background.all()
+    on_white, keyed = pixels.copy(), pixels.copy()
+    on_white[background], keyed[background] = 255, (1, 2, 3)
+    return (_encode(Image.fromarray(on_white), "PNG"),
+            _encode(Image.fromarray(keyed), "PNG", transparency=(1, 2, 3)))
+
+
+def test_colour_key_png_answers_as_the_same_picture_on_white(served_model, packaged_model):
+    on_white, keyed = _keyed_twins(packaged_model)
+    white = _ok(served_model, [{"image": _b64(on_white)}], k=5)
+    key = _ok(served_model, [{"image": _b64(keyed)}], k=5)
+    assert list(key["product_id"]) == list(white["product_id"])
+    np.testing.assert_allclose(key["distance"], white["distance"], atol=1e-3)
+
+
+def test_multi_picture_jpeg_is_answered_as_its_first_picture(served_model, packaged_model):
+    picture = Image.open(io.BytesIO(_product(packaged_model, 4)["image"])).convert("RGB")
+    mpo = _encode(picture, "MPO", save_all=True, quality=95,
+                  append_images=[picture.transpose(Image.Transpose.FLIP_TOP_BOTTOM)])
+    plain = _ok(served_model, [{"image": _b64(_encode(picture, "JPEG", quality=95))}], k=3)
+    answer = _ok(served_model, [{"image": _b64(mpo)}], k=3)
+    assert list(answer["product_id"]) == list(plain["product_id"])
+    np.testing.assert_allclose(answer["distance"], plain["distance"], atol=1e-5)
+
+
+def test_images_that_would_cost_too_much_to_decode_are_400(served_model, packaged_model):
+    """Within the pixel limit, but a PNG that decodes at full size over
+    serving.max_decode_bytes (1 MB here): refused from its header. The same picture as a
+    baseline JPEG decodes at a reduced scale and is answered."""
+    rgba = Image.new("RGBA", (480, 480), (200, 10, 10, 255))
+    status, body = _query(served_model, [{"image": _b64(_encode(rgba, "PNG"))}], k=2)
+    assert status == 400 and "too_costly" in body["message"], body
+    jpeg = _encode(rgba.convert("RGB"), "JPEG")
+    assert len(_ok(served_model, [{"image": _b64(jpeg)}], k=2)) == 2
+
+
+def test_answer_with_images_is_bounded(served_model, packaged_model):
+    """rows x k x include_images can no longer ask for an answer of any size: at most
+    serving.max_answer_images thumbnails (20 here)."""
+    pid = _product(packaged_model)["product_id"]
+    status, body = _query(served_model, [{"product_id": pid}] * 7, k=3, include_images=True)
+    assert status == 400 and "at most 20 images" in body["message"], body
+    assert len(_ok(served_model, [{"product_id": pid}] * 5, k=4, include_images=True)) == 20
+    assert len(_ok(served_model, [{"product_id": pid}] * 7, k=3)) == 21  # no images: fine

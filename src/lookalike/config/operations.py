@@ -19,8 +19,14 @@ class ServingSettings:
     # HNSW beam width for this deployment; 0 = the index's own (index.params.hnsw.ef_search).
     # LOOKALIKE_EF_SEARCH in the server's environment overrides both, with no rebuild.
     ef_search: int
-    # uvicorn refuses connections beyond this many at once (503): bounds memory under load.
+    # Requests in progress at once per worker; more get HTTP 503 (lookalike.serving.worker).
+    # Connections that have not sent a whole request head do not count.
     max_concurrent_requests: int
+    # Open connections per worker; more are closed as they arrive (bounds file descriptors).
+    max_connections: int
+    # A connection must send its request head within this long of opening, or of its previous
+    # answer; else it is closed (uvicorn itself has no such timeout: slowloris).
+    header_timeout_seconds: float
     # Request bodies above this get HTTP 413 before they are read whole.
     max_body_bytes: int
     # Inference engine of the served model: tflite (CPU, small batches) or tensorflow (GPU).
@@ -30,6 +36,11 @@ class ServingSettings:
     max_batch: int
     max_image_bytes: int
     max_pixels: int
+    # An image query whose decoding would allocate more than this (read from its header:
+    # PNG, WebP and progressive JPEG decode at full size) is refused before it is decoded.
+    max_decode_bytes: int
+    # include_images answers at most this many thumbnails (rows x k).
+    max_answer_images: int
     timeout_seconds: int
     # How long start_server waits for /ping (model + index load) before giving up.
     startup_timeout_seconds: int
@@ -48,6 +59,13 @@ class ServingSettings:
         require(self.max_concurrent_requests > 0, f"{key}.max_concurrent_requests",
                 "must be > 0")
         require(self.max_body_bytes > 0, f"{key}.max_body_bytes", "must be > 0")
+        require(self.max_connections >= self.max_concurrent_requests, f"{key}.max_connections",
+                "must be >= max_concurrent_requests")
+        require(0 < self.header_timeout_seconds <= 300, f"{key}.header_timeout_seconds",
+                "must be in (0, 300]")
+        require(self.max_decode_bytes >= 1_000_000, f"{key}.max_decode_bytes",
+                "must be >= 1000000 (1 MB)")
+        require(self.max_answer_images >= 1, f"{key}.max_answer_images", "must be >= 1")
         require(self.engine in ("tflite", "tensorflow"), f"{key}.engine",
                 "must be 'tflite' or 'tensorflow'")
         require(0 < self.default_k <= self.max_k, f"{key}.default_k", "must be in (0, max_k]")

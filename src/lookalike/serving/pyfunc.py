@@ -37,12 +37,16 @@ class LookalikeModel(PythonModel):
 
     def load_context(self, context) -> None:
         from lookalike.runtime import prefer_keras_2
-        from lookalike.serving.worker import enable_nodelay, limit_request_bodies
+        from lookalike.serving.worker import (enable_nodelay, guard_connections,
+                                              guard_requests, server_limits)
 
         prefer_keras_2()  # before TensorFlow loads: a 2.16+ serving environment (tf-keras)
         # In each scoring-server worker, before it serves: see lookalike.serving.worker.
+        server = server_limits()
         enable_nodelay()
-        limit_request_bodies(self.limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+        guard_requests(self.limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+                       server["max_concurrent_requests"])
+        guard_connections(server["header_timeout_seconds"], server["max_connections"])
         artifacts = context.artifacts
         self.recommender = Recommender(artifacts[ARTIFACT_MODEL], artifacts[ARTIFACT_INDEX],
                                        artifacts[ARTIFACT_PRODUCTS], self.limits)

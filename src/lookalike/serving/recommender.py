@@ -24,6 +24,8 @@ category       string  ``""`` (any)                 only neighbours of this cate
 exclude_self   boolean true                         product_id queries never return themselves
                                                     (nor other photos of the same product)
 include_images boolean false                        add ``image``: base64 PNG thumbnail
+                                                    (rows x k at most
+                                                    ``serving.max_answer_images``)
 ============== ======= ============================ =========================================
 
 Response: ``{"predictions": [...]}``, one record per neighbour, ordered by query then rank:
@@ -39,9 +41,10 @@ index for more neighbours than ``k`` (``k`` x the largest group, at most 4, doub
 products are missing) and keeps the first photo of each group.
 
 Errors: every invalid request -- bad base64, bytes that are not an image, unsupported format,
-image over ``serving.max_image_bytes`` / ``serving.max_pixels``, unknown product_id or
-category, k outside 1..max_k, a row with both or neither of image/product_id, no rows, more
-than ``serving.max_batch`` rows -- is answered HTTP 400 with
+image over ``serving.max_image_bytes`` / ``serving.max_pixels`` / ``serving.max_decode_bytes``,
+unknown product_id or category, k outside 1..max_k, a row with both or neither of
+image/product_id, no rows, more than ``serving.max_batch`` rows, more images than
+``serving.max_answer_images`` -- is answered HTTP 400 with
 ``{"error_code": "INVALID_PARAMETER_VALUE", "message": "..."}`` and the server keeps serving.
 
 Example::
@@ -60,6 +63,7 @@ import base64
 import binascii
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,14 @@ OUTPUT_COLUMNS = ["query", "rank", "product_id", "category", "title", "distance"
 
 class ConsistencyError(RuntimeError):
     """The packaged embedding model and index do not belong together."""
+
+
+def _timed_out(seconds: float):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    return MlflowException(f"request not done within the server's {seconds:g} s timeout; "
+                           "its work was stopped", error_code=TEMPORARILY_UNAVAILABLE)
 
 
 def _bad_request(message: str):
@@ -99,7 +111,15 @@ def limits_from(settings: Settings) -> dict[str, Any]:
             "max_batch": settings.serving.max_batch,
             "max_image_bytes": settings.serving.max_image_bytes,
             "max_pixels": settings.serving.max_pixels,
+            "max_decode_bytes": settings.serving.max_decode_bytes,
+            "max_answer_images": settings.serving.max_answer_images,
             "allowed_formats": list(settings.catalogue.allowed_formats)}
+
+
+# Limits of models packaged before these settings existed.
+LEGACY_LIMITS = {"max_decode_bytes": 50_000_000, "max_answer_images": 100}
+# The scoring server answers 504 after this many seconds (mlflow's own default is 60).
+REQUEST_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
 
 def check_consistency(info: dict, index) -> None:
@@ -129,7 +149,9 @@ class Recommender:
         from lookalike.learning.model import load_embedding_model
         from lookalike.serving.catalogue_file import ServingCatalogue
 
-        self.limits = dict(limits)
+        self.limits = {**LEGACY_LIMITS, **limits}
+        # Work for a request stops at the server's timeout: its client has had a 504 by then.
+        self.timeout = float(os.environ.get(REQUEST_TIMEOUT_ENV) or 60)
         engine = os.environ.get(ENGINE_ENV) or self.limits.get("engine") or "tensorflow"
         # The scoring server's environment says how many threads a worker may use.
         threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 1)
@@ -141,8 +163,9 @@ class Recommender:
             # Per deployment, no rebuild: the beam width is a search-time parameter.
             self.index.set_search_params(ef_search=ef_search)
         self.catalogue = ServingCatalogue(products_dir)
-        # The scoring server runs requests in a thread pool: one inference at a time per
-        # worker keeps its share of the cores busy instead of thrashing (BENCHMARKS.md).
+        # The scoring server runs requests in a thread pool: one request's decoding and
+        # inference at a time per worker keeps its share of the cores busy instead of
+        # thrashing (BENCHMARKS.md), and bounds its memory to one request's images.
         self._inference = threading.Lock()
         self.categories = sorted(self.index.categories())
         self._category_set = set(self.categories)
@@ -173,6 +196,15 @@ class Recommender:
         include_images = _as_bool(params.get("include_images", False), "include_images")
         return k, category, exclude_self, include_images
 
+    def _check_answer_size(self, n: int, k: int, include_images: bool) -> None:
+        """The answer's size is bounded before any work: rows x k records, and with
+        include_images at most ``max_answer_images`` thumbnails."""
+        most = self.limits["max_answer_images"]
+        if include_images and n * k > most:
+            raise _bad_request(f"include_images answers at most {most} images: {n} rows x k={k} "
+                               f"= {n * k}; ask for fewer rows or a smaller k, or fetch images "
+                               "for the products you show")
+
     def _decode(self, text: Any, row: int) -> np.ndarray:
         from lookalike.preprocessing import ImageRejected, checked_model_input
 
@@ -195,7 +227,8 @@ class Recommender:
             # Checked from the header, then decoded once, at the model's size.
             return checked_model_input(data, self.size, self.channels,
                                        self.limits["max_image_bytes"], self.limits["max_pixels"],
-                                       self.limits["allowed_formats"])
+                                       self.limits["allowed_formats"],
+                                       self.limits["max_decode_bytes"])
         except ImageRejected as rejected:
             raise _bad_request(f"row {row}: image rejected ({rejected.reason}): "
                                f"{rejected.detail}") from None
@@ -208,6 +241,7 @@ class Recommender:
                   ) -> list[dict[str, Any]]:
         """The answer as records, one per neighbour, ordered by query then rank (what the
         scoring server serializes fastest; :func:`as_frame` makes a DataFrame of it)."""
+        deadline = time.monotonic() + self.timeout
         k, category, exclude_self, include_images = self._params(params)
         if not isinstance(frame, pd.DataFrame):
             raise _bad_request("input must be a table with columns 'image' and/or 'product_id'")
@@ -216,6 +250,7 @@ class Recommender:
             raise _bad_request("empty input: send at least one row with 'image' or 'product_id'")
         if n > self.limits["max_batch"]:
             raise _bad_request(f"too many rows: {n} > max_batch {self.limits['max_batch']}")
+        self._check_answer_size(n, k, include_images)
         unknown_columns = sorted(set(frame.columns) - {"image", "product_id"})
         if unknown_columns:
             raise _bad_request(f"unknown columns {unknown_columns}; use 'image' or 'product_id'")
@@ -224,7 +259,7 @@ class Recommender:
 
         vectors = np.empty((n, self.index.dim), dtype=np.float32)
         excludes: list[set[str]] = [set() for _ in range(n)]
-        image_rows, pixels = [], []
+        image_rows = []
         for row, (image, pid) in enumerate(zip(images, products)):
             has_image, has_pid = _present(image), _present(pid)
             if has_image == has_pid:
@@ -240,10 +275,18 @@ class Recommender:
                     excludes[row] = self.catalogue.same_product(pid)
             else:
                 image_rows.append(row)
-                pixels.append(self._decode(image, row))
         if image_rows:
-            with self._inference:
+            if not self._inference.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise _timed_out(self.timeout)
+            try:
+                pixels = []
+                for row in image_rows:
+                    if time.monotonic() > deadline:
+                        raise _timed_out(self.timeout)
+                    pixels.append(self._decode(images[row], row))
                 vectors[image_rows] = self.model.embed(np.stack(pixels))
+            finally:
+                self._inference.release()
         hits = self._search(vectors, k, category, excludes if exclude_self else None)
 
         records = []

@@ -18,6 +18,7 @@ from typing import Any
 from lookalike.config import Settings
 from lookalike.processes import free_port, stop_process, wait_http
 from lookalike.registry import CHAMPION
+from lookalike.serving.worker import SERVER_LIMITS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,15 @@ def server_env(settings: Settings) -> dict[str, str]:
     env["TF_NUM_INTRAOP_THREADS"] = threads
     env["TF_NUM_INTEROP_THREADS"] = "1"
     env["OMP_NUM_THREADS"] = threads
-    # uvicorn reads its options from UVICORN_* too: connections past this get HTTP 503, and
-    # no access-log line per request (a few % of a worker's time; UVICORN_ACCESS_LOG=true
-    # in the environment turns it back on).
-    env["UVICORN_LIMIT_CONCURRENCY"] = str(settings.serving.max_concurrent_requests)
+    # Each worker guards itself (lookalike.serving.worker): requests in progress, open
+    # connections, the time to send a request head. Not UVICORN_LIMIT_CONCURRENCY: it counts
+    # half-open connections, so a few hundred of them lock every client out.
+    env.pop("UVICORN_LIMIT_CONCURRENCY", None)
+    serving = settings.serving
+    for key, (name, _default) in SERVER_LIMITS_ENV.items():
+        env[name] = str(getattr(serving, key))
+    # uvicorn reads its options from UVICORN_* too: no access-log line per request (a few %
+    # of a worker's time; UVICORN_ACCESS_LOG=true in the environment turns it back on).
     env.setdefault("UVICORN_ACCESS_LOG", "false")
     return env
 
