@@ -308,3 +308,60 @@ def test_a_products_table_from_before_group_id_gains_the_column(spark, settings)
     assert past.select(group_column(past)).columns == ["group_id"]
     summary = ingest_fashion_mnist(spark, settings, limit_per_split=5)
     assert summary.inserted == 10
+
+
+# ---- hostile and careless folders (issue 19, item 6) ----------------------------------------
+
+def test_symlinks_are_rejects_never_followed(spark, settings, tmp_path):
+    """A link back to a parent listed every image ~40 times as new products (two made the
+    listing exponential); a link to a file outside the folder was read."""
+    import os
+
+    shop = tmp_path / "shop"
+    (shop / "shoes").mkdir(parents=True)
+    (shop / "shoes" / "a.png").write_bytes(_image(1))
+    (shop / "shoes" / "b.png").write_bytes(_image(2))
+    secret = tmp_path / "outside.png"
+    secret.write_bytes(_image(3))
+    os.symlink(shop, shop / "shoes" / "loop")
+    os.symlink(shop / "shoes", shop / "again")
+    os.symlink(secret, shop / "shoes" / "stolen.png")
+    summary = ingest_folder(spark, settings, str(shop))
+    assert (summary.inserted, summary.rejected) == (2, 3)
+    rejects = catalogue_table(settings, "rejects").read(spark).toPandas()
+    assert sorted(Path(u).name for u in rejects.source_uri) == ["again", "loop", "stolen.png"]
+    assert set(rejects.reason) == {"symlink"}
+    assert all(u.startswith("file:/") for u in rejects.source_uri)
+    products = read_products(spark, settings)[0].toPandas()
+    assert sorted(products.product_id) == ["shoes/a", "shoes/b"]
+
+
+def test_files_that_would_share_a_product_id_are_rejected_not_fatal(spark, settings, tmp_path):
+    """x.jpg and x.png in one folder aborted the whole ingest."""
+    shop = tmp_path / "shop"
+    (shop / "bags").mkdir(parents=True)
+    (shop / "bags" / "x.jpg").write_bytes(_image(1, fmt="JPEG"))
+    (shop / "bags" / "x.png").write_bytes(_image(2))
+    (shop / "bags" / "y[1]*.png").write_bytes(_image(3))  # glob characters are literal
+    summary = ingest_folder(spark, settings, str(shop))
+    assert (summary.inserted, summary.rejected) == (1, 2)
+    rejects = catalogue_table(settings, "rejects").read(spark).toPandas()
+    assert set(rejects.reason) == {"duplicate_product_id"}
+    assert all("x.jpg, bags/x.png all name product 'bags/x'" in d for d in rejects.detail)
+    assert read_products(spark, settings)[0].toPandas().product_id.tolist() == ["bags/y[1]*"]
+
+
+def test_metadata_rows_without_a_file_are_rejected(spark, settings, tmp_path):
+    """CSV rows whose path matched no file vanished without a trace."""
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "a.png").write_bytes(_image(1))
+    csv = tmp_path / "meta.csv"
+    pd.DataFrame({"product_id": ["SKU-1", "SKU-2"], "category": ["Bag", "Bag"],
+                  "path": ["a.png", "photos/missing.png"]}).to_csv(csv, index=False)
+    summary = ingest_folder(spark, settings, str(shop), str(csv))
+    assert (summary.inserted, summary.rejected) == (1, 1)
+    rejects = catalogue_table(settings, "rejects").read(spark).toPandas()
+    assert rejects.reason.tolist() == ["missing_file"]
+    assert rejects.source_uri[0].endswith("shop/photos/missing.png")
+    assert "SKU-2" in rejects.detail[0]

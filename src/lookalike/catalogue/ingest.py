@@ -249,30 +249,50 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
     """Ingest every file under ``folder`` through Spark's binaryFile source.
 
     Without metadata, the category is the first sub-folder name and the product_id is the
-    path relative to ``folder`` without its extension. With a metadata CSV, files are matched
-    by its ``path`` column (relative to ``folder``) and files it does not list are rejected.
+    path relative to ``folder`` without its extension (two files that would share one, like
+    ``x.jpg`` and ``x.png``, are both rejected). With a metadata CSV, files are matched by its
+    ``path`` column (relative to ``folder``): files it does not list are rejected, and so are
+    its rows that name no file. Symbolic links are never followed (each is a reject):
+    :func:`lookalike.catalogue.sources.list_folder`.
     """
     from pyspark.sql import functions as F
 
-    from lookalike.catalogue.sources import read_metadata_csv
+    from lookalike.catalogue.sources import ambiguous_files, list_folder, read_metadata_csv
 
     root = Path(local_path(folder)).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    listing = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(root))
+    # The CSV first: a wrong one is refused before anything is listed or written.
+    metadata = read_metadata_csv(metadata_csv) if metadata_csv else None
+    listing = list_folder(root)
+    by_relative = {path.relative_to(root).as_posix(): path for path in listing.files}
+    rejects = list(listing.rejects)
+    skipped = set()
+    if metadata is None:
+        for relative, detail in ambiguous_files(by_relative).items():
+            rejects.append((str(by_relative[relative]), "duplicate_product_id", detail))
+            skipped.add(relative)
+    else:
+        # normpath turns "./a.png" into "a.png", matching the files' relative paths.
+        metadata["path"] = metadata["path"].map(lambda p: os.path.normpath(p).replace(os.sep, "/"))
+        linked = {Path(path).relative_to(root).as_posix() for path, _, _ in listing.rejects}
+        for product_id, path in zip(metadata["product_id"], metadata["path"]):
+            if path not in by_relative and path not in linked:
+                rejects.append((str(root / path), "missing_file",
+                                f"metadata row {product_id!r} names {path!r}: no such file "
+                                "in the folder"[:500]))
+    empty = [path for relative, path in by_relative.items()
+             if relative not in skipped and path.stat().st_size == 0]
+    readable = [path for relative, path in by_relative.items()
+                if relative not in skipped and path not in empty]
+    uri = _qualifier(spark, root)
+    files_df = _binary_files(spark, readable)
     limit = settings.catalogue.max_image_bytes
     # The length filter is pushed into the file source: a file over the byte limit is never
     # read, only listed (its size comes from the file system) and rejected.
-    files = listing.where(F.col("length") <= limit).select("path", "content", "length")
-    too_large = listing.where(F.col("length") > limit).select(
-        *[F.lit(None).cast("string").alias(c)
-          for c in ("product_id", "category", "title", "group_id")],
-        F.lit(None).cast("binary").alias("image"),
-        *[F.lit(None).cast(t).alias(c) for c, t in (("format", "string"), ("width", "int"),
-                                                   ("height", "int"), ("channels", "int"),
-                                                   ("content_hash", "string"))],
-        F.col("path").alias("source_uri"), F.lit(None).cast("string").alias("split"),
-        F.lit("too_large").alias("reason"),
+    files = files_df.where(F.col("length") <= limit).select("path", "content", "length")
+    too_large = files_df.where(F.col("length") > limit).select(
+        F.col("path").alias("source_uri"), F.lit("too_large").alias("reason"),
         F.concat(F.col("length").cast("string"),
                  F.lit(f" bytes exceeds limit of {limit} (file not read)")).alias("detail"))
     # binaryFile gives file:/ (local) or dbfs:/Volumes/ (Databricks) URIs; the path relative to
@@ -280,16 +300,14 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
     files = files.withColumn("relative",
                              F.substring(_local_path_column(F.col("path")), len(str(root)) + 2,
                                          1 << 20))
-    if metadata_csv:
-        metadata = read_metadata_csv(metadata_csv)
-        # normpath turns "./a.png" into "a.png", matching the relative paths of binaryFile.
-        metadata["path"] = metadata["path"].map(os.path.normpath)
+    if metadata is not None:
         meta_df = spark.createDataFrame(metadata)
         candidates = files.join(meta_df, files["relative"] == meta_df["path"], "left").select(
             "product_id", "category", "title", "group_id", F.col("content").alias("image"),
             files["path"].alias("source_uri"))
     else:
         candidates = files.select(
+            # The rule of lookalike.catalogue.sources.product_key.
             F.regexp_replace("relative", r"\.[^./]+$", "").alias("product_id"),
             F.when(F.instr("relative", "/") > 0, F.substring_index("relative", "/", 1))
             .otherwise(F.lit(None)).alias("category"),
@@ -297,26 +315,46 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
             F.lit(None).cast("string").alias("group_id"),
             F.col("content").alias("image"),
             F.col("path").alias("source_uri"))
-    empty = _empty_files(spark, str(root))
     if empty:
+        # binaryFile skips zero-byte files silently: a shop should see them in rejects.
         candidates = candidates.unionByName(spark.createDataFrame(
-            [(None, None, None, None, b"", uri) for uri in empty], _CANDIDATE_SCHEMA))
+            [(None, None, None, None, b"", uri(path)) for path in empty], _CANDIDATE_SCHEMA))
+    unread = spark.createDataFrame([(uri(path), reason, detail) for path, reason, detail
+                                    in rejects], "source_uri STRING, reason STRING, detail STRING")
     validated = (candidates.mapInPandas(_validate_partitions(settings), _VALIDATED_SCHEMA)
-                 .unionByName(too_large))
+                 .unionByName(_as_rejects(too_large)).unionByName(_as_rejects(unread)))
     return upsert_validated(spark, settings, validated, f"folder:{root}",
                             snapshot_root=str(root))
 
 
-def _empty_files(spark, root: str) -> list[str]:
-    """Zero-byte files under root: Spark's binaryFile source skips them silently, but a shop
-    should see them in rejects. Listed with Hadoop's FileSystem so it works on cluster storage."""
+def _as_rejects(frame):
+    """Rejects (source_uri, reason, detail) in the validated rows' layout."""
+    from pyspark.sql import functions as F
+
+    nothing = {"product_id": "string", "category": "string", "title": "string",
+               "group_id": "string", "image": "binary", "format": "string", "width": "int",
+               "height": "int", "channels": "int", "content_hash": "string"}
+    return frame.select(*[F.lit(None).cast(t).alias(c) for c, t in nothing.items()],
+                        "source_uri", F.lit(None).cast("string").alias("split"),
+                        "reason", "detail")
+
+
+# Hadoop reads these characters in a path as a glob pattern; a backslash makes them literal.
+_GLOB = re.compile(r"([\\\[\]{}*?])")
+
+
+def _binary_files(spark, paths: list[Path]):
+    """Spark's binaryFile rows (path, length, content, ...) of exactly these files."""
+    if not paths:
+        return spark.createDataFrame([], "path STRING, modificationTime TIMESTAMP, "
+                                         "length LONG, content BINARY")
+    return spark.read.format("binaryFile").load([_GLOB.sub(r"\\\1", str(p)) for p in paths])
+
+
+def _qualifier(spark, root: Path):
+    """path -> the URI Spark's file sources give that file (file:/... locally,
+    dbfs:/Volumes/... on Databricks): rejects found by the listing read like the others."""
     jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(root)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    files = fs.listFiles(path, True)
-    empty = []
-    while files.hasNext():
-        status = files.next()
-        if status.getLen() == 0:
-            empty.append(status.getPath().toString())
-    return empty
+    fs = jvm.org.apache.hadoop.fs.Path(str(root)).getFileSystem(
+        spark.sparkContext._jsc.hadoopConfiguration())
+    return lambda path: fs.makeQualified(jvm.org.apache.hadoop.fs.Path(str(path))).toString()

@@ -1,16 +1,18 @@
 """Where product images come from: the Fashion-MNIST IDX files, or a folder of image files.
 
 Each source yields candidate rows (product_id, category, title, image bytes, source uri,
-official split); validation and the Delta upsert happen in :mod:`lookalike.catalogue`.
+official split), or, for a folder, the list of files to read (:func:`list_folder`); validation and the Delta upsert happen in :mod:`lookalike.catalogue`.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import struct
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,54 @@ def read_metadata_csv(path: str) -> pd.DataFrame:
         raise ValueError(f"metadata CSV {path}: rows {list(empty.index[:5])} have an empty "
                          f"product_id or category")
     return metadata[["product_id", "category", "title", "group_id", "path"]]
+
+
+# Spark's file sources skip these names (hidden files, _SUCCESS markers): so does the listing.
+_SKIPPED_PREFIXES = (".", "_")
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """The files of an image folder, as :func:`list_folder` found them."""
+    root: Path
+    files: tuple[Path, ...]                   # regular files, sorted
+    rejects: tuple[tuple[str, str, str], ...]  # (path, reason, detail) of what is not read
+
+
+def list_folder(root: Path) -> FolderListing:
+    """Every regular file under ``root``, never through a symbolic link.
+
+    A link is not followed, whether to a file or a folder, inside ``root`` or outside: a link
+    back to a parent would list every image again (one loop per link, exponential with two),
+    and a link outward would read files the shop did not put in the folder. Each link is
+    reported as a reject instead.
+    """
+    files, rejects = [], []
+    for directory, folders, names in os.walk(root, followlinks=False):
+        folders[:] = sorted(f for f in folders if not f.startswith(_SKIPPED_PREFIXES))
+        for name in sorted(names + [f for f in folders if os.path.islink(Path(directory, f))]):
+            path = Path(directory, name)
+            if name.startswith(_SKIPPED_PREFIXES):
+                continue
+            if path.is_symlink():
+                rejects.append((str(path), "symlink", "links are not followed "
+                                f"(points to {os.readlink(path)})"[:500]))
+            elif path.is_file():
+                files.append(path)
+        folders[:] = [f for f in folders if not os.path.islink(Path(directory, f))]
+    return FolderListing(root, tuple(files), tuple(rejects))
+
+
+def product_key(relative: str) -> str:
+    """A file's product_id when no metadata names it: its path without the extension."""
+    return re.sub(r"\.[^./]+$", "", relative)
+
+
+def ambiguous_files(relative_paths) -> dict[str, str]:
+    """Files that would name the same product (``x.jpg`` and ``x.png``): relative path ->
+    the detail of their reject. Neither is taken: which one the shop meant is not knowable."""
+    by_key: dict[str, list[str]] = {}
+    for relative in relative_paths:
+        by_key.setdefault(product_key(relative), []).append(relative)
+    return {relative: f"{', '.join(sorted(group))} all name product {key!r}: keep one"
+            for key, group in by_key.items() if len(group) > 1 for relative in group}
