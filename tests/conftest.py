@@ -92,7 +92,8 @@ def trained_run(training_settings, spark) -> tuple[Settings, str]:
 #                     Fashion-MNIST catalogue (SERVING_ITEMS_PER_SPLIT x 2) embedded, indexed,
 #                     packaged, registered (a model name unique to the session) and promoted.
 #                     settings has small serving limits (max_batch 8, max_k 50, 200 kB, 500x500 px,
-#                     1 MB bodies, 1 MB decode cost, 20 answer images, 2 s header timeout);
+#                     1 MB bodies, decode cost 1 MB per image and 2 MB per request, 20 answer
+#                     images, 2 s header timeout);
 #                     products: pandas DataFrame product_id, category, image (PNG bytes).
 #   served_model   -> str, base URL "http://127.0.0.1:<port>" of a real `mlflow models serve`
 #                     of packaged_model.model_uri (models:/<name>@champion); POST JSON to
@@ -157,7 +158,8 @@ def packaged_model(embedding_run, spark) -> PackagedModel:
         registry={"model_name": f"lookalike-test-{uuid.uuid4().hex[:8]}"},
         serving={"max_batch": 8, "max_k": 50, "max_image_bytes": 200_000,
                  "max_pixels": 250_000, "max_body_bytes": 1_000_000,
-                 "max_decode_bytes": 1_000_000, "max_answer_images": 20,
+                 "max_decode_bytes": 1_000_000, "max_request_decode_bytes": 2_000_000,
+                 "max_answer_images": 20,
                  "header_timeout_seconds": 2})
     ingest_fashion_mnist(spark, settings, limit_per_split=SERVING_ITEMS_PER_SPLIT)
     embed_catalogue(settings, run_id=run_id)

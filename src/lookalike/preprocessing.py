@@ -159,6 +159,17 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int,
     return info
 
 
+def checked_decode_cost(data: bytes, size: int, max_bytes: int, max_pixels: int,
+                        allowed_formats: Sequence[str], max_decode_bytes: int) -> int:
+    """The header checks of :func:`checked_model_input` alone (nothing decoded): the image's
+    :func:`decode_cost`, or ImageRejected. Lets a server bound a whole request first."""
+    try:
+        with _checked_open(data, max_bytes, max_pixels, allowed_formats) as image:
+            return _affordable(image, size, max_decode_bytes)
+    except _DECODE_ERRORS as error:
+        raise _rejection(error) from error
+
+
 def checked_model_input(data: bytes, size: int, channels: int, max_bytes: int, max_pixels: int,
                         allowed_formats: Sequence[str], max_decode_bytes: int | None = None
                         ) -> np.ndarray:
@@ -170,17 +181,21 @@ def checked_model_input(data: bytes, size: int, channels: int, max_bytes: int, m
     try:
         with _checked_open(data, max_bytes, max_pixels, allowed_formats) as image:
             if max_decode_bytes is not None:
-                cost = decode_cost(image, size)
-                if cost > max_decode_bytes:
-                    kind = "progressive JPEG" if image_format(image) == "JPEG" else image_format(image)
-                    raise ImageRejected(
-                        "too_costly", f"a {image.size[0]}x{image.size[1]} {kind} ({image.mode}) "
-                        f"decodes at full size, about {cost // 1_000_000} MB, over the limit of "
-                        f"{max_decode_bytes // 1_000_000} MB: send it smaller, or as a "
-                        "baseline JPEG")
+                _affordable(image, size, max_decode_bytes)
             return _decoded_model_input(image, size, channels)
     except _DECODE_ERRORS as error:
         raise _rejection(error) from error
+
+
+def _affordable(image: Image.Image, size: int, max_decode_bytes: int) -> int:
+    cost = decode_cost(image, size)
+    if cost > max_decode_bytes:
+        kind = "progressive JPEG" if image_format(image) == "JPEG" else image_format(image)
+        raise ImageRejected(
+            "too_costly", f"a {image.size[0]}x{image.size[1]} {kind} ({image.mode}) decodes at "
+            f"full size, about {cost // 1_000_000} MB, over the limit of "
+            f"{max_decode_bytes // 1_000_000} MB: send it smaller, or as a baseline JPEG")
+    return cost
 
 
 def to_model_input(data: bytes, size: int, channels: int) -> np.ndarray:

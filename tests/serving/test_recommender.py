@@ -158,8 +158,8 @@ def test_work_stops_at_the_server_timeout(packaged_model, tmp_path):
     query = pd.DataFrame({"image": [image]})
     assert len(recommender.recommend(query, {"k": 2})) == 2
     decoded = []
-    original = recommender._decode
-    recommender._decode = lambda text, row: decoded.append(row) or original(text, row)
+    original = recommender._image_bytes
+    recommender._image_bytes = lambda text, row: decoded.append(row) or original(text, row)
     busy = threading.Event()
 
     def hold_the_worker():

@@ -265,6 +265,15 @@ def test_images_that_would_cost_too_much_to_decode_are_400(served_model, package
     assert len(_ok(served_model, [{"image": _b64(jpeg)}], k=2)) == 2
 
 
+def test_a_request_s_decoding_cost_is_bounded(served_model, packaged_model):
+    """Each image within serving.max_decode_bytes, but together over
+    serving.max_request_decode_bytes (2 MB here): refused before any is decoded."""
+    rgba = _b64(_encode(Image.new("RGBA", (300, 300), (9, 9, 9, 255)), "PNG"))  # 0.72 MB
+    status, body = _query(served_model, [{"image": rgba}] * 3, k=2)
+    assert status == 400 and "per request" in body["message"], body
+    assert len(_ok(served_model, [{"image": rgba}] * 2, k=2)) == 4
+
+
 def test_answer_with_images_is_bounded(served_model, packaged_model):
     """rows x k x include_images can no longer ask for an answer of any size: at most
     serving.max_answer_images thumbnails (20 here)."""

@@ -39,6 +39,8 @@ class ServingSettings:
     # An image query whose decoding would allocate more than this (read from its header:
     # PNG, WebP and progressive JPEG decode at full size) is refused before it is decoded.
     max_decode_bytes: int
+    # ... and a request whose images together would: bounds a request's decoding time.
+    max_request_decode_bytes: int
     # include_images answers at most this many thumbnails (rows x k).
     max_answer_images: int
     timeout_seconds: int
@@ -65,6 +67,8 @@ class ServingSettings:
                 "must be in (0, 300]")
         require(self.max_decode_bytes >= 1_000_000, f"{key}.max_decode_bytes",
                 "must be >= 1000000 (1 MB)")
+        require(self.max_request_decode_bytes >= self.max_decode_bytes,
+                f"{key}.max_request_decode_bytes", "must be >= max_decode_bytes")
         require(self.max_answer_images >= 1, f"{key}.max_answer_images", "must be >= 1")
         require(self.engine in ("tflite", "tensorflow"), f"{key}.engine",
                 "must be 'tflite' or 'tensorflow'")

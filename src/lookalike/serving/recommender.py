@@ -42,6 +42,7 @@ products are missing) and keeps the first photo of each group.
 
 Errors: every invalid request -- bad base64, bytes that are not an image, unsupported format,
 image over ``serving.max_image_bytes`` / ``serving.max_pixels`` / ``serving.max_decode_bytes``,
+images that together would cost more than ``serving.max_request_decode_bytes`` to decode,
 unknown product_id or category, k outside 1..max_k, a row with both or neither of
 image/product_id, no rows, more than ``serving.max_batch`` rows, more images than
 ``serving.max_answer_images`` -- is answered HTTP 400 with
@@ -112,12 +113,14 @@ def limits_from(settings: Settings) -> dict[str, Any]:
             "max_image_bytes": settings.serving.max_image_bytes,
             "max_pixels": settings.serving.max_pixels,
             "max_decode_bytes": settings.serving.max_decode_bytes,
+            "max_request_decode_bytes": settings.serving.max_request_decode_bytes,
             "max_answer_images": settings.serving.max_answer_images,
             "allowed_formats": list(settings.catalogue.allowed_formats)}
 
 
 # Limits of models packaged before these settings existed.
-LEGACY_LIMITS = {"max_decode_bytes": 50_000_000, "max_answer_images": 100}
+LEGACY_LIMITS = {"max_decode_bytes": 50_000_000, "max_request_decode_bytes": 200_000_000,
+                 "max_answer_images": 100}
 # The scoring server answers 504 after this many seconds (mlflow's own default is 60).
 REQUEST_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
@@ -205,35 +208,57 @@ class Recommender:
                                f"= {n * k}; ask for fewer rows or a smaller k, or fetch images "
                                "for the products you show")
 
-    def _decode(self, text: Any, row: int) -> np.ndarray:
-        from lookalike.preprocessing import ImageRejected, checked_model_input
-
+    def _image_bytes(self, text: Any, row: int) -> bytes:
+        """A row's image as bytes, from base64 (a ``data:`` URL prefix is allowed)."""
         if isinstance(text, (bytes, bytearray)):
-            data = bytes(text)
-        else:
-            text = str(text).strip()
-            if text.startswith("data:"):
-                text = text.partition(",")[2]
-            text = "".join(text.split())
-            # Refuse oversized payloads before allocating their decoded bytes.
-            if len(text) > (self.limits["max_image_bytes"] + 2) // 3 * 4 + 4:
-                raise _bad_request(f"row {row}: image is larger than "
-                                   f"{self.limits['max_image_bytes']} bytes")
-            try:
-                data = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise _bad_request(f"row {row}: image is not valid base64") from None
+            return bytes(text)
+        text = str(text).strip()
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        text = "".join(text.split())
+        # Refuse oversized payloads before allocating their decoded bytes.
+        if len(text) > (self.limits["max_image_bytes"] + 2) // 3 * 4 + 4:
+            raise _bad_request(f"row {row}: image is larger than "
+                               f"{self.limits['max_image_bytes']} bytes")
         try:
-            # Checked from the header, then decoded once, at the model's size.
-            return checked_model_input(data, self.size, self.channels,
-                                       self.limits["max_image_bytes"], self.limits["max_pixels"],
-                                       self.limits["allowed_formats"],
-                                       self.limits["max_decode_bytes"])
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad_request(f"row {row}: image is not valid base64") from None
+
+    def _checked(self, function, data: bytes, row: int, *args):
+        """``function(data, size, ...)`` of lookalike.preprocessing, its rejections as 400s."""
+        from lookalike.preprocessing import ImageRejected
+
+        try:
+            return function(data, self.size, *args)
         except ImageRejected as rejected:
             raise _bad_request(f"row {row}: image rejected ({rejected.reason}): "
                                f"{rejected.detail}") from None
         except Exception as error:  # noqa: BLE001 - any decoder failure is the client's input
             raise _bad_request(f"row {row}: image could not be decoded: {error}") from None
+
+    def _model_inputs(self, images: list, rows: list[int], deadline: float) -> np.ndarray:
+        """The rows' images as model input. Every header is checked, and the request's whole
+        decoding cost bounded, before the first pixel is decoded; work stops at the deadline."""
+        from lookalike.preprocessing import checked_decode_cost, checked_model_input
+
+        limits = self.limits
+        header = (limits["max_image_bytes"], limits["max_pixels"], limits["allowed_formats"])
+        data = [self._image_bytes(images[row], row) for row in rows]
+        cost = sum(self._checked(checked_decode_cost, blob, row, *header,
+                                 limits["max_decode_bytes"]) for blob, row in zip(data, rows))
+        if cost > limits["max_request_decode_bytes"]:
+            raise _bad_request(f"the request's images would take about {cost // 1_000_000} MB "
+                               f"to decode, over the limit of "
+                               f"{limits['max_request_decode_bytes'] // 1_000_000} MB per "
+                               "request: send fewer images per request")
+        pixels = []
+        for blob, row in zip(data, rows):
+            if time.monotonic() > deadline:
+                raise _timed_out(self.timeout)
+            pixels.append(self._checked(checked_model_input, blob, row, self.channels, *header,
+                                        limits["max_decode_bytes"]))
+        return np.stack(pixels)
 
     # -- predict ------------------------------------------------------------------------
 
@@ -279,12 +304,8 @@ class Recommender:
             if not self._inference.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 raise _timed_out(self.timeout)
             try:
-                pixels = []
-                for row in image_rows:
-                    if time.monotonic() > deadline:
-                        raise _timed_out(self.timeout)
-                    pixels.append(self._decode(images[row], row))
-                vectors[image_rows] = self.model.embed(np.stack(pixels))
+                vectors[image_rows] = self.model.embed(
+                    self._model_inputs(images, image_rows, deadline))
             finally:
                 self._inference.release()
         hits = self._search(vectors, k, category, excludes if exclude_self else None)
