@@ -91,6 +91,7 @@ def prepare(home: str | None, limit_per_split: int | None, run_id: str | None,
     if package:
         from lookalike.registry import promote
         from lookalike.serving.package import package_and_register
+        from lookalike.serving.validation import validate_version
 
         started = time.perf_counter()
         index = build_index(settings, run_id=run_id)
@@ -98,7 +99,11 @@ def prepare(home: str | None, limit_per_split: int | None, run_id: str | None,
         result["index_count"] = index["count"]
         started = time.perf_counter()
         registered = package_and_register(settings, run_id=run_id)
-        promote(settings, version=registered["version"])
+        # Promotion needs a passed validation (registry.require_validation); in-process here.
+        validate_version(settings, registered["version"], env_manager="local")
+        promoted = promote(settings, version=registered["version"])
+        if not promoted["promoted"]:
+            raise RuntimeError(f"the prepared model was not promoted: {promoted['reason']}")
         result["package_s"] = round(time.perf_counter() - started, 1)
         result["model_uri"] = f"models:/{settings.registry.model_name}@champion"
     return result
