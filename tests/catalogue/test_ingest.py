@@ -365,3 +365,25 @@ def test_metadata_rows_without_a_file_are_rejected(spark, settings, tmp_path):
     assert rejects.reason.tolist() == ["missing_file"]
     assert rejects.source_uri[0].endswith("shop/photos/missing.png")
     assert "SKU-2" in rejects.detail[0]
+
+
+def test_photos_of_one_product_never_straddle_splits(spark, settings, tmp_path):
+    """60 products x 3 different photos (issue 21: hashing each photo put 32 of 60 products
+    in two splits)."""
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    rows = []
+    for product in range(60):
+        for photo in range(3):
+            name = f"{product}-{photo}.png"
+            (shop / name).write_bytes(_image(1000 + product * 3 + photo))
+            rows.append({"product_id": name[:-4], "category": f"c{product % 3}",
+                         "group_id": f"sku-{product}", "path": name})
+    csv = tmp_path / "meta.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    ingest_folder(spark, settings, str(shop), str(csv))
+    products = read_products(spark, settings)[0].toPandas()
+    assert len(products) == 180
+    per_product = products.groupby("group_id").split.nunique()
+    assert len(per_product) == 60 and (per_product == 1).all()
+    assert products.split.nunique() == 3

@@ -58,6 +58,14 @@ def split_for(key: str, train: float, val: float) -> str:
     return "test"
 
 
+def split_key(group_id: str | None, content_hash: str) -> str:
+    """What a photo's split hashes: its product (``group_id``) when the catalogue names one, so
+    every photo of a product lands in one split, as In-Shop and SOP keep products disjoint
+    (else the same-product figures score products the model trained on); else its content,
+    so byte-identical files share a split."""
+    return f"group:{group_id}" if group_id else content_hash
+
+
 def validate_rows(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Decode-check each candidate row; add image facts, hash and split, or a reject reason.
 
@@ -93,7 +101,8 @@ def validate_rows(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
             val = cat.fashion_mnist_val_fraction
             split = split_for(content_hash, 1.0 - val, val)
         else:
-            split = split_for(content_hash, cat.split.train, cat.split.val)
+            split = split_for(split_key(record["group_id"], content_hash), cat.split.train,
+                              cat.split.val)
         record.update(image=data, format=info.format, width=info.width, height=info.height,
                       channels=info.channels, content_hash=content_hash, split=split)
         out.append(record)
