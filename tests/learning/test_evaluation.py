@@ -163,3 +163,22 @@ def test_per_class_tables_cannot_run_as_spreadsheet_formulas():
     assert list(safe["category"]) == ["'=HYPERLINK(\"x\")", "'@SUM(1)", "Shirt", "'-2+3"]
     assert list(safe["recall_at_1"]) == [0.5, 0.25, 1.0, 0.0]
     assert table["category"][0].startswith("=")      # the input is left as it was
+
+
+def test_the_baseline_is_the_strongest_simple_pixel_variant():
+    """Issue 21: protocol (b) was 'met' against the weakest pixel baseline (uncentred cosine
+    on inverted images). Here every point lies near one ray from the origin, so uncentred
+    cosine sees tiny angles; centred on the catalogue's mean, the two classes point opposite
+    ways: the baseline reported is a stronger variant than plain pixels."""
+    train = points_as_images([(10, 10), (10.5, 10.5), (20, 20.05), (21, 21)],
+                             ["A", "A", "B", "B"])
+    test = points_as_images([(10.2, 10.25), (20.5, 20.48)], ["A", "B"])
+    settings = load_settings(overrides={"evaluation": {"unseen_categories": [],
+                                                       "k_values": [1]}})
+    m = evaluate_embedders(settings, train, test, None, None)["metrics"]
+    variants = {n: m[f"baseline_a_{n}_recall_at_1"]
+                for n in ("pixels", "inverted_pixels", "centred_pixels")}
+    assert variants["centred_pixels"] == pytest.approx(1.0)
+    assert variants["pixels"] < 1.0
+    assert m["baseline_a_recall_at_1"] == max(variants.values()) == 1.0
+    assert m["baseline_a_variant"] != 0.0  # PIXEL_BASELINES order: pixels first

@@ -121,3 +121,21 @@ def test_augmentation_fills_shifted_space_with_the_white_background(tiny):
     white = np.ones((8, 28, 28, 1), np.float32)
     shifted = shift(white, training=True).numpy()
     assert shifted.min() > 0.99  # a black fill would show as zeros at the borders
+
+
+def test_colour_augmentation_keeps_pixels_in_unit_range(tiny):
+    """RandomContrast stretches around the mean: inputs over 1.0 (issue 21) unless clipped."""
+    import tensorflow as tf
+
+    settings = tiny.replace(model={"augmentation": True, "augmentation_colour": 0.5})
+    model = build_model(settings)
+    colour = tf.keras.Sequential([model.get_layer("aug_brightness"),
+                                  model.get_layer("aug_contrast"), model.get_layer("aug_clip")])
+    tf.keras.utils.set_random_seed(3)
+    x = np.zeros((16, 28, 28, 1), np.float32)
+    x[:, :, 14:] = 1.0  # half black, half white: the stretch pushes both ends out
+    out = colour(x, training=True).numpy()
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # What the clip is there for: a stretch (factor >= 1) leaves the unit range.
+    stretch = tf.keras.layers.RandomContrast((0.0, 0.5))(x, training=True).numpy()
+    assert stretch.max() > 1.0 or stretch.min() < 0.0

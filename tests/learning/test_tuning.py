@@ -166,3 +166,22 @@ def test_objective_b_needs_validation_categories():
         load_settings("base", {"tuning": {"objective": "b"}})
     with pytest.raises(ValueError, match="objective"):
         load_settings("base", {"tuning": {"objective": "c"}})
+
+
+def test_trials_of_a_fine_tuning_profile_fine_tune():
+    """Issue 21: the photos profile tuned with tuning.epochs == warmup_epochs, so every trial
+    trained a head on a frozen backbone, and the pipeline shipped those parameters in a
+    fine-tuning run. A trial keeps the profile's proportion, at least one epoch of each."""
+    from lookalike.config import ConfigError, load_settings
+    from lookalike.learning.tuning import trial_schedule
+
+    photos = load_settings("photos")
+    assert photos.training.warmup_epochs > 0
+    schedule = trial_schedule(photos)
+    assert schedule["epochs"] == photos.tuning.epochs
+    assert 1 <= schedule["warmup_epochs"] < schedule["epochs"]
+    longer = photos.replace(tuning={"epochs": 6})  # 2 of 12 warm up: 1 of 6
+    assert trial_schedule(longer) == {"epochs": 6, "warmup_epochs": 1}
+    assert trial_schedule(load_settings("quick"))["warmup_epochs"] == 0  # nothing to fine-tune
+    with pytest.raises(ConfigError, match="tuning.epochs"):
+        photos.replace(tuning={"epochs": 1})

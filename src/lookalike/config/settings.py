@@ -326,6 +326,11 @@ class Settings:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
+        # Across sections: a trial of a profile that fine-tunes must fine-tune too
+        # (lookalike.learning.tuning.trial_schedule).
+        require(self.training.warmup_epochs == 0 or self.tuning.epochs >= 2, "tuning.epochs",
+                "must be >= 2 when training.warmup_epochs > 0: a trial needs an epoch of "
+                "head-only training and one of fine-tuning")
 
     # Derived locations: kept as properties so there is one source of truth (home).
     @property

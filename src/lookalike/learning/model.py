@@ -72,6 +72,9 @@ def build_model(settings: Settings, num_classes: int | None = None):
             x = tf.keras.layers.RandomBrightness(colour, value_range=(0.0, 1.0),
                                                  name="aug_brightness")(x)
             x = tf.keras.layers.RandomContrast(colour, name="aug_contrast")(x)
+            # Contrast stretches around the mean and leaves [0, 1]; the pixels every backbone
+            # was built for (and serving sends) stay in it.
+            x = tf.keras.layers.ReLU(max_value=1.0, name="aug_clip")(x)
     features = backbone.builder(shape, settings.model.width, settings)(x)
     # A named identity: what embedding_network serves when model.embedding_from is "features".
     x = tf.keras.layers.Activation("linear", name=FEATURES_LAYER)(features)

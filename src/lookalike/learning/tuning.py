@@ -12,7 +12,8 @@
 * Data: the train/val splits are decoded once on the driver side into ``.npy`` files under
   ``LOOKALIKE_HOME/cache/arrays`` (:mod:`lookalike.data`); each trial memory-maps them, so no
   trial touches Delta. (Tuning therefore needs a catalogue that fits in memory.)
-* Each trial trains ``tuning.epochs`` epochs with the trial's parameters, using
+* Each trial trains ``tuning.epochs`` epochs with the trial's parameters (head-only warm-up
+  and fine-tuning in the profile's proportions: :func:`trial_schedule`), using
   ``cores / parallelism`` TensorFlow threads so parallel trials share the machine.
 * Result: the best trial (argmin loss over the children) is logged on the parent as params
   ``best.<name>``, metric ``best_val_map_at_r``, tag ``lookalike.best_trial_run_id`` and the
@@ -47,6 +48,20 @@ _INT_FIELDS = {"embedding_size", "width", "epochs", "steps_per_epoch", "classes_
 
 
 TUNING_KEY_TAG = "lookalike.tuning_key"
+
+
+def trial_schedule(settings: Settings) -> dict[str, int]:
+    """A trial's epochs, and of them how many train the head alone: the same share as the
+    profile's own schedule, so a profile that fine-tunes its backbone is tuned fine-tuning (at
+    least one epoch of each), never on a frozen backbone whose parameters it then ships."""
+    epochs, warmup = settings.tuning.epochs, settings.training.warmup_epochs
+    if warmup <= 0:
+        return {"epochs": epochs, "warmup_epochs": 0}
+    if epochs < 2:
+        raise ValueError("tuning.epochs must be >= 2 when training.warmup_epochs > 0: a trial "
+                         "needs an epoch of head-only training and one of fine-tuning")
+    share = round(warmup * epochs / settings.training.epochs)
+    return {"epochs": epochs, "warmup_epochs": min(max(1, share), epochs - 1)}
 
 
 def startup_trials(max_evals: int) -> int:
@@ -167,7 +182,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
 
     params = clean_params(params)
     base = settings_from_dict(settings_dict)
-    settings = apply_params(base, params).replace(training={"epochs": base.tuning.epochs})
+    settings = apply_params(base, params).replace(training=trial_schedule(base))
     spec = DataSpec.from_dict(spec_dict)
     client = MlflowClient(tracking_uri=tracking_uri)
     child = client.create_run(experiment_id, tags={
