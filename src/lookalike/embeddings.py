@@ -102,7 +102,7 @@ def embed_catalogue(settings: Settings, run_id: str | None = None) -> dict:
 
     from lookalike.catalogue.tables import catalogue_table, create_table, read_products
     from lookalike.learning.artifacts import resolve_model
-    from lookalike.learning.model import cpu_count
+    from lookalike.runtime import cpu_count
     from lookalike.spark import get_spark
 
     run_id, model_dir = resolve_model(settings, run_id)

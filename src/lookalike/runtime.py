@@ -53,3 +53,11 @@ def local_scratch() -> Path:
     no random writes), so logs and other appended files live here on a cluster."""
     root = Path("/local_disk0/tmp") if Path("/local_disk0").is_dir() else Path(tempfile.gettempdir())
     return root / "lookalike"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity: a container's or a task's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1

@@ -125,7 +125,7 @@ def test_tpe_explores_half_the_budget_then_searches():
 
 def test_loss_parameters_reach_the_loss(base_settings):
     from lookalike.learning.model import make_loss
-    from lookalike.learning.training import apply_params
+    from lookalike.learning.params import apply_params
 
     tuned = apply_params(base_settings, {"loss_alpha": 3.0, "loss_epsilon": 0.2})
     config = make_loss(tuned).get_config()

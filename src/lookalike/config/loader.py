@@ -17,17 +17,10 @@ from typing import Any
 
 import yaml
 
-from lookalike.config.schema import ConfigError, build
-from lookalike.config.settings import Settings
+from lookalike.config.schema import ConfigError, deep_merge  # noqa: F401 (re-exported)
+from lookalike.config.settings import Settings, settings_from_dict  # noqa: F401 (re-exported)
 
 ENV_PREFIX = "LOOKALIKE__"
-
-
-def settings_from_dict(data: dict[str, Any]) -> Settings:
-    """Build and validate :class:`Settings` from one merged mapping."""
-    settings = build(Settings, data, "")
-    settings.validate()
-    return settings
 
 
 def conf_dir() -> Path:
@@ -95,14 +88,5 @@ def _environment_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
             node[keys[-1]] = value
     return result
 
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 

@@ -90,3 +90,14 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config error at '{key}': expected a string, got {value!r}")
         return value
     return value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in, nested mappings key by key (neither is changed)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

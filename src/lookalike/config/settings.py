@@ -19,8 +19,8 @@ from lookalike.config.operations import (
     ServingSettings,
     ValidationSettings,
 )
-from lookalike.config.schema import ConfigError, build, require
-from lookalike.runtime import local_scratch, on_databricks
+from lookalike.config.schema import ConfigError, build, deep_merge, require
+from lookalike.runtime import cpu_count, local_scratch, on_databricks
 
 # Keras mixed-precision policies (training.precision, embedding.precision).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -108,6 +108,11 @@ class ImageSettings:
         require(self.channels in (1, 3), f"{key}.channels", "must be 1 or 3")
 
 
+# What the served vector may be (lookalike.learning.model.embedding_network): the backbone's
+# pooled features, or the MetricEmbedding head.
+EMBEDDING_FROM = ("features", "head")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     backbone: str
@@ -135,7 +140,6 @@ class ModelSettings:
 
     def validate(self, key: str) -> None:
         from lookalike.learning.backbones import backbone_names
-        from lookalike.learning.model import EMBEDDING_FROM
 
         require(self.backbone in backbone_names(), f"{key}.backbone",
                 f"unknown backbone {self.backbone!r}; registered: {backbone_names()}")
@@ -348,15 +352,11 @@ class Settings:
     @property
     def serving_workers(self) -> int:
         """``serving.workers``, or one per core (at most 4) when it is 0."""
-        from lookalike.learning.model import cpu_count
-
         return self.serving.workers or max(1, min(4, cpu_count()))
 
     @property
     def serving_threads(self) -> int:
         """Threads per serving worker: the setting, or cores / workers."""
-        from lookalike.learning.model import cpu_count
-
         return self.serving.threads_per_worker or max(1, cpu_count() // self.serving_workers)
 
     @property
@@ -387,8 +387,11 @@ class Settings:
 
     def replace(self, **sections: Any) -> "Settings":
         """Copy with whole sections or nested keys replaced: ``replace(training={"epochs": 1})``."""
-        from lookalike.config.loader import deep_merge, settings_from_dict
-
         return settings_from_dict(deep_merge(dataclasses.asdict(self), sections))
 
 
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Build and validate :class:`Settings` from one merged mapping."""
+    settings = build(Settings, data, "")
+    settings.validate()
+    return settings

@@ -136,7 +136,8 @@ def rank_steps(steps_per_epoch: int, size: int) -> int:
 def _init_process(use_horovod: bool, threads: int | None):
     """(rank, size, horovod module or None): Horovod started, CPU threads shared between the
     ranks of a host, this rank's GPU pinned (if any; never a hard-coded device)."""
-    from lookalike.learning.model import configure_threads, cpu_count, gpu_memory_growth
+    from lookalike.learning.model import configure_threads, gpu_memory_growth
+    from lookalike.runtime import cpu_count
 
     rank, size, local_rank, local_size, hvd = 0, 1, 0, 1, None
     if use_horovod:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from lookalike.config import Settings
+from lookalike.config.settings import EMBEDDING_FROM  # noqa: F401 (the served vectors)
 
 INFO_FILE = "lookalike.json"
 SAVED_MODEL_DIR = "saved_model"
@@ -36,7 +36,6 @@ MIXED_MODEL_DIR = "saved_model_mixed"
 FORMAT_VERSION = 1
 FEATURES_LAYER = "features"
 # What model.embedding_from may name (see embedding_network).
-EMBEDDING_FROM = ("features", "head")
 
 
 def build_model(settings: Settings, num_classes: int | None = None):
@@ -338,9 +337,3 @@ def gpu_memory_growth() -> list:
             pass  # this process already initialised its GPUs
     return gpus
 
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1

@@ -28,23 +28,9 @@ from typing import Any
 
 from lookalike.config import Settings
 from lookalike.console import say
+from lookalike.learning.params import TUNING_KEY_TAG, apply_params, tuning_key
 
 PARAMS_SOURCE_TAG = "lookalike.params_run_id"
-
-
-def apply_params(settings: Settings, params: dict[str, Any]) -> Settings:
-    """Settings with tuned parameters applied (names of ``model.*`` / ``training.*`` fields)."""
-    model_fields = {f.name for f in dataclasses.fields(settings.model)}
-    training_fields = {f.name for f in dataclasses.fields(settings.training)}
-    model, training = {}, {}
-    for name, value in params.items():
-        if name in model_fields:
-            model[name] = value
-        elif name in training_fields:
-            training[name] = value
-        else:
-            raise ValueError(f"tuned parameter {name!r} is neither a model nor a training setting")
-    return settings.replace(model=model, training=training)
 
 
 def load_best_params(run_id: str) -> dict[str, Any]:
@@ -63,10 +49,9 @@ def resolve_params(settings: Settings, params_run_id: str | None, use_tuned: boo
 
     ``params_run_id`` is used as given. Otherwise (``use_tuned``) only the latest tuning run
     with this profile, backbone, image geometry and ``products_version`` counts
-    (:func:`~lookalike.learning.tuning.tuning_key`): parameters tuned for another catalogue or
+    (:func:`~lookalike.learning.params.tuning_key`): parameters tuned for another catalogue or
     network are never applied in silence.
     """
-    from lookalike.learning.tuning import TUNING_KEY_TAG, tuning_key
     from lookalike.tracking import latest_run, require_run
 
     if params_run_id:

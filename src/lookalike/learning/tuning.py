@@ -40,6 +40,7 @@ import numpy as np
 
 from lookalike.config import Settings
 from lookalike.console import say
+from lookalike.learning.params import TUNING_KEY_TAG, tuning_key
 
 TRIAL_KIND = "tune_trial"
 BEST_TRIAL_TAG = "lookalike.best_trial_run_id"
@@ -47,7 +48,6 @@ _INT_FIELDS = {"embedding_size", "width", "epochs", "steps_per_epoch", "classes_
                "examples_per_class"}
 
 
-TUNING_KEY_TAG = "lookalike.tuning_key"
 
 
 def trial_schedule(settings: Settings) -> dict[str, int]:
@@ -67,16 +67,6 @@ def trial_schedule(settings: Settings) -> dict[str, int]:
 def startup_trials(max_evals: int) -> int:
     """Random trials before TPE models the results: half the budget (1 at least, 20 at most)."""
     return max(1, min(20, max_evals // 2))
-
-
-def tuning_key(settings: Settings, products_version: int) -> str:
-    """What tuned parameters are only valid for: profile, backbone, served vector, input
-    geometry, objective and the catalogue version they were searched on (training applies a
-    tuning run's best parameters only when its key is the same)."""
-    return (f"profile={settings.profile};backbone={settings.model.backbone};"
-            f"embedding={settings.model.embedding_from};"
-            f"image={settings.image.size}x{settings.image.channels};"
-            f"objective={settings.tuning.objective};products={int(products_version)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +167,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
     from lookalike.learning.encoded import map_chunks
     from lookalike.learning.metrics import retrieval_metrics
     from lookalike.learning.model import embedding_network
-    from lookalike.learning.training import apply_params
+    from lookalike.learning.params import apply_params
     from lookalike.tracking import KIND_TAG
 
     params = clean_params(params)
@@ -242,7 +232,7 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
     from lookalike.config import load_search_space
     from lookalike.learning.data import (list_categories, load_split, prepare_training_data,
                                          split_dir)
-    from lookalike.learning.model import cpu_count
+    from lookalike.runtime import cpu_count
     from lookalike.spark import get_spark
     from lookalike.tracking import KIND_TAG, configure_mlflow, tracking_environment
 

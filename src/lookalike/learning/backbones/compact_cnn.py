@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from lookalike.config import Settings
-from lookalike.learning.backbones import register_backbone
+from typing import TYPE_CHECKING
+
+from lookalike.learning.backbones.registry import register_backbone
+
+if TYPE_CHECKING:  # annotations only: the settings import this registry
+    from lookalike.config import Settings
 
 # Moving statistics settle within ~50 steps (Keras' 0.99 needs ~500): short runs (tests,
 # tuning trials) then embed well at inference too; long runs are unaffected.

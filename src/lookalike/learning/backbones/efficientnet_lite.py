@@ -15,6 +15,8 @@ Keras weights of this network, ``.h5``), or null for random weights.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import collections
 import pickle
 import struct
@@ -22,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.config import Settings
-from lookalike.learning.backbones import register_backbone
+from lookalike.learning.backbones.registry import register_backbone
+
+if TYPE_CHECKING:  # annotations only: the settings import this registry
+    from lookalike.config import Settings
 
 # (expand ratio, kernel, stride, output channels, repeats) of the 7 stages (EfficientNet-B0).
 STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),

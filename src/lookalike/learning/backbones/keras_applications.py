@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-from lookalike.config import Settings
-from lookalike.learning.backbones import register_backbone
+from typing import TYPE_CHECKING
+
+from lookalike.learning.backbones.registry import register_backbone
+
+if TYPE_CHECKING:  # annotations only: the settings import this registry
+    from lookalike.config import Settings
 
 
 def _applications_backbone(kind: str):
