@@ -83,6 +83,17 @@ def test_memory_sampler_batches_are_class_balanced_per_rank(catalogue):
     assert x.shape == (40, 28, 28, 1) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
 
 
+def test_memory_sampler_prints_nothing_at_epoch_ends(catalogue, capsys):
+    """tensorflow-similarity's sampler print()s "Warmup complete" after the first epoch unless
+    told there is no warm-up (issue 22: library noise on the terminal)."""
+    settings, spec = catalogue
+    sampler = memory_sampler(spec, settings)
+    capsys.readouterr()
+    for _ in range(3):
+        sampler.on_epoch_end()
+    assert capsys.readouterr().out == ""
+
+
 def test_balanced_batches_groups_a_stream_by_class():
     import tensorflow as tf
 

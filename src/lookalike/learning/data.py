@@ -313,7 +313,9 @@ def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int 
         x, y, load_example_fn=load,
         classes_per_batch=min(t.classes_per_batch, len(classes)),
         examples_per_class_per_batch=t.examples_per_class, steps_per_epoch=t.steps_per_epoch,
-        class_list=classes)
+        # warmup=0: its default (-1) counts as a warm-up, and its end is a bare print()
+        # ("Warmup complete") on the terminal after the first epoch.
+        class_list=classes, warmup=0)
 
 
 def balanced_batches(dataset, image_shape: Sequence[int], classes_per_batch: int,
