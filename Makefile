@@ -18,9 +18,12 @@ serve: setup
 	$(VENV)/bin/lookalike serve --profile $(PROFILE)
 
 # The Streamlit app alone, against LOOKALIKE_ENDPOINT (default http://127.0.0.1:5001).
+# Streamlit refuses uploads over LOOKALIKE_MAX_UPLOAD_BYTES (default 10 MB, as the app) in MB
+# rounded up (lookalike.app_env.upload_size_mb), not its own 200 MB default.
 app: setup
 	$(PY) -m streamlit run streamlit_app/app.py --server.address 127.0.0.1 --server.headless true \
-		--client.toolbarMode minimal
+		--client.toolbarMode minimal \
+		--server.maxUploadSize $$(( ($${LOOKALIKE_MAX_UPLOAD_BYTES:-10000000} + 999999) / 1000000 ))
 
 test: setup
 	$(PY) -m pytest -q

@@ -6,15 +6,21 @@ Configuration (the server's environment; see :class:`streamlit_app.client.AppCon
 
 * ``LOOKALIKE_ENDPOINT``: REST endpoint, e.g. ``http://127.0.0.1:5001`` (``mlflow models serve``)
   or ``https://<workspace>/serving-endpoints/<name>/invocations`` (Databricks model serving).
-  Fixed for visitors unless ``LOOKALIKE_ALLOW_ENDPOINT_EDIT=1``.
+  Fixed for visitors unless ``LOOKALIKE_ALLOW_ENDPOINT_EDIT=1``. Either way only a plain
+  http(s) URL is used (no user@, query or fragment), redirects are not followed, ``~/.netrc``
+  is not read, answers over ``client.MAX_RESPONSE_BYTES`` (16 MB) are refused, and of an error
+  answer the page shows only a 400's message (anything else goes to the app's log).
 * ``LOOKALIKE_TOKEN``: bearer token for Databricks model serving (optional). It stays on the
   server: never rendered into the page, never a widget value, only sent to the configured
   endpoint (an edited endpoint gets no token).
 * ``LOOKALIKE_SERVING_ENDPOINT``: as a Databricks App (conf/bundle/app.yml), the serving
   endpoint's name; requests carry the app's service principal credentials (no token), and a
   ``/Volumes/...`` catalogue sample is read through the Files API.
-* ``LOOKALIKE_MAX_UPLOAD_BYTES`` / ``LOOKALIKE_MAX_UPLOAD_PIXELS``: upload limits, checked
-  before anything is decoded (defaults 10 MB, 25 MP: the REST server's own limits).
+* ``LOOKALIKE_MAX_UPLOAD_BYTES`` / ``LOOKALIKE_MAX_UPLOAD_PIXELS`` /
+  ``LOOKALIKE_MAX_DECODE_BYTES``: upload limits, checked before anything is decoded (defaults
+  10 MB, 25 MP, 50 MB: the REST server's own limits). Streamlit itself must refuse larger
+  bodies first: start it with ``--server.maxUploadSize`` set to the MB limit rounded up
+  (``make app``, ``lookalike demo`` and conf/bundle/app.yml do; Streamlit's default is 200).
 * ``LOOKALIKE_CATALOGUE_SAMPLE``: parquet written by ``lookalike.pipeline.export_catalogue_sample``
   (default ``$LOOKALIKE_HOME/app/catalogue_sample.parquet``) used for browsing; the app never
   reads Delta (no JVM), neighbour images come from the endpoint (``include_images``).
@@ -35,15 +41,16 @@ for _path in (_ROOT / "src", _ROOT):
     if _path.is_dir() and str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from lookalike.preprocessing import thumbnail_png  # noqa: E402
 from streamlit_app import client as lc  # noqa: E402
+from streamlit_app.client import escape_markdown as md  # noqa: E402
 
 PAGE_SIZE = 10
 GRID_COLUMNS = 5
 ALL_CATEGORIES = "All categories"
 
 
-@st.cache_resource(show_spinner=False)
+# Bounded: with LOOKALIKE_ALLOW_ENDPOINT_EDIT=1 every URL a visitor types is a new entry.
+@st.cache_resource(max_entries=8, show_spinner=False)
 def get_client(endpoint: str, token: str | None, workspace: bool = False) -> lc.LookalikeClient:
     """One HTTP client (connection pool) per endpoint and credentials, shared by all sessions
     (server-side memory: no token or credential is ever sent to the browser)."""
@@ -58,7 +65,9 @@ def load_sample(path: str, modified: float, workspace: bool = False):
     return lc.read_catalogue_sample(path, workspace)
 
 
-@st.cache_data(ttl=300, max_entries=200, show_spinner=False)
+# At most 32 answers, each at most client.MAX_RESPONSE_BYTES (in practice k <= 50 thumbnails,
+# about 5 MB): what the cache can hold is bounded.
+@st.cache_data(ttl=300, max_entries=32, show_spinner=False)
 def recommend(endpoint: str, token: str | None, kind: str, value, k: int, category: str | None,
               workspace: bool = False):
     """Neighbours of a product id or image bytes; errors are raised, never cached."""
@@ -74,20 +83,35 @@ def set_query(kind: str, value, label: str, image: bytes | None = None,
                                  "category": category}
 
 
-def show_image(data: bytes, width: int, trusted: bool = True) -> None:
-    """st.image of a data: URI; untrusted bytes (uploads) are decoded into a small thumbnail
-    first, with a note instead when they do not decode (the endpoint's answer says why).
+@st.cache_data(max_entries=8, show_spinner=False)
+def upload_preview(key: str, _data: bytes, _config: lc.AppConfig) -> bytes | None:
+    """The preview PNG of an upload (``key``: its digest), None if it does not decode: made
+    once per upload, not on every rerun. The limits are the process's own, fixed."""
+    from lookalike.preprocessing import ImageRejected
+
+    try:
+        return lc.preview_png(_data, _config)
+    except ImageRejected:
+        return None
+
+
+def show_image(data: bytes, width: int) -> None:
+    """st.image of a data: URI of trusted image bytes (catalogue and endpoint thumbnails).
 
     Data URIs keep images inside the page message: no /media round trip (which Streamlit 1.60
     on Starlette 1.x fails for image types) and nothing to expire between reruns.
     """
-    if not trusted:
-        try:
-            data = thumbnail_png(data, max_side=256)
-        except Exception:  # noqa: BLE001 - undecodable upload
-            st.caption("(no preview)")
-            return
     st.image(lc.data_uri(data), width=width)
+
+
+def show_upload(data: bytes, width: int, config: lc.AppConfig) -> None:
+    """An upload's preview, decoded at bounded cost, or a note when it does not decode (the
+    endpoint's answer says why)."""
+    preview = upload_preview(lc.digest(data), data, config)
+    if preview is None:
+        st.caption("(no preview)")
+    else:
+        show_image(preview, width)
 
 
 def sample_row(sample, product_id: str):
@@ -108,7 +132,7 @@ def sidebar(config: lc.AppConfig, sample):
                  "bearer token is only sent to the configured endpoint.")
     else:
         endpoint = config.endpoint
-        st.sidebar.caption(f"REST endpoint: {endpoint} (set by {lc.ENDPOINT_ENV})")
+        st.sidebar.caption(f"REST endpoint: {md(endpoint)} (set by {lc.ENDPOINT_ENV})")
     if config.workspace:
         st.sidebar.caption("Credentials: the app's service principal (server side)")
     else:
@@ -126,18 +150,20 @@ def sidebar(config: lc.AppConfig, sample):
 
 
 def upload_section(config: lc.AppConfig) -> None:
+    # Streamlit's own limit (MB) in the browser; the server's is --server.maxUploadSize.
     uploaded = st.file_uploader("Photo of a product (JPEG, PNG or WebP)",
-                                type=list(lc.UPLOAD_TYPES), key="upload")
+                                type=list(lc.UPLOAD_TYPES), key="upload",
+                                max_upload_size=config.upload_size_mb)
     if uploaded is not None:
         data = uploaded.getvalue()
         seen = (getattr(uploaded, "file_id", None) or uploaded.name, len(data))
         if st.session_state.get("upload_seen") != seen:
             st.session_state["upload_seen"] = seen
             problem = lc.check_upload(uploaded.name, data, config.max_upload_bytes,
-                                      config.max_upload_pixels)
+                                      config.max_upload_pixels, config.max_decode_bytes)
             if problem:
                 st.session_state["query"] = None
-                st.error(problem)
+                st.error(md(problem))
             else:
                 set_query("image", data, f"Your photo: {uploaded.name}", image=data)
     product_id = st.text_input("…or a product id", key="product_id_input",
@@ -148,22 +174,23 @@ def upload_section(config: lc.AppConfig) -> None:
 
 def browse_section(sample, category: str | None) -> None:
     if sample is None or len(sample) == 0:
-        st.info(f"No catalogue sample at {lc.default_sample_path()}. Run `lookalike demo` (or "
-                "`lookalike.pipeline.export_catalogue_sample`) to export one, or set "
+        st.info(f"No catalogue sample at {md(lc.default_sample_path())}. Run `lookalike demo` "
+                "(or `lookalike.pipeline.export_catalogue_sample`) to export one, or set "
                 f"{lc.SAMPLE_ENV}.")
         return
     if st.button("🔀 Show other products", key="shuffle"):
         st.session_state["page_seed"] = st.session_state.get("page_seed", 0) + 1
     page = lc.random_page(sample, PAGE_SIZE, st.session_state.get("page_seed", 0), category)
     if page is None or len(page) == 0:
-        st.info(f"No sampled products in category {category!r}.")
+        st.info(f"No sampled products in category {md(repr(category))}.")
         return
     for start in range(0, len(page), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS)
         for column, (_, row) in zip(columns, page.iloc[start:start + GRID_COLUMNS].iterrows()):
             with column:
                 show_image(row["thumbnail"], width=96)
-                st.caption(f"{row['category']} · {row['product_id']}")
+                # Catalogue data as plain text: st.text parses no Markdown.
+                st.text(f"{row['category']} · {row['product_id']}")
                 if st.button("More like this", key=f"more-{row['product_id']}"):
                     set_query("product", row["product_id"], row["product_id"],
                               image=row["thumbnail"], category=row["category"])
@@ -179,9 +206,11 @@ def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str |
     left, right = st.columns([1, 4])
     with left:
         st.markdown("**Query**")
-        if query["image"] is not None:
-            show_image(query["image"], width=128, trusted=query["kind"] != "image")
-        st.caption(query["label"] + (f" ({query['category']})" if query.get("category") else ""))
+        if query["kind"] == "image":
+            show_upload(query["image"], 128, config)
+        elif query["image"] is not None:
+            show_image(query["image"], width=128)
+        st.text(query["label"] + (f" ({query['category']})" if query.get("category") else ""))
     with right:
         try:
             with st.spinner("Finding lookalikes…"):
@@ -189,14 +218,14 @@ def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str |
                                        query["value"], k, category,
                                        config.workspace_for(endpoint))
         except lc.EndpointError as error:
-            st.error(str(error))
+            st.error(md(error))
             return
         if not neighbours:
             where = f" in category {category!r}" if category else ""
-            st.warning(f"No lookalikes found{where}.")
+            st.warning(md(f"No lookalikes found{where}."))
             return
         st.markdown(f"**{len(neighbours)} lookalikes**"
-                    + (f" in {category}" if category else ""))
+                    + (f" in {md(category)}" if category else ""))
         # Keyed container: a stable hook (CSS class st-key-lookalike-results) for browser tests.
         grid = st.container(key="lookalike-results")
         for start in range(0, len(neighbours), GRID_COLUMNS):
@@ -209,8 +238,8 @@ def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str |
                         image = None if row is None else row["thumbnail"]
                     if image is not None:
                         show_image(image, width=96)
-                    st.caption(lc.caption(item))
-                    st.caption(item.product_id)
+                    st.text(lc.caption(item))
+                    st.text(item.product_id)
                     if st.button("More like this", key=f"again-{item.product_id}"):
                         set_query("product", item.product_id, item.product_id, image=image,
                                   category=item.category)
@@ -222,7 +251,7 @@ def main() -> None:
     try:
         config = lc.AppConfig.from_environ()
     except lc.EndpointError as error:     # a misconfigured deployment: say so, plainly
-        st.error(str(error))
+        st.error(md(error))
         return
     sample_path = lc.default_sample_path()
     try:
@@ -232,7 +261,7 @@ def main() -> None:
             modified = float(int(time.time() // 3600)) if config.workspace else 0.0
         sample = load_sample(str(sample_path), modified, config.workspace)
     except Exception as error:  # a broken sample must not take the page down
-        st.warning(f"Could not read the catalogue sample {sample_path}: {error}")
+        st.warning(md(f"Could not read the catalogue sample {sample_path}: {error}"))
         sample = None
     endpoint, k, category = sidebar(config, sample)
 

@@ -15,25 +15,50 @@ Request/response contract (see the package's serving module)::
     -> {"predictions": [{"query": 0, "rank": 1, "product_id": "...", "category": "...",
                          "distance": 0.03, "image": "<base64 PNG>"}, ...]}
     bad input -> HTTP 400 {"error_code": "INVALID_PARAMETER_VALUE", "message": "..."}
+
+The endpoint may be one a visitor typed (``LOOKALIKE_ALLOW_ENDPOINT_EDIT=1``), so the client
+trusts its answers no further than the scoring server's contract: a plain http(s) URL only
+(:func:`invocations_url`), no redirects followed, no ``~/.netrc`` credentials, at most
+:data:`MAX_RESPONSE_BYTES` read, and of an error answer only a 400's ``message`` is shown
+(:func:`parse_response`; the rest goes to the app's log).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
 import random
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from lookalike.app_env import (ALLOW_ENDPOINT_EDIT_ENV, DEFAULT_ENDPOINT,  # noqa: F401
-                               DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, ENDPOINT_ENV,
+                               DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_UPLOAD_BYTES,
+                               DEFAULT_MAX_UPLOAD_PIXELS, ENDPOINT_ENV, MAX_DECODE_BYTES_ENV,
                                MAX_UPLOAD_BYTES_ENV, MAX_UPLOAD_PIXELS_ENV, SAMPLE_ENV,
-                               SERVING_ENDPOINT_ENV, TOKEN_ENV, catalogue_sample_path)
+                               SERVING_ENDPOINT_ENV, TOKEN_ENV, catalogue_sample_path,
+                               upload_size_mb)
+
+_log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ("product_id", "category", "title", "thumbnail")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP")
+# Longest side of the page's preview of an upload.
+PREVIEW_SIDE = 256
+# The most of an answer the client reads. The largest the app asks for is k=50 neighbours with
+# their thumbnails (serving.thumbnail_size 128: under 100 KB each in base64, ~5 MB in all);
+# a longer answer is an error, not something to hold in memory.
+MAX_RESPONSE_BYTES = 16_000_000
+# How much of a 400's message is shown, and of any other answer logged.
+_MESSAGE_CHARS = 1000
 
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -51,6 +76,7 @@ class AppConfig:
     allow_endpoint_edit: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     # A Databricks App: the endpoint is the workspace's serving endpoint, and requests carry
     # the app's service principal credentials (from the environment, via the SDK).
     workspace: bool = False
@@ -79,7 +105,13 @@ class AppConfig:
             in ("1", "true", "yes"),
             max_upload_bytes=int(environ.get(MAX_UPLOAD_BYTES_ENV) or DEFAULT_MAX_UPLOAD_BYTES),
             max_upload_pixels=int(environ.get(MAX_UPLOAD_PIXELS_ENV)
-                                  or DEFAULT_MAX_UPLOAD_PIXELS))
+                                  or DEFAULT_MAX_UPLOAD_PIXELS),
+            max_decode_bytes=int(environ.get(MAX_DECODE_BYTES_ENV) or DEFAULT_MAX_DECODE_BYTES))
+
+    @property
+    def upload_size_mb(self) -> int:
+        """The upload widget's limit in MB (Streamlit's unit): the app's own, rounded up."""
+        return upload_size_mb(self.max_upload_bytes)
 
     def token_for(self, endpoint: str) -> str | None:
         """The bearer token for ``endpoint``: only ever the configured endpoint's."""
@@ -123,6 +155,22 @@ class Neighbour:
     image: bytes | None = None
 
 
+class _NoNetrc(requests.auth.AuthBase):
+    """Session auth that adds nothing. Without one, requests sends the ``~/.netrc`` login of
+    whatever host it is asked for (an edited endpoint included); proxies and CA bundles from
+    the environment still apply. The real credentials are headers (:meth:`headers`)."""
+
+    def __call__(self, request):
+        return request
+
+
+def new_session() -> requests.Session:
+    """A requests session that never sends ``~/.netrc`` credentials."""
+    session = requests.Session()
+    session.auth = _NoNetrc()
+    return session
+
+
 @dataclass
 class LookalikeClient:
     """Calls ``/invocations`` of one endpoint, reusing one HTTP session (connection pooling)."""
@@ -130,9 +178,10 @@ class LookalikeClient:
     endpoint: str
     token: str | None = None
     timeout: float = 30.0
-    session: requests.Session = field(default_factory=requests.Session, repr=False)
+    session: requests.Session = field(default_factory=new_session, repr=False)
     # Headers from the workspace's identity (workspace_auth), instead of a fixed token.
     auth: Callable[[], dict[str, str]] | None = field(default=None, repr=False)
+    max_response_bytes: int = MAX_RESPONSE_BYTES
 
     @property
     def url(self) -> str:
@@ -148,19 +197,30 @@ class LookalikeClient:
 
     def invoke(self, records: Sequence[dict[str, Any]], params: dict[str, Any]) -> list[Neighbour]:
         payload = {"dataframe_records": list(records), "params": params}
+        url = self.url
+        deadline = time.monotonic() + self.timeout
         try:
-            response = self.session.post(self.url, json=payload, headers=self.headers(),
-                                         timeout=self.timeout)
+            # Redirects are not followed: the POST would come back as a GET, and the request
+            # would go wherever the endpoint points it. A 3xx is reported (parse_response).
+            response = self.session.post(url, json=payload, headers=self.headers(),
+                                         timeout=self.timeout, allow_redirects=False,
+                                         stream=True)
         except requests.ConnectionError as error:
-            raise EndpointError(f"Cannot reach the recommendation endpoint at {self.url}: "
+            raise EndpointError(f"Cannot reach the recommendation endpoint at {url}: "
                                 f"connection refused or host unreachable ({type(error).__name__}). "
                                 "Is the server running?") from error
         except requests.Timeout as error:
-            raise EndpointError(f"The recommendation endpoint at {self.url} did not answer "
+            raise EndpointError(f"The recommendation endpoint at {url} did not answer "
                                 f"within {self.timeout:.0f} s.") from error
         except requests.RequestException as error:
-            raise EndpointError(f"Request to {self.url} failed: {error}") from error
-        return parse_response(response.status_code, response.text)
+            raise EndpointError(f"Request to {url} failed ({type(error).__name__}).") from error
+        with response:
+            try:
+                body = read_body(response, self.max_response_bytes, deadline)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
+                raise EndpointError(f"The recommendation endpoint at {url} broke off its "
+                                    f"answer ({type(error).__name__}).") from error
+        return parse_response(response.status_code, body)
 
     def similar_to_image(self, image: bytes, **params: Any) -> list[Neighbour]:
         return self.invoke([{"image": encode_image(image)}], request_params(**params))
@@ -169,17 +229,73 @@ class LookalikeClient:
         return self.invoke([{"product_id": product_id}], request_params(**params))
 
 
+# What an endpoint URL may hold: RFC 3986's characters, less "?" and "#" (refused with their
+# own message). No spaces, backslashes or non-ASCII, which URL parsers read differently.
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/\[\]@!$&'()*+,;=%]+")
+
+
 def invocations_url(endpoint: str) -> str:
-    """``/invocations`` URL of an endpoint given as a base URL or already as that URL."""
-    endpoint = endpoint.strip().rstrip("/")
+    """``/invocations`` URL of an endpoint given as a base URL or already as that URL.
+
+    Only a plain http(s) URL is accepted: no ``user:password@`` (credentials are the server's
+    token), no query or fragment (``...#`` or ``...?x=`` would swallow an appended
+    ``/invocations``). The URL is rebuilt from scheme, host and path, so the request always
+    goes to ``<path>/invocations`` of that host.
+    """
+    endpoint = endpoint.strip()
+    shown = repr(endpoint[:200])
     if not endpoint:
         raise EndpointError("No endpoint URL set: enter one in the sidebar or set "
                             f"{ENDPOINT_ENV}.")
-    if not endpoint.startswith(("http://", "https://")):
-        raise EndpointError(f"Endpoint URL must start with http:// or https://, got {endpoint!r}.")
-    if endpoint.endswith("/invocations"):
-        return endpoint
-    return endpoint + "/invocations"
+    if "?" in endpoint or "#" in endpoint:
+        raise EndpointError(f"Endpoint URL must not have a query (?…) or fragment (#…), got "
+                            f"{shown}: give the server's base URL or its /invocations URL.")
+    if not _URL_CHARS.fullmatch(endpoint):
+        raise EndpointError(f"Endpoint URL must be a plain URL (no spaces, backslashes or "
+                            f"non-ASCII characters), got {shown}.")
+    parts = urlsplit(endpoint)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise EndpointError(f"Endpoint URL must start with http:// or https://, got {shown}.")
+    if "@" in parts.netloc:
+        raise EndpointError(f"Endpoint URL must not hold a user name or password (user@), got "
+                            f"{shown}: the server's token is its only credential.")
+    try:
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        host = None
+    if not host:
+        raise EndpointError(f"Endpoint URL has no valid host and port, got {shown}.")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/invocations"):
+        path += "/invocations"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def read_body(response: requests.Response, limit: int, deadline: float) -> str:
+    """The body of a streamed response, refused (EndpointError) past ``limit`` bytes or past
+    ``deadline`` (time.monotonic(): requests' timeout bounds each read, not a body that
+    trickles in)."""
+    too_large = EndpointError(f"The endpoint's answer is larger than the app accepts "
+                              f"({limit // 1_000_000} MB).", status=response.status_code)
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    # read1 (urllib3 >= 2.3) returns what has arrived, at most 64 KB decoded; iter_content
+    # would wait for whole chunks, so a trickle would never reach the deadline check.
+    read1 = getattr(response.raw, "read1", None)
+    pieces = (iter(lambda: read1(64 * 1024, decode_content=True) or b"", b"") if read1
+              else response.iter_content(chunk_size=64 * 1024))
+    chunks, size = [], 0
+    for chunk in pieces:
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        if time.monotonic() > deadline:
+            raise EndpointError("The endpoint did not finish its answer in time.",
+                                status=response.status_code)
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 def request_params(k: int = 10, category: str | None = None, exclude_self: bool = True,
@@ -202,8 +318,23 @@ def decode_image(text: str | None) -> bytes | None:
     return base64.b64decode(text)
 
 
+# What a visitor is told of an error status; the body itself goes to the app's log only.
+_STATUS_MESSAGES = {401: "The endpoint refused the credentials",
+                    403: "The endpoint refused the credentials",
+                    404: "No endpoint at this URL",
+                    413: "The request was too large for the endpoint",
+                    429: "The endpoint is busy: try again shortly",
+                    503: "The endpoint is busy or starting: try again shortly",
+                    504: "The endpoint did not answer in time"}
+
+
 def parse_response(status: int, body: str) -> list[Neighbour]:
-    """Neighbours from a response, or EndpointError carrying the server's own message."""
+    """Neighbours from a 200 answer; else EndpointError with a short message for the visitor.
+
+    Of an error answer only a 400's JSON ``message`` is shown: the scoring server's verdict on
+    the request, written for its caller. Any other body (an internal server's error page, a
+    proxy's, one of an endpoint a visitor typed) is logged on the server, never shown.
+    """
     import json
 
     try:
@@ -211,30 +342,35 @@ def parse_response(status: int, body: str) -> list[Neighbour]:
     except ValueError:
         data = None
     if status != 200:
-        message = None
-        code = None
-        if isinstance(data, dict):
-            message = data.get("message") or data.get("error")
-            code = data.get("error_code")
-        if not message:
-            message = (body or "").strip()[:500] or f"HTTP {status}"
-        if status in (401, 403):
-            prefix = "The endpoint refused the credentials"
+        # A 400 is the visitor's request (shown to them); anything else is for the operator.
+        _log.log(logging.INFO if status == 400 else logging.WARNING, "endpoint answered HTTP "
+                 "%s: %r", status, (body or "")[:_MESSAGE_CHARS])
+        code = data.get("error_code") if isinstance(data, dict) else None
+        code = code if isinstance(code, str) else None
+        message = data.get("message") if isinstance(data, dict) else None
+        if status == 400 and isinstance(message, str) and message.strip():
+            text = f"The endpoint rejected the request (HTTP 400): {message[:_MESSAGE_CHARS]}"
+        elif 300 <= status < 400:
+            text = (f"The endpoint answered with a redirect (HTTP {status}), which the app does "
+                    "not follow: set the endpoint's final URL.")
+        elif status in _STATUS_MESSAGES:
+            text = f"{_STATUS_MESSAGES[status]} (HTTP {status})."
         elif 400 <= status < 500:
-            prefix = "The endpoint rejected the request"
+            text = f"The endpoint rejected the request (HTTP {status})."
         else:
-            prefix = "The endpoint failed"
-        raise EndpointError(f"{prefix} (HTTP {status}): {message}", status=status, error_code=code)
-    if not isinstance(data, dict) or not isinstance(data.get("predictions"), list):
-        raise EndpointError("The endpoint answered without a 'predictions' list: "
-                            f"{(body or '')[:200]!r}", status=status)
-    neighbours = []
-    for row in data["predictions"]:
-        neighbours.append(Neighbour(
+            text = f"The endpoint failed (HTTP {status})."
+        raise EndpointError(text, status=status, error_code=code)
+    try:
+        neighbours = [Neighbour(
             query=int(row.get("query", 0)), rank=int(row.get("rank", 0)),
             product_id=str(row.get("product_id")), category=str(row.get("category")),
             distance=float(row.get("distance", float("nan"))),
-            image=decode_image(row.get("image"))))
+            image=decode_image(row.get("image"))) for row in data["predictions"]]
+    except (TypeError, KeyError, AttributeError, ValueError) as error:
+        _log.warning("endpoint answered without valid predictions (%s): %r", error,
+                     (body or "")[:_MESSAGE_CHARS])
+        raise EndpointError("The endpoint answered without a 'predictions' list the app can "
+                            "read.", status=status) from None
     return sorted(neighbours, key=lambda n: (n.query, n.rank))
 
 
@@ -249,12 +385,14 @@ def sniff_image_format(data: bytes) -> str | None:
 
 
 def check_upload(name: str, data: bytes, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-                 max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS) -> str | None:
+                 max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+                 max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> str | None:
     """A plain-language problem with an uploaded file, or None if it can be sent.
 
-    Only cheap checks, before anything is decoded: size, magic bytes, and width x height read
-    from the header (a small file can declare a huge image). Decoding is the endpoint's job,
-    and its 400 message is shown as is.
+    Only cheap checks, before anything is decoded: size, magic bytes, and from the header
+    width x height (a small file can declare a huge image) and what decoding it would
+    allocate (the endpoint refuses the same). Decoding is the endpoint's job, and its 400
+    message is shown as is.
     """
     if not data:
         return f"{name} is empty."
@@ -262,38 +400,67 @@ def check_upload(name: str, data: bytes, max_bytes: int = DEFAULT_MAX_UPLOAD_BYT
         return f"{name} is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB."
     if sniff_image_format(data) is None:
         return f"{name} is not a JPEG, PNG or WebP image."
-    size = header_size(data)
+    header = read_header(data)
     # An unreadable header is the endpoint's to judge: its 400 says exactly what is wrong.
-    if size is None:
+    if header is None:
         return None
-    if size == DECOMPRESSION_BOMB:
+    if header == DECOMPRESSION_BOMB:
         return f"{name} declares far more pixels than the limit of {max_pixels / 1e6:.0f} MP."
-    if size[0] * size[1] > max_pixels:
-        return (f"{name} is {size[0]} x {size[1]} pixels; the limit is "
+    width, height, cost = header
+    if width * height > max_pixels:
+        return (f"{name} is {width} x {height} pixels; the limit is "
                 f"{max_pixels / 1e6:.0f} megapixels.")
+    if cost > max_decode_bytes:
+        return (f"{name} ({width} x {height} pixels) decodes at full size, about "
+                f"{cost / 1e6:.0f} MB, over the limit of {max_decode_bytes / 1e6:.0f} MB: send "
+                "it smaller, or as a baseline JPEG.")
     return None
 
 
-# header_size's answer for headers Pillow refuses outright (over twice its own pixel limit).
-DECOMPRESSION_BOMB = (-1, -1)
+# read_header's answer for headers Pillow refuses outright (over twice its own pixel limit).
+DECOMPRESSION_BOMB = (-1, -1, -1)
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header, without decoding any pixel; None if unreadable."""
+def read_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, bytes its decoding allocates) from the image header, without decoding
+    any pixel; None if unreadable. The cost is preprocessing.decode_cost's at the preview's
+    size: what :func:`preview_png` allocates, and for PNG, WebP and progressive JPEG (full
+    size whatever the target) what the endpoint refuses too."""
     import io
     import warnings
 
     from PIL import Image
 
+    from lookalike.preprocessing import decode_cost
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we judge the size here
             with Image.open(io.BytesIO(data)) as image:
-                return image.size
+                return (*image.size, decode_cost(image, PREVIEW_SIDE))
     except Image.DecompressionBombError:
         return DECOMPRESSION_BOMB
     except Exception:  # noqa: BLE001 - any header the decoder cannot read
         return None
+
+
+def preview_png(data: bytes, config: AppConfig) -> bytes:
+    """A PREVIEW_SIDE PNG of an upload, as the model sees it (square, on white), decoded the
+    way the endpoint decodes it: checked from the header first (bytes, pixels, decode cost),
+    then a JPEG at a reduced scale. Raises preprocessing.ImageRejected."""
+    import numpy as np
+
+    from lookalike.preprocessing import array_to_png, checked_model_input
+
+    pixels = checked_model_input(data, PREVIEW_SIDE, 3, config.max_upload_bytes,
+                                 config.max_upload_pixels, UPLOAD_FORMATS,
+                                 config.max_decode_bytes)
+    return array_to_png(np.rint(pixels * 255).astype(np.uint8))
+
+
+def digest(data: bytes) -> str:
+    """A key for bytes (caches keyed on an upload's content)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def default_sample_path(environ: dict[str, str] | None = None) -> Path:
@@ -360,3 +527,11 @@ def data_uri(data: bytes) -> str:
 
 def caption(neighbour: Neighbour) -> str:
     return f"#{neighbour.rank} {neighbour.category} · distance {neighbour.distance:.3f}"
+
+
+def escape_markdown(text: object) -> str:
+    """``text`` for a Markdown element (st.error, st.info, ...) shown as typed: every ASCII
+    punctuation character backslash-escaped, as CommonMark allows, so a product id, category
+    or server message makes no link, emphasis, colour or formula. Plain data is better shown
+    with st.text, which parses nothing."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))

@@ -18,9 +18,13 @@ SAMPLE_ENV = "LOOKALIKE_CATALOGUE_SAMPLE"
 ALLOW_ENDPOINT_EDIT_ENV = "LOOKALIKE_ALLOW_ENDPOINT_EDIT"
 MAX_UPLOAD_BYTES_ENV = "LOOKALIKE_MAX_UPLOAD_BYTES"
 MAX_UPLOAD_PIXELS_ENV = "LOOKALIKE_MAX_UPLOAD_PIXELS"
+# Uploads whose decoding would allocate more (read from the header: PNG, WebP and progressive
+# JPEG decode at full size) are refused before the app decodes them: the serving default.
+MAX_DECODE_BYTES_ENV = "LOOKALIKE_MAX_DECODE_BYTES"
 DEFAULT_ENDPOINT = "http://127.0.0.1:5001"
 DEFAULT_MAX_UPLOAD_BYTES = 10_000_000
 DEFAULT_MAX_UPLOAD_PIXELS = 25_000_000
+DEFAULT_MAX_DECODE_BYTES = 50_000_000
 DEFAULT_HOME = "~/.lookalike"
 # Relative to LOOKALIKE_HOME; written by lookalike.pipeline.sample.export_catalogue_sample.
 SAMPLE_RELATIVE_PATH = Path("app") / "catalogue_sample.parquet"
@@ -35,3 +39,10 @@ def catalogue_sample_path(home: str | Path | None = None,
         return Path(environ[SAMPLE_ENV]).expanduser()
     home = home or environ.get("LOOKALIKE_HOME") or DEFAULT_HOME
     return Path(home).expanduser() / SAMPLE_RELATIVE_PATH
+
+
+def upload_size_mb(max_upload_bytes: int) -> int:
+    """Streamlit's ``--server.maxUploadSize`` (whole MiB) for the app's upload limit in bytes:
+    never below it, so the app's own check is the one that says what is wrong, yet far below
+    Streamlit's 200 MB default (the server refuses larger bodies before the app sees them)."""
+    return max(1, -(-max_upload_bytes // 1_000_000))

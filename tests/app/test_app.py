@@ -5,6 +5,7 @@ client's pure functions and the catalogue sample export it browses."""
 from __future__ import annotations
 
 import io
+import re
 import socket
 from pathlib import Path
 
@@ -47,16 +48,21 @@ def run_app():
 
 
 def results(app) -> list[tuple[str, str]]:
-    """(caption '#rank category · distance d', product_id) of each neighbour shown."""
-    captions = [c.value for c in app.caption]
-    return [(text, captions[i + 1]) for i, text in enumerate(captions) if text.startswith("#")]
+    """(text '#rank category · distance d', product_id) of each neighbour shown."""
+    lines = [t.value for t in app.text]
+    return [(text, lines[i + 1]) for i, text in enumerate(lines) if text.startswith("#")]
 
 
 def query_label(app) -> str:
-    captions = [c.value for c in app.caption]
-    # The query caption directly precedes the first result caption.
-    first = next(i for i, text in enumerate(captions) if text.startswith("#"))
-    return captions[first - 1]
+    lines = [t.value for t in app.text]
+    # The query's label directly precedes the first result's text.
+    first = next(i for i, text in enumerate(lines) if text.startswith("#"))
+    return lines[first - 1]
+
+
+def shown(elements) -> list[str]:
+    """What Markdown elements (st.error, st.info, ...) display: their escapes undone."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
 
 
 def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -217,7 +223,7 @@ def test_rejected_upload_shows_the_servers_message(app_env):
     app.file_uploader(key="upload").set_value(("broken.png", broken, "image/png"))
     app.run()
     assert not app.exception
-    errors = [e.value for e in app.error]
+    errors = shown(app.error)
     assert len(errors) == 1 and "rejected the request (HTTP 400)" in errors[0], errors
     assert not results(app)
 
@@ -226,7 +232,7 @@ def test_unknown_product_id_shows_the_servers_message(app_env):
     app = run_app()
     app.text_input(key="product_id_input").input("no-such-product-42")
     app.button(key="find_by_id").click().run()
-    errors = [e.value for e in app.error]
+    errors = shown(app.error)
     assert len(errors) == 1 and "HTTP 400" in errors[0] and "no-such-product-42" in errors[0]
 
 
@@ -235,7 +241,7 @@ def test_endpoint_down_is_said_plainly(monkeypatch, app_sample):
     monkeypatch.setenv(lc.ENDPOINT_ENV, f"http://127.0.0.1:{port}")
     monkeypatch.setenv(lc.SAMPLE_ENV, str(app_sample[0]))
     app = run_app()
-    errors = [e.value for e in app.error]
+    errors = shown(app.error)
     assert len(errors) == 1 and "Cannot reach" in errors[0] and str(port) in errors[0]
     assert not results(app)
     # The browse page still works without the endpoint.
@@ -323,28 +329,42 @@ class _Loopback:
 
 
 class RecordingEndpoint(_Loopback):
-    """A loopback HTTP endpoint that records each request's Authorization header."""
+    """A loopback HTTP endpoint that records each request (method, path, Authorization header)
+    and answers each with ``status``, ``body`` and ``headers``. A callable ``body`` writes the
+    answer's body itself, to the socket file, without a Content-Length (ended by closing)."""
 
-    def __init__(self):
+    def __init__(self, status: int = 200, body=b'{"predictions": []}', headers=None):
         import http.server
 
-        seen = self.authorizations = []
+        seen = self.requests = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
-                seen.append(self.headers.get("Authorization"))
+                seen.append((self.command, self.path, self.headers.get("Authorization")))
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                body = b'{"predictions": []}'
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                if callable(body):
+                    self.end_headers()
+                    body(self.wfile)
+                    return
+                if "Content-Length" not in (headers or {}):
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_GET = do_POST
 
             def log_message(self, *args):
                 pass
 
         self._start(Handler)
+
+    @property
+    def authorizations(self) -> list[str | None]:
+        return [auth for _, _, auth in self.requests]
 
 
 def test_endpoint_is_fixed_unless_allowed_and_the_token_never_follows_an_edit(
@@ -450,3 +470,297 @@ def test_as_a_databricks_app_without_a_host_it_says_what_is_missing():
     config = lc.AppConfig.from_environ({lc.SERVING_ENDPOINT_ENV: "shop",
                                         "DATABRICKS_HOST": "adb-1.azuredatabricks.net"})
     assert config.endpoint == "https://adb-1.azuredatabricks.net/serving-endpoints/shop/invocations"
+
+
+# --------------------------------------------------------------------------- untrusted answers
+
+def test_endpoint_url_is_a_plain_http_url_and_always_gets_invocations():
+    assert lc.invocations_url("http://h:1/base/") == "http://h:1/base/invocations"
+    assert lc.invocations_url("HTTPS://h/x/invocations/") == "https://h/x/invocations"
+    # A "#" or "?x=" would swallow the appended /invocations; userinfo would be credentials.
+    for url, problem in [("http://h:1/#", "fragment"), ("http://h:1/?x=", "query"),
+                         ("http://h:1/invocations?k=1", "query"), ("http://u:p@h:1", "password"),
+                         ("http://u@h:1", "user"), ("file:///etc/passwd", "http"),
+                         ("http://h:1/a b", "plain URL"), ("http://h\\@e/", "plain URL"),
+                         ("http://h:99999", "host and port")]:
+        with pytest.raises(lc.EndpointError, match=problem):
+            lc.invocations_url(url)
+
+
+def edit_endpoint(monkeypatch, app_sample, configured: str, edited: str):
+    """The app with a visitor-editable endpoint, after the visitor typed ``edited``."""
+    monkeypatch.setenv(lc.SAMPLE_ENV, str(app_sample[0]))
+    monkeypatch.setenv(lc.ENDPOINT_ENV, configured)
+    monkeypatch.setenv(lc.ALLOW_ENDPOINT_EDIT_ENV, "1")
+    monkeypatch.delenv(lc.TOKEN_ENV, raising=False)
+    app = run_app()
+    next(w for w in app.text_input if w.key == "endpoint").input(edited).run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+@pytest.mark.parametrize("suffix", ["/#", "/?x="])
+def test_an_edited_endpoint_with_a_query_or_fragment_is_refused(monkeypatch, app_sample, suffix):
+    endpoint = RecordingEndpoint()
+    try:
+        app = edit_endpoint(monkeypatch, app_sample, endpoint.url, endpoint.url + suffix)
+        errors = shown(app.error)
+        assert len(errors) == 1 and "query (?…) or fragment (#…)" in errors[0], errors
+        # Only the configured URL was asked (the first run), at /invocations.
+        assert endpoint.requests == [("POST", "/invocations", None)]
+    finally:
+        endpoint.close()
+
+
+def test_redirects_are_reported_not_followed(monkeypatch, app_sample):
+    target = RecordingEndpoint()
+    redirect = RecordingEndpoint(302, b"", {"Location": f"{target.url}/invocations"})
+    try:
+        monkeypatch.setenv(lc.SAMPLE_ENV, str(app_sample[0]))
+        monkeypatch.setenv(lc.ENDPOINT_ENV, redirect.url)
+        monkeypatch.setenv(lc.TOKEN_ENV, TOKEN)
+        app = run_app()
+        errors = shown(app.error)
+        assert len(errors) == 1 and "redirect (HTTP 302)" in errors[0], errors
+        assert redirect.requests == [("POST", "/invocations", f"Bearer {TOKEN}")]
+        assert target.requests == []
+    finally:
+        redirect.close()
+        target.close()
+
+
+def test_error_bodies_stay_on_the_server_except_a_400s_message(monkeypatch, app_sample, caplog):
+    secret = "Traceback (most recent call last): internal.host:8443 SECRET-STACK"
+    cases = [(500, secret.encode(), "The endpoint failed (HTTP 500)."),
+             (403, b'{"error_code": "PERMISSION_DENIED", "message": "' + secret.encode() + b'"}',
+              "The endpoint refused the credentials (HTTP 403)."),
+             (404, b"<html>" + secret.encode() + b"</html>", "No endpoint at this URL (HTTP 404)."),
+             (400, b"<html>" + secret.encode() + b"</html>",
+              "The endpoint rejected the request (HTTP 400)."),
+             (400, b'{"error_code": "BAD_REQUEST", "message": "k must be **<= 100**"}',
+              "The endpoint rejected the request (HTTP 400): k must be **<= 100**")]
+    monkeypatch.setenv(lc.SAMPLE_ENV, str(app_sample[0]))
+    for status, body, message in cases:
+        endpoint = RecordingEndpoint(status, body)
+        try:
+            monkeypatch.setenv(lc.ENDPOINT_ENV, endpoint.url)
+            with caplog.at_level("INFO", logger=lc.__name__):
+                app = run_app()
+            assert shown(app.error) == [message]
+            assert not [t for t in texts(app) if "SECRET-STACK" in re.sub(r"\\(.)", r"\1", t)]
+            assert "SECRET-STACK" in caplog.text or b"SECRET" not in body  # logged instead
+            caplog.clear()
+        finally:
+            endpoint.close()
+
+
+def test_answers_are_read_up_to_a_bound():
+    """MAX_RESPONSE_BYTES: a longer body, declared or streamed, is an error, not memory."""
+    def oversized_json(out):
+        out.write(b'{"predictions": [], "padding": "')
+        chunk = b"x" * 1_000_000
+        for _ in range(lc.MAX_RESPONSE_BYTES // len(chunk) + 2):
+            out.write(chunk)
+        out.write(b'"}')
+
+    streamed = RecordingEndpoint(200, oversized_json)
+    declared = RecordingEndpoint(200, b'{"predictions": []}',
+                                 {"Content-Length": str(10 ** 12)})
+    try:
+        for endpoint in (streamed, declared):
+            with pytest.raises(lc.EndpointError, match="larger than the app accepts"):
+                lc.LookalikeClient(endpoint.url, timeout=20).similar_to_product("x")
+        small = lc.LookalikeClient(streamed.url, timeout=20, max_response_bytes=1000)
+        with pytest.raises(lc.EndpointError, match="larger than the app accepts"):
+            small.similar_to_product("x")
+    finally:
+        streamed.close()
+        declared.close()
+
+
+def test_an_answer_that_trickles_in_is_cut_at_the_timeout():
+    import time
+
+    def trickle(out):
+        out.write(b'{"predictions": [')
+        for _ in range(40):
+            out.write(b" ")
+            out.flush()
+            time.sleep(0.1)
+        out.write(b"]}")
+
+    endpoint = RecordingEndpoint(200, trickle)
+    try:
+        started = time.monotonic()
+        with pytest.raises(lc.EndpointError, match="did not finish its answer in time"):
+            lc.LookalikeClient(endpoint.url, timeout=1).similar_to_product("x")
+        assert time.monotonic() - started < 3.5  # the trickle itself takes 4 s
+    finally:
+        endpoint.close()
+
+
+def test_netrc_credentials_are_never_sent(monkeypatch, app_sample, tmp_path):
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login visitor password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    configured, edited = RecordingEndpoint(), RecordingEndpoint()
+    try:
+        app = edit_endpoint(monkeypatch, app_sample, configured.url, edited.url)
+        assert not app.error, [e.value for e in app.error]
+        assert configured.authorizations == [None] and edited.authorizations == [None]
+    finally:
+        configured.close()
+        edited.close()
+
+
+def test_clients_are_cached_within_a_bound(monkeypatch, app_sample):
+    import gc
+
+    import streamlit as st
+
+    st.cache_resource.clear()
+    port = closed_port()
+    app = edit_endpoint(monkeypatch, app_sample, f"http://127.0.0.1:{port}/e0",
+                        f"http://127.0.0.1:{port}/e1")
+    for i in range(2, 20):
+        next(w for w in app.text_input if w.key == "endpoint").input(
+            f"http://127.0.0.1:{port}/e{i}").run()
+        assert "Cannot reach" in shown(app.error)[0]
+    gc.collect()
+    clients = [o for o in gc.get_objects() if isinstance(o, lc.LookalikeClient)]
+    assert 1 <= len(clients) <= 8, len(clients)
+
+
+def write_sample(path: Path, rows: list[tuple[str, str]]) -> Path:
+    thumbnail = png(np.full((16, 16), 128, np.uint8))
+    pd.DataFrame({"product_id": [p for p, _ in rows], "category": [c for _, c in rows],
+                  "title": None, "thumbnail": [thumbnail] * len(rows)}).to_parquet(path)
+    return path
+
+
+def test_product_ids_and_categories_are_plain_text(monkeypatch, tmp_path):
+    """Ids and categories are data: shown as typed, never as Markdown (links, emphasis,
+    Streamlit's colour and icon directives, formulas)."""
+    import json
+
+    rows = [("**bold**", ":red[Bag]"), ("[a](http://evil.example)", "$x^2$"),
+            ("<b>x</b>", "Sneaker_")]
+    answer = {"predictions": [{"query": 0, "rank": i + 1, "product_id": pid, "category": cat,
+                               "distance": 0.1 * i} for i, (pid, cat) in enumerate(rows)]}
+    endpoint = RecordingEndpoint(200, json.dumps(answer).encode())
+    try:
+        monkeypatch.setenv(lc.SAMPLE_ENV, str(write_sample(tmp_path / "s.parquet", rows)))
+        monkeypatch.setenv(lc.ENDPOINT_ENV, endpoint.url)
+        app = run_app()
+        assert not app.error, [e.value for e in app.error]
+        lines = [t.value for t in app.text]
+        for pid, category in rows:
+            assert f"{category} · {pid}" in lines  # the browse grid
+        neighbours = results(app)
+        assert [pid for _, pid in neighbours] == [pid for pid, _ in rows]
+        assert [text.split(" · ")[0] for text, _ in neighbours] == [
+            f"#{rank} {category}" for rank, (_, category) in enumerate(rows, start=1)]
+        markdown = [e.value for e in (*app.caption, *app.markdown, *app.info, *app.warning)]
+        for pid, category in rows:
+            assert not [m for m in markdown if pid in m or category in m], markdown
+        # Filtered by a Markdown-looking category: the count's line shows it escaped.
+        app.selectbox(key="category").set_value(":red[Bag]").run()
+        assert "in :red[Bag]" in shown(app.markdown)[-1]
+    finally:
+        endpoint.close()
+
+
+# --------------------------------------------------------------------------- upload bounds
+
+def png_header_rgb(width: int, height: int) -> bytes:
+    """As png_header_only, for an RGB image (decodes at 4 bytes a pixel)."""
+    import struct
+    import zlib
+
+    data = png_header_only(width, height)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    ihdr = b"IHDR" + header
+    return (data[:8] + struct.pack(">I", 13) + ihdr
+            + struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF) + data[33:])
+
+
+def test_uploads_that_decode_too_expensively_are_refused_from_the_header(app_env):
+    costly = png_header_rgb(4000, 4000)  # 16 MP: under the pixel limit, 64 MB to decode
+    problem = lc.check_upload("big.png", costly)
+    assert problem and "decodes at full size, about 64 MB, over the limit of 50 MB" in problem
+    assert lc.check_upload("big.png", costly, max_decode_bytes=100_000_000) is None
+    app = run_app()
+    app.file_uploader(key="upload").set_value(("big.png", costly, "image/png"))
+    app.run()
+    errors = shown(app.error)
+    assert len(errors) == 1 and "big.png (4000 x 4000 pixels) decodes at full size" in errors[0]
+
+
+def test_upload_preview_is_bounded_and_made_once_per_upload(app_env, monkeypatch):
+    from lookalike.preprocessing import ImageRejected
+
+    config = lc.AppConfig.from_environ({})
+    # A 4000 x 3000 baseline JPEG previews at a reduced scale; a progressive one that would
+    # decode at full size over the limit is refused before decoding.
+    ramp = np.linspace(0, 255, 4000, dtype=np.uint8)
+    photo = Image.fromarray(np.stack([np.tile(ramp, (3000, 1))] * 3, axis=-1))
+    for progressive in (False, True):
+        buffer = io.BytesIO()
+        photo.save(buffer, format="JPEG", quality=60, progressive=progressive)
+        if progressive:
+            small = lc.AppConfig.from_environ({lc.MAX_DECODE_BYTES_ENV: "20000000"})
+            with pytest.raises(ImageRejected, match="too_costly"):
+                lc.preview_png(buffer.getvalue(), small)
+        else:
+            with Image.open(io.BytesIO(lc.preview_png(buffer.getvalue(), config))) as preview:
+                assert preview.size == (lc.PREVIEW_SIDE, lc.PREVIEW_SIDE)
+
+    calls = []
+    original = lc.preview_png
+    monkeypatch.setattr(lc, "preview_png", lambda *a: calls.append(1) or original(*a))
+    upload = png(np.random.default_rng(11).integers(0, 255, (60, 40, 3), np.uint8))
+    app = run_app()
+    app.file_uploader(key="upload").set_value(("fresh.png", upload, "image/png"))
+    app.run()
+    assert not app.error, [e.value for e in app.error]
+    for _ in range(2):  # reruns (another k) reuse the preview
+        app.slider(key="k").set_value(app.slider(key="k").value + 1).run()
+    assert len(calls) == 1
+    assert "(no preview)" not in [c.value for c in app.caption]
+
+
+def test_streamlit_refuses_uploads_over_the_apps_limit_before_the_app(app_env):
+    """The upload widget, `make app` and the Databricks App command carry the app's limit
+    (Streamlit's own default is 200 MB); `lookalike demo` passes upload_size_mb too."""
+    import os
+    import shlex
+    import subprocess
+
+    import yaml
+
+    from lookalike.app_env import upload_size_mb
+
+    assert upload_size_mb(lc.DEFAULT_MAX_UPLOAD_BYTES) == 10
+    assert upload_size_mb(10_500_000) == 11
+    app = run_app()
+    assert app.file_uploader(key="upload").proto.max_upload_size_mb == 10
+
+    root = Path(APP).parents[1]
+    recipe = subprocess.run(["make", "-n", "--no-print-directory", "app", "PY=echo"],
+                            cwd=root, check=True, capture_output=True, text=True).stdout
+    line = recipe[recipe.index("echo -m streamlit"):]
+    for limit in (None, 10_500_000, 20_000_000):
+        env = {k: v for k, v in os.environ.items() if k != lc.MAX_UPLOAD_BYTES_ENV}
+        if limit:
+            env[lc.MAX_UPLOAD_BYTES_ENV] = str(limit)
+        argv = shlex.split(subprocess.run(["sh", "-c", line], env=env, check=True,
+                                          capture_output=True, text=True).stdout)
+        flag = argv.index("--server.maxUploadSize")
+        assert argv[flag + 1] == str(upload_size_mb(limit or lc.DEFAULT_MAX_UPLOAD_BYTES))
+
+    bundle_app = yaml.safe_load((root / "conf" / "bundle" / "app.yml").read_text())
+    command = bundle_app["resources"]["apps"]["lookalike_app"]["config"]["command"]
+    flag = command.index("--server.maxUploadSize")
+    assert command[flag + 1] == str(upload_size_mb(lc.DEFAULT_MAX_UPLOAD_BYTES))

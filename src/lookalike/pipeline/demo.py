@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from lookalike.app_env import (ENDPOINT_ENV, MAX_UPLOAD_BYTES_ENV, MAX_UPLOAD_PIXELS_ENV,
-                               SAMPLE_ENV, TOKEN_ENV)
+from lookalike.app_env import (DEFAULT_MAX_DECODE_BYTES, ENDPOINT_ENV, MAX_DECODE_BYTES_ENV,
+                               MAX_UPLOAD_BYTES_ENV, MAX_UPLOAD_PIXELS_ENV, SAMPLE_ENV, TOKEN_ENV,
+                               upload_size_mb)
 from lookalike.catalogue.tables import catalogue_table
 from lookalike.config import Settings
 from lookalike.console import say
@@ -29,7 +30,8 @@ def app_script() -> Path:
 def start_app(endpoint: str, port: int, sample_path: str | Path | None = None,
               token: str | None = None, host: str = "127.0.0.1", timeout: float = 60.0,
               log_file: str | Path | None = None, max_upload_bytes: int = 10_000_000,
-              max_upload_pixels: int = 25_000_000) -> tuple[subprocess.Popen, str]:
+              max_upload_pixels: int = 25_000_000,
+              max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> tuple[subprocess.Popen, str]:
     """Start ``streamlit run streamlit_app/app.py`` on host:port against ``endpoint``.
 
     The token (if any) reaches the app through its environment only. Streamlit's developer
@@ -49,13 +51,14 @@ def start_app(endpoint: str, port: int, sample_path: str | Path | None = None,
         env[TOKEN_ENV] = token
     env[MAX_UPLOAD_BYTES_ENV] = str(max_upload_bytes)
     env[MAX_UPLOAD_PIXELS_ENV] = str(max_upload_pixels)
+    env[MAX_DECODE_BYTES_ENV] = str(max_decode_bytes)
     env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     command = [sys.executable, "-m", "streamlit", "run", str(script),
                "--server.address", host, "--server.port", str(port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
                # The endpoint refuses larger images anyway; refuse them at the upload already.
-               "--server.maxUploadSize", str(max(1, -(-max_upload_bytes // 1_000_000)))]
+               "--server.maxUploadSize", str(upload_size_mb(max_upload_bytes))]
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL
     try:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
@@ -136,7 +139,8 @@ def run_demo(settings: Settings, run_pipeline_first: bool = True, app_port: int 
         say("demo", f"starting Streamlit app on 127.0.0.1:{app_port}")
         app, app_url = start_app(endpoint, app_port, sample_path,
                                  max_upload_bytes=settings.serving.max_image_bytes,
-                                 max_upload_pixels=settings.serving.max_pixels)
+                                 max_upload_pixels=settings.serving.max_pixels,
+                                 max_decode_bytes=settings.serving.max_decode_bytes)
         print(f"\n  REST endpoint : {endpoint}/invocations\n  Demo app      : {app_url}\n"
               "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
         while server.poll() is None and app.poll() is None:
