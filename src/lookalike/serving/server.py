@@ -50,6 +50,11 @@ def server_env(settings: Settings) -> dict[str, str]:
     env["TF_NUM_INTRAOP_THREADS"] = threads
     env["TF_NUM_INTEROP_THREADS"] = "1"
     env["OMP_NUM_THREADS"] = threads
+    # Requests run in a pool of threads, and glibc gives threads their own heaps, which keep
+    # what a decoded image freed: after a few large images at once a worker stayed 100 MB
+    # bigger. Blocks of 1 MB and more (decoded images, Pillow's 16 MB blocks) are mapped
+    # directly instead, and go back to the system when freed (BENCHMARKS.md, hostile inputs).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     # Each worker guards itself (lookalike.serving.worker): requests in progress, open
     # connections, the time to send a request head. Not UVICORN_LIMIT_CONCURRENCY: it counts
     # half-open connections, so a few hundred of them lock every client out.
