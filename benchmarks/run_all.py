@@ -31,9 +31,15 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
                      "--seconds", "40"]),
         ("serving_floor", ["benchmarks.bench_serving", "--home", home, "--requests", "1000",
                            "--seconds", "40", "--floor"]),
+        # Issue 19: every hostile input against a served model (its own small home).
+        ("hostile", ["benchmarks.bench_hostile", "--prepare", "100",
+                     "--home", str(Path(home) / "hostile")]),
         ("index_synthetic_70k", ["benchmarks.bench_index", "--n", "70000", "--queries", "1000"]),
         ("index_synthetic_1m_filters", ["benchmarks.bench_index", "--n", "1000000",
                                         "--queries", "1000", "--ef-search", "64,128"]),
+        # Issue 21: the simple pixel baselines every model figure is compared with.
+        ("pixel_baselines", ["benchmarks.bench_pixel_baselines", "--home",
+                             str(Path(home) / "pixels")]),
         ("training_quality", ["benchmarks.bench_training", "--profile", "full", "--home",
                               str(Path(home) / "training")]),
         # Issue 12: tune -> train -> evaluate for 3 seeds, the full profile shortened to fit.

@@ -23,7 +23,7 @@ class HnswParams:
     ef_search: int = 128            # query beam width (raised to k when k is larger)
     # Filters (category, tombstones) leaving at most this many candidates are answered exactly:
     # about 2 ms a query at 20,000 (128-d, 2 cores), where a filtered graph walk over a 1 %
-    # category of 1,000,000 items found only 90 % of the true top 10 (BENCHMARKS.md).
+    # category of 1,000,000 items found only 90 % of the true top 10 (docs/benchmarks-history.md).
     filter_brute_force_max: int = 20000
     # ... and only when they keep less than this share of the items: a broad filter (a 20 %
     # category) is answered faster by the graph, at the same recall.

@@ -2,7 +2,7 @@
 
 The REST server embeds one or a few images per request, where TensorFlow's per-call overhead
 dominates: the same network converted to TensorFlow Lite (XNNPACK kernels) answers in less than
-half the time on CPU (BENCHMARKS.md), with outputs equal to within 1e-6. Batch jobs and GPUs
+half the time on CPU (docs/benchmarks-history.md), with outputs equal to within 1e-6. Batch jobs and GPUs
 keep TensorFlow. The conversion happens when a serving worker loads the model; if it fails
 (an op TFLite lacks), TensorFlow is used and the reason logged.
 """

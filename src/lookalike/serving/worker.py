@@ -4,7 +4,7 @@
   (``socket.socket(family)``, protocol 0), and asyncio only sets TCP_NODELAY on accepted sockets
   whose protocol is IPPROTO_TCP. The response's headers and body then leave in two segments with
   Nagle's algorithm on, and the second waits for the client's delayed ACK: about 40 ms added to
-  every request (measured in BENCHMARKS.md).
+  every request (measured in docs/benchmarks-history.md).
 * :func:`guard_requests` -- MLflow's FastAPI app reads the whole request body before the
   model sees it and sets no size limit; FastAPI applies ``max_body_size`` (HTTP 413) when it
   builds its middleware at the first request, so a default set at model load bounds every body.
