@@ -51,6 +51,9 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
         ("served_vector", ["benchmarks.bench_served_vector", "--profile", "full", "--home",
                            str(Path(home) / "vectors"), "--set", "training.epochs=4",
                            "--set", "training.steps_per_epoch=300"]),
+        # Issue 20: shop the look's detector on the shared clothing photos (needs the [look]
+        # extra and ../shared).
+        ("look", ["benchmarks.bench_look"]),
         # Needs ../shared/datasets/clothing-photos (exits with a message without it).
         ("photos", ["benchmarks.bench_photos", "--home", str(Path(home) / "photos")]),
     ]

@@ -225,20 +225,8 @@ def pil_to_model_input(image: Image.Image, size: int, channels: int) -> np.ndarr
     become RGBA first, since resizing would blend their pixels. Phone photos are turned upright
     from their EXIF orientation; 16-bit and float pixels are scaled to 8 bits, not clipped.
     """
-    image = _before_resize(image)
-    width, height = image.size
-    # Turned a quarter, the longest side is still the longest: resize before _upright.
-    scale = size / max(width, height)
-    fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if fitted != (width, height):
-        image = image.resize(fitted, Image.Resampling.BILINEAR)
-    image = _upright(_eight_bit(image))
-    if image.mode in ("LA", "RGBA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
     target_mode = "L" if channels == 1 else "RGB"
-    image = image.convert(target_mode)
+    image = _fitted(image, size, target_mode)
     if image.size != (size, size):
         fill = 255 if channels == 1 else (255, 255, 255)
         square = Image.new(target_mode, (size, size), fill)
@@ -248,6 +236,54 @@ def pil_to_model_input(image: Image.Image, size: int, channels: int) -> np.ndarr
     if channels == 1:
         array = array[..., np.newaxis]
     return array
+
+
+def _fitted(image: Image.Image, longest: int, mode: str, enlarge: bool = True) -> Image.Image:
+    """``image`` resized so its longest side is ``longest`` (never enlarged unless
+    ``enlarge``), then 8-bit, upright, transparency on white, in ``mode``: the steps of
+    :func:`pil_to_model_input` before its letterbox."""
+    image = _before_resize(image)
+    width, height = image.size
+    # Turned a quarter, the longest side is still the longest: resize before _upright.
+    scale = longest / max(width, height)
+    if scale < 1 or enlarge:
+        fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if fitted != (width, height):
+            image = image.resize(fitted, Image.Resampling.BILINEAR)
+    image = _upright(_eight_bit(image))
+    if image.mode in ("LA", "RGBA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert(mode)
+
+
+def checked_picture(data: bytes, max_side: int, max_bytes: int, max_pixels: int,
+                    allowed_formats: Sequence[str], max_decode_bytes: int) -> Image.Image:
+    """An RGB picture of at most ``max_side`` px a side, upright, transparency on white, with
+    :func:`checked_model_input`'s checks and bounds: what a detector looks at (crops of it go
+    through :func:`pil_to_model_input`). Its size is the upright original's, scaled."""
+    try:
+        with _checked_open(data, max_bytes, max_pixels, allowed_formats) as image:
+            _affordable(image, max_side, max_decode_bytes)
+            image.draft("RGB", (max_side, max_side))
+            image.load()
+            return _fitted(image, max_side, "RGB", enlarge=False)
+    except _DECODE_ERRORS as error:
+        raise _rejection(error) from error
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """Width and height of an image as shown: after its EXIF orientation (from the header)."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if "exif" in image.info:
+            try:
+                if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                    return height, width
+            except Exception:  # noqa: BLE001 - unreadable EXIF: as stored (as _upright)
+                pass
+        return width, height
 
 
 def _before_resize(image: Image.Image) -> Image.Image:

@@ -174,7 +174,7 @@ def test_ping_and_signature(served_model, packaged_model):
     info = mlflow.models.get_model_info(packaged_model.model_uri)
     params = {p.name: p.default for p in info.signature.params.params}
     assert params == {"k": packaged_model.settings.serving.default_k, "category": "",
-                      "exclude_self": True, "include_images": False}
+                      "exclude_self": True, "include_images": False, "look": False}
     inputs = {c.name: c.required for c in info.signature.inputs.inputs}
     assert inputs == {"image": False, "product_id": False}
     outputs = [c.name for c in info.signature.outputs.inputs]

@@ -79,6 +79,43 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class LookSettings:
+    """Shop the look (lookalike.look): requests with ``look: true`` answered per garment."""
+    # Packaged into the model: a model without it answers look=true with HTTP 400, and needs
+    # no mediapipe where it is served.
+    enabled: bool
+    detector: str                    # a registered garment detector (lookalike.look.registry)
+    min_visibility: float            # landmarks seen at least this surely count
+    require_face: bool               # a "person" without a face is a garment on a hanger
+    max_side: int                    # the detector sees the photo at most this big (px)
+    max_images: int                  # look=true: image rows per request
+    # garment (top, bottom, shoes) -> the catalogue categories its lookalikes come from; the
+    # ones a catalogue lacks are ignored, none left = any category.
+    garments: dict
+
+    def validate(self, key: str) -> None:
+        from lookalike.look import GARMENTS, detector_names
+
+        require(self.detector in detector_names(), f"{key}.detector",
+                f"unknown detector {self.detector!r}; registered: {detector_names()}")
+        require(0.0 <= self.min_visibility <= 1.0, f"{key}.min_visibility", "must be in [0, 1]")
+        require(64 <= self.max_side <= 4096, f"{key}.max_side", "must be in [64, 4096]")
+        require(self.max_images >= 1, f"{key}.max_images", "must be >= 1")
+        bad = sorted(set(self.garments) - set(GARMENTS))
+        require(not bad, f"{key}.garments", f"unknown garments {bad}; known: {list(GARMENTS)}")
+        require(all(isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v)
+                    for v in self.garments.values()), f"{key}.garments",
+                "each garment maps to a list of category names")
+
+    def as_limits(self) -> dict:
+        """What a packaged model keeps of it (lookalike.serving.recommender)."""
+        return {"enabled": self.enabled, "detector": self.detector,
+                "min_visibility": self.min_visibility, "require_face": self.require_face,
+                "max_side": self.max_side, "max_images": self.max_images,
+                "garments": {g: list(c) for g, c in self.garments.items()}}
+
+
+@dataclass(frozen=True)
 class RegistrySettings:
     model_name: str
     promotion_metric: str

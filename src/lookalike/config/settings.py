@@ -14,6 +14,7 @@ from typing import Any
 
 from lookalike.config.operations import (
     DeploySettings,
+    LookSettings,
     MlflowSettings,
     RegistrySettings,
     ServingSettings,
@@ -320,6 +321,7 @@ class Settings:
     embedding: EmbeddingSettings
     index: IndexSettings
     serving: ServingSettings
+    look: LookSettings
     registry: RegistrySettings
     validation: ValidationSettings
     deploy: DeploySettings

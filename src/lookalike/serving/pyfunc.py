@@ -56,7 +56,11 @@ class LookalikeModel(PythonModel):
         return self.recommender.recommend(model_input, params)
 
 
-def _requirements() -> list[str]:
+# What a model packaged with look.enabled needs besides (the [look] extra's pins).
+LOOK_REQUIREMENTS = ("mediapipe", "jax", "jaxlib", "opencv-contrib-python")
+
+
+def _requirements(look: bool = False) -> list[str]:
     from importlib import metadata
 
     import mlflow
@@ -73,6 +77,12 @@ def _requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             if name != "tf-keras":
                 pins.append(name)
+    for name in LOOK_REQUIREMENTS if look else ():
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            raise RuntimeError("look.enabled: true packages a model that needs mediapipe: "
+                               "pip install 'lookalike[look]' first") from None
     return pins
 
 
@@ -113,13 +123,13 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
         products_path = shutil.copytree(products_path, staging / ARTIFACT_PRODUCTS)
     try:
         return _log_model(mlflow, name, limits, model_dir, index_path, products_path, code,
-                          signature, example, params)
+                          signature, example, params, _requirements(settings.look.enabled))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _log_model(mlflow, name, limits, model_dir, index_path, products_path, code, signature,
-               example, params):
+               example, params, requirements):
     # MLflow 3 names a logged model `name`; 2.x (DBR 15.4 LTS ML has 2.13) `artifact_path`.
     where = ("name" if "name" in inspect.signature(mlflow.pyfunc.log_model).parameters
              else "artifact_path")
@@ -131,7 +141,7 @@ def _log_model(mlflow, name, limits, model_dir, index_path, products_path, code,
         code_paths=[str(code)],
         signature=signature,
         input_example=(example, {**params, "k": 3}),
-        pip_requirements=_requirements(),
+        pip_requirements=requirements,
     )
 
 

@@ -97,7 +97,7 @@ def _bad_request(message: str):
 
 def default_params(settings: Settings) -> dict[str, Any]:
     return {"k": int(settings.serving.default_k), "category": "", "exclude_self": True,
-            "include_images": False}
+            "include_images": False, "look": False}
 
 
 EF_SEARCH_ENV = "LOOKALIKE_EF_SEARCH"
@@ -115,7 +115,8 @@ def limits_from(settings: Settings) -> dict[str, Any]:
             "max_decode_bytes": settings.serving.max_decode_bytes,
             "max_request_decode_bytes": settings.serving.max_request_decode_bytes,
             "max_answer_images": settings.serving.max_answer_images,
-            "allowed_formats": list(settings.catalogue.allowed_formats)}
+            "allowed_formats": list(settings.catalogue.allowed_formats),
+            "look": settings.look.as_limits()}
 
 
 # Limits of models packaged before these settings existed.
@@ -153,6 +154,7 @@ class Recommender:
         from lookalike.serving.catalogue_file import ServingCatalogue
 
         self.limits = {**LEGACY_LIMITS, **limits}
+        self.look = self.limits.get("look") or {"enabled": False}
         # Work for a request stops at the server's timeout: its client has had a 504 by then.
         self.timeout = float(os.environ.get(REQUEST_TIMEOUT_ENV) or 60)
         engine = os.environ.get(ENGINE_ENV) or self.limits.get("engine") or "tensorflow"
@@ -173,6 +175,9 @@ class Recommender:
         self.categories = sorted(self.index.categories())
         self._category_set = set(self.categories)
         self.size, self.channels = self.model.image_size, self.model.channels
+        self._detector, self._detector_error = None, None
+        if self.look.get("enabled"):
+            self._load_detector()
         # Trace/warm the TF function once so the first request is not slow.
         self.model.embed(np.zeros((1, self.size, self.size, self.channels), np.float32))
 
@@ -197,7 +202,23 @@ class Recommender:
                                    f"{self.categories}")
         exclude_self = _as_bool(params.get("exclude_self", True), "exclude_self")
         include_images = _as_bool(params.get("include_images", False), "include_images")
-        return k, category, exclude_self, include_images
+        look = _as_bool(params.get("look", False), "look")
+        if look and not self.look.get("enabled"):
+            raise _bad_request("look=true needs a model packaged with look.enabled: true "
+                               "(and the lookalike[look] extra where it is served)")
+        if look and self._detector is None:
+            raise _bad_request(f"look=true is not available here: {self._detector_error}")
+        return k, category, exclude_self, include_images, look
+
+    def _load_detector(self) -> None:
+        """The garment detector, made once at load; if it cannot be (the extra is missing),
+        look requests say why and every other request is served."""
+        from lookalike.look import make_detector
+
+        try:
+            self._detector = make_detector(self.look["detector"], self.look)
+        except ImportError as error:
+            self._detector_error = str(error)
 
     def _check_answer_size(self, n: int, k: int, include_images: bool) -> None:
         """The answer's size is bounded before any work: rows x k records, and with
@@ -267,7 +288,7 @@ class Recommender:
         """The answer as records, one per neighbour, ordered by query then rank (what the
         scoring server serializes fastest; :func:`as_frame` makes a DataFrame of it)."""
         deadline = time.monotonic() + self.timeout
-        k, category, exclude_self, include_images = self._params(params)
+        k, category, exclude_self, include_images, look = self._params(params)
         if not isinstance(frame, pd.DataFrame):
             raise _bad_request("input must be a table with columns 'image' and/or 'product_id'")
         n = len(frame)
@@ -300,6 +321,9 @@ class Recommender:
                     excludes[row] = self.catalogue.same_product(pid)
             else:
                 image_rows.append(row)
+        if look:
+            return self._recommend_look(images, image_rows, vectors, excludes, k, category,
+                                        exclude_self, include_images, deadline)
         if image_rows:
             if not self._inference.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 raise _timed_out(self.timeout)
@@ -310,17 +334,122 @@ class Recommender:
                 self._inference.release()
         hits = self._search(vectors, k, category, excludes if exclude_self else None)
 
+        return self._records(hits, range(len(hits)), include_images)
+
+    def _records(self, hits, rows, include_images: bool, extra=None) -> list[dict[str, Any]]:
+        """The answer's records: per query (its request row ``rows[i]``), per rank."""
         records = []
         catalogue = self.catalogue
-        for q, row_hits in enumerate(hits):
+        for i, (q, row_hits) in enumerate(zip(rows, hits)):
             for r, (pid, dist) in enumerate(row_hits, start=1):
                 record = {"query": q, "rank": r, "product_id": pid,
                           "category": catalogue.category(pid), "title": catalogue.title(pid),
                           "distance": float(dist), "group_id": catalogue.product_key(pid)}
+                if extra is not None:
+                    record.update(extra[i])
                 if include_images:
                     record["image"] = b64(catalogue.thumbnail(pid))
                 records.append(record)
         return records
+
+    # -- shop the look --------------------------------------------------------------------
+
+    def _recommend_look(self, images, image_rows, vectors, excludes, k, category, exclude_self,
+                        include_images, deadline) -> list[dict[str, Any]]:
+        """``look=true``: each image row answered per garment found on the person in it
+        (``garment``, ``box`` in the original's pixels), or whole when there is none; product
+        rows whole. Each garment searches the categories ``look.garments`` maps it to (those
+        the catalogue has), unless the request names a category."""
+        from lookalike.look import WHOLE
+
+        if len(image_rows) > self.look["max_images"]:
+            raise _bad_request(f"look=true takes at most {self.look['max_images']} images per "
+                               f"request, got {len(image_rows)}")
+        # (request row, garment, box, index into `found` or None for the row's own vector)
+        plan = [(row, WHOLE, None, None) for row in range(len(vectors)) if row not in image_rows]
+        found = []
+        if image_rows:
+            if not self._inference.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise _timed_out(self.timeout)
+            try:
+                for row, garment, box, pixels in self._look_inputs(images, image_rows, deadline):
+                    plan.append((row, garment, box, len(found)))
+                    found.append(pixels)
+                embedded = self.model.embed(np.stack(found)) if found else None
+            finally:
+                self._inference.release()
+        plan.sort(key=lambda entry: entry[0])  # request order; garments in detector order
+        query_vectors = np.stack([vectors[row] if at is None else embedded[at]
+                                  for row, _, _, at in plan])
+        query_excludes = [excludes[row] for row, *_ in plan] if exclude_self else None
+        hits: list = [None] * len(plan)
+        by_filter: dict[tuple, list[int]] = {}
+        for i, (_, garment, _, _) in enumerate(plan):
+            by_filter.setdefault(self._garment_filter(garment, category), []).append(i)
+        for categories, members in by_filter.items():
+            subset = [query_excludes[i] for i in members] if query_excludes else None
+            for i, row_hits in zip(members, self._search_any(query_vectors[members], k,
+                                                             categories, subset)):
+                hits[i] = row_hits
+        extra = [{"garment": garment, "box": box} for _, garment, box, _ in plan]
+        return self._records(hits, [row for row, *_ in plan], include_images, extra)
+
+    def _look_inputs(self, images, rows, deadline):
+        """(row, garment, box, model input) per garment found, or the row whole (box: the
+        whole picture) when no person wears any. Headers and the request's decoding cost are
+        checked first, as for plain queries."""
+        from lookalike.look import WHOLE
+        from lookalike.look.regions import region_input, scaled_box
+        from lookalike.preprocessing import (checked_decode_cost, checked_model_input,
+                                             checked_picture, upright_size)
+
+        limits, side = self.limits, int(self.look["max_side"])
+        header = (limits["max_image_bytes"], limits["max_pixels"], limits["allowed_formats"])
+        data = [self._image_bytes(images[row], row) for row in rows]
+        cost = sum(self._checked(lambda blob, _size, *rest: checked_decode_cost(
+                       blob, max(side, self.size), *rest), blob, row, *header,
+                       limits["max_decode_bytes"]) for blob, row in zip(data, rows))
+        if cost > limits["max_request_decode_bytes"]:
+            raise _bad_request(f"the request's images would take about {cost // 1_000_000} MB "
+                               "to decode, over the limit of "
+                               f"{limits['max_request_decode_bytes'] // 1_000_000} MB per "
+                               "request: send fewer images per request")
+        for blob, row in zip(data, rows):
+            if time.monotonic() > deadline:
+                raise _timed_out(self.timeout)
+            picture = self._checked(lambda b, _size, *rest: checked_picture(b, side, *rest),
+                                    blob, row, *header, limits["max_decode_bytes"])
+            width, height = upright_size(blob)
+            look = self._detector.find(picture)
+            if look is None:
+                yield row, WHOLE, [0, 0, width, height], self._checked(
+                    checked_model_input, blob, row, self.channels, *header,
+                    limits["max_decode_bytes"])
+                continue
+            scale_x, scale_y = width / picture.width, height / picture.height
+            for region in look.regions:
+                yield (row, region.garment, scaled_box(region.box, scale_x, scale_y),
+                       region_input(picture, region, look.mask, self.size, self.channels))
+
+    def _garment_filter(self, garment: str, category: str | None) -> tuple[str, ...]:
+        """The categories a garment's neighbours come from: the request's, else those
+        ``look.garments`` maps it to that the catalogue has; () = any."""
+        if category is not None:
+            return (category,)
+        wanted = self.look.get("garments", {}).get(garment) or ()
+        return tuple(c for c in wanted if c in self._category_set)
+
+    def _search_any(self, vectors, k, categories: tuple[str, ...], excludes):
+        """``k`` neighbours per query from any of ``categories`` (() = any): the nearest of
+        each category's own ``k``, merged."""
+        if len(categories) <= 1:
+            return self._search(vectors, k, categories[0] if categories else None, excludes)
+        merged = [[] for _ in range(len(vectors))]
+        for category in categories:
+            for row, row_hits in enumerate(self._search(vectors, k, category, excludes)):
+                merged[row].extend(row_hits)
+        return [best_per_product(sorted(row, key=lambda hit: hit[1]), k,
+                                 self.catalogue.product_key) for row in merged]
 
 
     def _search(self, vectors: np.ndarray, k: int, category: str | None,
