@@ -38,6 +38,8 @@ PHOTOS_SCALE = {
     "LOOKALIKE__IMAGE__SIZE": "64",
     "LOOKALIKE__TRAINING__EPOCHS": "2",
     "LOOKALIKE__TRAINING__WARMUP_EPOCHS": "1",
+    # A trial of a fine-tuning profile has an epoch of each phase (tuning.trial_schedule).
+    "LOOKALIKE__TUNING__EPOCHS": "2",
     "LOOKALIKE__TRAINING__STEPS_PER_EPOCH": "2",
     "LOOKALIKE__TRAINING__CLASSES_PER_BATCH": "4",
     "LOOKALIKE__TRAINING__EXAMPLES_PER_CLASS": "4",
