@@ -2,6 +2,12 @@
 
 Run: ``streamlit run streamlit_app/app.py`` (``lookalike demo`` starts it with the REST server).
 
+"Shop the look" (a checkbox under the upload) sends the photo with ``look: true``: the answer
+is shown as the photo with each garment's box, then one row of lookalikes per garment; a model
+packaged without look answers HTTP 400 (``look.enabled``), and the page says so in one line and
+shows the plain answer. The page holds no glyph that needs an emoji font (tests/app/
+test_browser.py checks the rendered text).
+
 Configuration (the server's environment; see :class:`streamlit_app.client.AppConfig`):
 
 * ``LOOKALIKE_ENDPOINT``: REST endpoint, e.g. ``http://127.0.0.1:5001`` (``mlflow models serve``)
@@ -47,6 +53,11 @@ from streamlit_app.client import escape_markdown as md  # noqa: E402
 PAGE_SIZE = 10
 GRID_COLUMNS = 5
 ALL_CATEGORIES = "All categories"
+# Headings of shop-the-look rows (the server's garment names); another name is shown as sent.
+GARMENT_HEADINGS = {"top": "Top", "bottom": "Bottom", "shoes": "Shoes",
+                    "whole": "The whole photo (no garments found on a person)"}
+LOOK_UNSUPPORTED = ("Shop the look is not available: this model was packaged without shop the "
+                    "look. Showing lookalikes of the whole photo.")
 
 
 # Bounded: with LOOKALIKE_ALLOW_ENDPOINT_EDIT=1 every URL a visitor types is a new entry.
@@ -69,11 +80,12 @@ def load_sample(path: str, modified: float, workspace: bool = False):
 # about 5 MB): what the cache can hold is bounded.
 @st.cache_data(ttl=300, max_entries=32, show_spinner=False)
 def recommend(endpoint: str, token: str | None, kind: str, value, k: int, category: str | None,
-              workspace: bool = False):
-    """Neighbours of a product id or image bytes; errors are raised, never cached."""
+              workspace: bool = False, look: bool = False):
+    """Neighbours of a product id or image bytes (with ``look``, per garment of the image);
+    errors are raised, never cached."""
     api = get_client(endpoint, token, workspace)
     if kind == "image":
-        return api.similar_to_image(value, k=k, category=category)
+        return api.similar_to_image(value, k=k, category=category, look=look)
     return api.similar_to_product(value, k=k, category=category)
 
 
@@ -91,6 +103,18 @@ def upload_preview(key: str, _data: bytes, _config: lc.AppConfig) -> bytes | Non
 
     try:
         return lc.preview_png(_data, _config)
+    except ImageRejected:
+        return None
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def look_preview(key: str, boxes: tuple, _data: bytes, _config: lc.AppConfig) -> bytes | None:
+    """The upload with its garment boxes drawn (``key``: its digest; ``boxes``: (label, box)
+    pairs), None if it does not decode: made once per upload and answer."""
+    from lookalike.preprocessing import ImageRejected
+
+    try:
+        return lc.look_preview_png(_data, boxes, _config)
     except ImageRejected:
         return None
 
@@ -154,6 +178,9 @@ def upload_section(config: lc.AppConfig) -> None:
     uploaded = st.file_uploader("Photo of a product (JPEG, PNG or WebP)",
                                 type=list(lc.UPLOAD_TYPES), key="upload",
                                 max_upload_size=config.upload_size_mb)
+    st.checkbox("Shop the look: one row per garment", key="look",
+                help="Find the garments the person in the photo wears (top, bottom, shoes) "
+                     "and show lookalikes of each.")
     if uploaded is not None:
         data = uploaded.getvalue()
         seen = (getattr(uploaded, "file_id", None) or uploaded.name, len(data))
@@ -178,7 +205,7 @@ def browse_section(sample, category: str | None) -> None:
                 "(or `lookalike.pipeline.export_catalogue_sample`) to export one, or set "
                 f"{lc.SAMPLE_ENV}.")
         return
-    if st.button("🔀 Show other products", key="shuffle"):
+    if st.button("Show other products", key="shuffle"):
         st.session_state["page_seed"] = st.session_state.get("page_seed", 0) + 1
     page = lc.random_page(sample, PAGE_SIZE, st.session_state.get("page_seed", 0), category)
     if page is None or len(page) == 0:
@@ -196,6 +223,55 @@ def browse_section(sample, category: str | None) -> None:
                               image=row["thumbnail"], category=row["category"])
 
 
+def fetch(config: lc.AppConfig, endpoint: str, query: dict, k: int, category: str | None,
+          look: bool):
+    """The endpoint's answer to ``query``: with ``look`` (an upload), per garment, or the plain
+    answer after a note when the model was packaged without shop the look (remembered for
+    the session's endpoint, so reruns do not send the photo twice)."""
+    token, workspace = config.token_for(endpoint), config.workspace_for(endpoint)
+    look = look and query["kind"] == "image"
+    if look and st.session_state.get("look_unsupported") == endpoint:
+        st.info(LOOK_UNSUPPORTED)
+        look = False
+    if look:
+        try:
+            return recommend(endpoint, token, query["kind"], query["value"], k, category,
+                             workspace, look=True)
+        except lc.EndpointError as error:
+            if not lc.look_unsupported(error):
+                raise
+        st.session_state["look_unsupported"] = endpoint
+        st.info(LOOK_UNSUPPORTED)
+    return recommend(endpoint, token, query["kind"], query["value"], k, category, workspace)
+
+
+def show_grid(neighbours, sample, key: str, button_prefix: str) -> None:
+    """Neighbours in a grid of GRID_COLUMNS: image, caption and id as plain text, and a
+    "More like this" button each. ``key``: the grid's container (CSS class st-key-<key>, a
+    stable hook for browser tests)."""
+    grid = st.container(key=key)
+    for start in range(0, len(neighbours), GRID_COLUMNS):
+        columns = grid.columns(GRID_COLUMNS)
+        for column, item in zip(columns, neighbours[start:start + GRID_COLUMNS]):
+            with column:
+                image = item.image
+                if image is None:
+                    row = sample_row(sample, item.product_id)
+                    image = None if row is None else row["thumbnail"]
+                if image is not None:
+                    show_image(image, width=96)
+                st.text(lc.caption(item))
+                st.text(item.product_id)
+                if st.button("More like this", key=f"{button_prefix}{item.product_id}"):
+                    set_query("product", item.product_id, item.product_id, image=image,
+                              category=item.category)
+                    st.rerun()
+
+
+def garment_heading(garment: str | None) -> str:
+    return GARMENT_HEADINGS.get(garment or "", garment or "Lookalikes")
+
+
 def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str | None,
                     sample) -> None:
     st.subheader("You may also like")
@@ -204,50 +280,55 @@ def results_section(config: lc.AppConfig, endpoint: str, k: int, category: str |
         st.info("Upload a photo or pick a product to see lookalikes.")
         return
     left, right = st.columns([1, 4])
+    failure = None
+    with right:
+        try:
+            with st.spinner("Finding lookalikes…"):
+                neighbours = fetch(config, endpoint, query, k, category,
+                                   bool(st.session_state.get("look")))
+        except lc.EndpointError as error:
+            neighbours, failure = None, error
+        rows = lc.garment_rows(neighbours or [])
+        per_garment = any(row.garment is not None for row in rows)
     with left:
         st.markdown("**Query**")
-        if query["kind"] == "image":
+        boxes = tuple((row.garment or "", row.box) for row in rows
+                      if row.box is not None and row.garment != "whole")
+        if query["kind"] == "image" and per_garment:
+            preview = look_preview(lc.digest(query["image"]), boxes, query["image"], config)
+            if preview is None:
+                st.caption("(no preview)")
+            else:
+                show_image(preview, 192)
+        elif query["kind"] == "image":
             show_upload(query["image"], 128, config)
         elif query["image"] is not None:
             show_image(query["image"], width=128)
         st.text(query["label"] + (f" ({query['category']})" if query.get("category") else ""))
     with right:
-        try:
-            with st.spinner("Finding lookalikes…"):
-                neighbours = recommend(endpoint, config.token_for(endpoint), query["kind"],
-                                       query["value"], k, category,
-                                       config.workspace_for(endpoint))
-        except lc.EndpointError as error:
-            st.error(md(error))
+        if neighbours is None:
+            st.error(md(failure))
             return
         if not neighbours:
             where = f" in category {category!r}" if category else ""
             st.warning(md(f"No lookalikes found{where}."))
             return
-        st.markdown(f"**{len(neighbours)} lookalikes**"
-                    + (f" in {md(category)}" if category else ""))
-        # Keyed container: a stable hook (CSS class st-key-lookalike-results) for browser tests.
-        grid = st.container(key="lookalike-results")
-        for start in range(0, len(neighbours), GRID_COLUMNS):
-            columns = grid.columns(GRID_COLUMNS)
-            for column, item in zip(columns, neighbours[start:start + GRID_COLUMNS]):
-                with column:
-                    image = item.image
-                    if image is None:
-                        row = sample_row(sample, item.product_id)
-                        image = None if row is None else row["thumbnail"]
-                    if image is not None:
-                        show_image(image, width=96)
-                    st.text(lc.caption(item))
-                    st.text(item.product_id)
-                    if st.button("More like this", key=f"again-{item.product_id}"):
-                        set_query("product", item.product_id, item.product_id, image=image,
-                                  category=item.category)
-                        st.rerun()
+        if not per_garment:
+            st.markdown(f"**{len(neighbours)} lookalikes**"
+                        + (f" in {md(category)}" if category else ""))
+            show_grid(neighbours, sample, "lookalike-results", "again-")
+            return
+        st.markdown(f"**{len(neighbours)} lookalikes**, one row per garment"
+                    + (f", in {md(category)}" if category else ""))
+        for i, row in enumerate(rows):
+            # A heading per garment, as plain text: a name the app does not know is escaped.
+            st.subheader(md(garment_heading(row.garment)), anchor=False)
+            show_grid(list(row.neighbours), sample, f"lookalike-results-{i}", f"again-{i}-")
 
 
 def main() -> None:
-    st.set_page_config(page_title="Lookalike", page_icon="👗", layout="wide")
+    # No page_icon: Streamlit's own favicon is an image, where an emoji needs an emoji font.
+    st.set_page_config(page_title="Lookalike", layout="wide")
     try:
         config = lc.AppConfig.from_environ()
     except lc.EndpointError as error:     # a misconfigured deployment: say so, plainly
@@ -268,7 +349,8 @@ def main() -> None:
     st.title("Lookalike")
     st.caption("Visual “you may also like”: upload a photo or pick a product, "
                "and get the most similar products of the catalogue.")
-    upload_tab, browse_tab = st.tabs(["📷 Upload a photo", "🛍️ Browse the catalogue"])
+    # Plain text only (tests/app/test_browser.py): no glyph that needs an emoji font.
+    upload_tab, browse_tab = st.tabs(["Upload a photo", "Browse the catalogue"])
     with upload_tab:
         upload_section(config)
     with browse_tab:

@@ -16,6 +16,12 @@ Request/response contract (see the package's serving module)::
                          "distance": 0.03, "image": "<base64 PNG>"}, ...]}
     bad input -> HTTP 400 {"error_code": "INVALID_PARAMETER_VALUE", "message": "..."}
 
+Shop the look (``"look": true`` in params, sent only when asked for): every record also has
+``garment`` (``top``, ``bottom``, ``shoes``, or ``whole`` when no person wears garments in the
+photo) and ``box`` (``[left, top, right, bottom]`` in pixels of the upright original; null for
+product rows), ``k`` records per garment. A model packaged without it answers HTTP 400 with
+``look.enabled`` in the message (:func:`look_unsupported`).
+
 The endpoint may be one a visitor typed (``LOOKALIKE_ALLOW_ENDPOINT_EDIT=1``), so the client
 trusts its answers no further than the scoring server's contract: a plain http(s) URL only
 (:func:`invocations_url`), no redirects followed, no ``~/.netrc`` credentials, at most
@@ -28,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import random
 import re
 import time
@@ -53,6 +60,10 @@ UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP")
 # Longest side of the page's preview of an upload.
 PREVIEW_SIDE = 256
+# Longest side of the shop-the-look preview (the upload, upright, with its garment boxes).
+LOOK_PREVIEW_SIDE = 384
+# What of a garment name the page shows (the server's names are short words).
+_GARMENT_CHARS = 40
 # The most of an answer the client reads. The largest the app asks for is k=50 neighbours with
 # their thumbnails (serving.thumbnail_size 128: under 100 KB each in base64, ~5 MB in all);
 # a longer answer is an error, not something to hold in memory.
@@ -153,6 +164,20 @@ class Neighbour:
     category: str
     distance: float
     image: bytes | None = None
+    # Shop the look: the garment the record is a lookalike of, and its box in the upright
+    # original's pixels (left, top, right, bottom); None in plain answers.
+    garment: str | None = None
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class GarmentRow:
+    """One garment of a shop-the-look answer: its name, its box, its lookalikes by rank."""
+
+    query: int
+    garment: str | None
+    box: tuple[float, float, float, float] | None
+    neighbours: tuple[Neighbour, ...]
 
 
 class _NoNetrc(requests.auth.AuthBase):
@@ -299,13 +324,22 @@ def read_body(response: requests.Response, limit: int, deadline: float) -> str:
 
 
 def request_params(k: int = 10, category: str | None = None, exclude_self: bool = True,
-                   include_images: bool = True) -> dict[str, Any]:
-    """The ``params`` object; category is left out when no filter is wanted."""
+                   include_images: bool = True, look: bool = False) -> dict[str, Any]:
+    """The ``params`` object; category is left out when no filter is wanted, and ``look``
+    unless shop the look is wanted (a server that predates it never sees the parameter)."""
     params: dict[str, Any] = {"k": int(k), "exclude_self": bool(exclude_self),
                               "include_images": bool(include_images)}
     if category:
         params["category"] = category
+    if look:
+        params["look"] = True
     return params
+
+
+def look_unsupported(error: EndpointError) -> bool:
+    """Whether ``error`` is the endpoint saying its model was packaged without shop the look
+    (HTTP 400, ``look.enabled`` in the message): the app then asks again without it."""
+    return error.status == 400 and "look.enabled" in error.message
 
 
 def encode_image(data: bytes) -> str:
@@ -365,13 +399,52 @@ def parse_response(status: int, body: str) -> list[Neighbour]:
             query=int(row.get("query", 0)), rank=int(row.get("rank", 0)),
             product_id=str(row.get("product_id")), category=str(row.get("category")),
             distance=float(row.get("distance", float("nan"))),
-            image=decode_image(row.get("image"))) for row in data["predictions"]]
+            image=decode_image(row.get("image")), garment=_garment(row.get("garment")),
+            box=_box(row.get("box"))) for row in data["predictions"]]
     except (TypeError, KeyError, AttributeError, ValueError) as error:
         _log.warning("endpoint answered without valid predictions (%s): %r", error,
                      (body or "")[:_MESSAGE_CHARS])
         raise EndpointError("The endpoint answered without a 'predictions' list the app can "
                             "read.", status=status) from None
-    return sorted(neighbours, key=lambda n: (n.query, n.rank))
+    # By query, then garment (in the answer's order: the detector's), then rank.
+    groups: dict[tuple, int] = {}
+    for n in neighbours:
+        groups.setdefault((n.query, n.garment, n.box), len(groups))
+    return sorted(neighbours, key=lambda n: (n.query, groups[n.query, n.garment, n.box], n.rank))
+
+
+def _garment(value: object) -> str | None:
+    """A record's ``garment``: a short string, or None (plain answers)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"garment is not a string: {type(value).__name__}")
+    return value[:_GARMENT_CHARS]
+
+
+def _box(value: object) -> tuple[float, float, float, float] | None:
+    """A record's ``box``: four finite numbers, left < right and top < bottom; else None
+    (null for product rows; a malformed box is not drawn, its lookalikes are still shown)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    left, top, right, bottom = (float(v) for v in value)
+    if not all(math.isfinite(v) for v in (left, top, right, bottom)):
+        return None
+    if right <= left or bottom <= top:
+        return None
+    return left, top, right, bottom
+
+
+def garment_rows(neighbours: Sequence[Neighbour]) -> list[GarmentRow]:
+    """The neighbours by (query, garment, box), in the order :func:`parse_response` sorts
+    them: one row of lookalikes per garment."""
+    rows: dict[tuple, list[Neighbour]] = {}
+    for n in neighbours:
+        rows.setdefault((n.query, n.garment, n.box), []).append(n)
+    return [GarmentRow(query, garment, box, tuple(found))
+            for (query, garment, box), found in rows.items()]
 
 
 def sniff_image_format(data: bytes) -> str | None:
@@ -456,6 +529,51 @@ def preview_png(data: bytes, config: AppConfig) -> bytes:
                                  config.max_upload_pixels, UPLOAD_FORMATS,
                                  config.max_decode_bytes)
     return array_to_png(np.rint(pixels * 255).astype(np.uint8))
+
+
+# Box colours of the look preview, one per garment in turn: dark enough for white labels.
+_BOX_COLOURS = ((214, 39, 40), (31, 119, 180), (44, 160, 44), (148, 103, 189),
+                (255, 127, 14), (23, 190, 207))
+
+
+def look_preview_png(data: bytes, boxes: Sequence[tuple[str, Sequence[float]]],
+                     config: AppConfig, side: int = LOOK_PREVIEW_SIDE) -> bytes:
+    """The upload as shown (upright, at most ``side`` px a side, never enlarged) with each
+    ``(label, box)`` drawn on it: box in the upright original's pixels, label as plain ASCII
+    text in Pillow's built-in font (no font of the machine, no emoji). Decoded with the
+    endpoint's checks (bytes, pixels, decode cost). Raises preprocessing.ImageRejected."""
+    import io
+
+    from PIL import ImageDraw, ImageFont
+
+    from lookalike.preprocessing import checked_picture, upright_size
+
+    picture = checked_picture(data, side, config.max_upload_bytes, config.max_upload_pixels,
+                              UPLOAD_FORMATS, config.max_decode_bytes).copy()
+    width, height = upright_size(data)
+    scale_x, scale_y = picture.width / width, picture.height / height
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    line = max(2, round(max(picture.size) / 150))
+    for i, (label, box) in enumerate(boxes):
+        colour = _BOX_COLOURS[i % len(_BOX_COLOURS)]
+        left, top, right, bottom = box
+        left = min(max(left * scale_x, 0), picture.width - 1)
+        right = min(max(right * scale_x, 0), picture.width - 1)
+        top = min(max(top * scale_y, 0), picture.height - 1)
+        bottom = min(max(bottom * scale_y, 0), picture.height - 1)
+        if right <= left or bottom <= top:
+            continue
+        draw.rectangle((left, top, right, bottom), outline=colour, width=line)
+        text = re.sub(r"[^ -~]", "?", str(label))[:_GARMENT_CHARS]
+        if text:
+            x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+            x, y = left, max(0, top - (y1 - y0) - 4)
+            draw.rectangle((x, y, x + (x1 - x0) + 4, y + (y1 - y0) + 4), fill=colour)
+            draw.text((x + 2 - x0, y + 2 - y0), text, fill=(255, 255, 255), font=font)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def digest(data: bytes) -> str:

@@ -82,6 +82,10 @@ def test_client_url_params_and_upload_checks():
     with pytest.raises(lc.EndpointError, match="http"):
         lc.invocations_url("127.0.0.1:5001")
     assert lc.request_params(k=3) == {"k": 3, "exclude_self": True, "include_images": True}
+    # Shop the look: only sent when asked for, so a server that predates it is unaffected.
+    assert lc.request_params(k=3, look=False) == lc.request_params(k=3)
+    assert lc.request_params(k=3, look=True) == {"k": 3, "exclude_self": True,
+                                                 "include_images": True, "look": True}
     assert lc.request_params(k=3, category="Bag")["category"] == "Bag"
     client = lc.LookalikeClient("http://h:1", token="secret")
     assert client.headers()["Authorization"] == "Bearer secret"
@@ -329,19 +333,21 @@ class _Loopback:
 
 
 class RecordingEndpoint(_Loopback):
-    """A loopback HTTP endpoint that records each request (method, path, Authorization header)
-    and answers each with ``status``, ``body`` and ``headers``. A callable ``body`` writes the
-    answer's body itself, to the socket file, without a Content-Length (ended by closing)."""
+    """A loopback HTTP endpoint that records each request (method, path, Authorization header;
+    its body in ``bodies``) and answers each with ``status``, ``body`` and ``headers``. A
+    callable ``body`` writes the answer's body itself, to the socket file, without a
+    Content-Length (ended by closing)."""
 
     def __init__(self, status: int = 200, body=b'{"predictions": []}', headers=None):
         import http.server
 
         seen = self.requests = []
+        bodies = self.bodies = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 seen.append((self.command, self.path, self.headers.get("Authorization")))
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 for name, value in (headers or {}).items():
@@ -764,3 +770,161 @@ def test_streamlit_refuses_uploads_over_the_apps_limit_before_the_app(app_env):
     command = bundle_app["resources"]["apps"]["lookalike_app"]["config"]["command"]
     flag = command.index("--server.maxUploadSize")
     assert command[flag + 1] == str(upload_size_mb(lc.DEFAULT_MAX_UPLOAD_BYTES))
+
+
+# --------------------------------------------------------------------------- shop the look
+
+TOP_BOX, BOTTOM_BOX = [10, 8, 90, 60], [20, 70, 150, 115]
+
+
+def look_answer() -> bytes:
+    """A canned shop-the-look answer of one photo: a top and a bottom, 3 lookalikes each,
+    interleaved (the client groups them by garment, in the order they first appear)."""
+    import json
+
+    thumbnail = lc.encode_image(png(np.full((16, 16), 90, np.uint8)))
+    records = []
+    for rank in (1, 2, 3):
+        for garment, box, category in (("top", TOP_BOX, "Shirt"),
+                                       ("bottom", BOTTOM_BOX, "Trouser")):
+            records.append({"query": 0, "rank": rank, "product_id": f"{garment}-{rank}",
+                            "category": category, "title": None, "distance": 0.1 * rank,
+                            "group_id": f"{garment}-{rank}", "image": thumbnail,
+                            "garment": garment, "box": box})
+    return json.dumps({"predictions": records}).encode()
+
+
+def test_client_reads_and_groups_a_look_answer():
+    import json
+
+    endpoint = RecordingEndpoint(200, look_answer())
+    try:
+        client = lc.LookalikeClient(endpoint.url, timeout=20)
+        neighbours = client.similar_to_image(b"photo", k=3, look=True)
+        plain = client.similar_to_image(b"photo", k=3)
+        sent = [json.loads(body)["params"] for body in endpoint.bodies]
+    finally:
+        endpoint.close()
+    assert sent[0]["look"] is True and "look" not in sent[1]  # omitted unless asked for
+    assert [(n.garment, n.rank) for n in neighbours] == [
+        ("top", 1), ("top", 2), ("top", 3), ("bottom", 1), ("bottom", 2), ("bottom", 3)]
+    rows = lc.garment_rows(neighbours)
+    assert [(r.garment, r.box, [n.product_id for n in r.neighbours]) for r in rows] == [
+        ("top", tuple(TOP_BOX), ["top-1", "top-2", "top-3"]),
+        ("bottom", tuple(BOTTOM_BOX), ["bottom-1", "bottom-2", "bottom-3"])]
+    assert plain == neighbours  # (the stand-in answers both alike)
+    # A plain answer: no garment, one row.
+    plain_rows = lc.garment_rows(lc.parse_response(
+        200, '{"predictions": [{"query": 0, "rank": 1, "product_id": "a", "category": "Bag", '
+             '"distance": 0.1}]}'))
+    assert [(r.garment, r.box) for r in plain_rows] == [(None, None)]
+    # A malformed box is not drawn (None); a non-string garment is no answer the app reads.
+    for box in ([1, 2, 3], [5, 5, 1, 9], ["0", 0, 1, 1], [0, 0, float("inf"), 1], None):
+        record = {"query": 0, "rank": 1, "product_id": "a", "category": "Bag",
+                  "distance": 0.1, "garment": "top", "box": box}
+        answer = json.dumps({"predictions": [record]})
+        assert lc.parse_response(200, answer)[0].box is None
+    with pytest.raises(lc.EndpointError, match="without a 'predictions'"):
+        lc.parse_response(200, '{"predictions": [{"product_id": "a", "garment": ["top"]}]}')
+    # The 400 of a model packaged without look, and any other 400.
+    unsupported = ('{"error_code": "INVALID_PARAMETER_VALUE", "message": "look=true needs a '
+                   'model packaged with look.enabled: true"}')
+    with pytest.raises(lc.EndpointError) as error:
+        lc.parse_response(400, unsupported)
+    assert lc.look_unsupported(error.value)
+    with pytest.raises(lc.EndpointError) as error:
+        lc.parse_response(400, '{"message": "k must be <= 100"}')
+    assert not lc.look_unsupported(error.value)
+
+
+def boxed_preview(app) -> np.ndarray | None:
+    """The pixels of the app's shop-the-look preview (the one image at the upload's size)."""
+    import base64
+
+    for element in app.get("image"):
+        url = element.proto.imgs[0].url
+        data = base64.b64decode(url.split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as image:
+            if image.size == (160, 120):
+                return np.asarray(image.convert("RGB"))
+    return None
+
+
+def test_shop_the_look_shows_the_boxes_and_one_row_per_garment(monkeypatch, tmp_path):
+    import json
+
+    endpoint = RecordingEndpoint(200, look_answer())
+    try:
+        monkeypatch.setenv(lc.SAMPLE_ENV, str(tmp_path / "none.parquet"))
+        monkeypatch.setenv(lc.ENDPOINT_ENV, endpoint.url)
+        monkeypatch.delenv(lc.TOKEN_ENV, raising=False)
+        app = run_app()
+        assert not app.checkbox(key="look").value  # off by default
+        photo = png(np.full((120, 160, 3), 128, np.uint8))
+        app.file_uploader(key="upload").set_value(("look.png", photo, "image/png"))
+        app.checkbox(key="look").check()
+        app.run()
+        assert not app.exception and not app.error, [e.value for e in app.error]
+        assert json.loads(endpoint.bodies[-1])["params"]["look"] is True
+    finally:
+        endpoint.close()
+    assert shown(app.subheader)[-2:] == ["Top", "Bottom"]
+    assert [pid for _, pid in results(app)] == [
+        "top-1", "top-2", "top-3", "bottom-1", "bottom-2", "bottom-3"]
+    assert {b.key for b in app.button if b.key and b.key.startswith("again-")} == {
+        f"again-{i}-{g}-{r}" for i, g in enumerate(("top", "bottom")) for r in (1, 2, 3)}
+    assert "Your photo: look.png" in [t.value for t in app.text]
+    # The photo as uploaded (upright, its own size), each garment's box drawn on a copy.
+    pixels = boxed_preview(app)
+    assert pixels is not None
+    top_colour, bottom_colour = pixels[30, TOP_BOX[0]], pixels[95, BOTTOM_BOX[0]]
+    assert tuple(top_colour) != (128, 128, 128) and tuple(bottom_colour) != (128, 128, 128)
+    assert tuple(top_colour) != tuple(bottom_colour)
+    assert (pixels[30, TOP_BOX[2]] == top_colour).all()  # right edge
+    assert (pixels[BOTTOM_BOX[3], 100] == bottom_colour).all()  # bottom edge
+    assert tuple(pixels[35, 50]) == (128, 128, 128)  # inside a box: the photo itself
+    assert tuple(pixels[5, 150]) == (128, 128, 128)  # outside every box
+
+    # Unchecked: the plain request again (no look), the plain grid.
+    endpoint = RecordingEndpoint(200, b'{"predictions": [{"query": 0, "rank": 1, '
+                                      b'"product_id": "a", "category": "Bag", "distance": 0.1}]}')
+    try:
+        monkeypatch.setenv(lc.ENDPOINT_ENV, endpoint.url)
+        app = run_app()
+        app.file_uploader(key="upload").set_value(("look.png", photo, "image/png"))
+        app.run()
+        assert "look" not in json.loads(endpoint.bodies[-1])["params"]
+        assert [pid for _, pid in results(app)] == ["a"] and boxed_preview(app) is None
+    finally:
+        endpoint.close()
+
+
+def test_shop_the_look_falls_back_when_the_model_was_packaged_without_it(app_env,
+                                                                         packaged_model):
+    """The served test model has no look.enabled: its 400 becomes a note, then the plain
+    answer."""
+    row = packaged_model.products.iloc[7]
+    app = run_app()
+    app.file_uploader(key="upload").set_value(("photo.png", bytes(row["image"]), "image/png"))
+    app.checkbox(key="look").check()
+    app.run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    notes = shown(app.info)
+    assert len(notes) == 1 and "packaged without shop the look" in notes[0], notes
+    shown_ = results(app)
+    assert len(shown_) == 10 and shown_[0][1] == row["product_id"]
+    assert "Your photo: photo.png" in query_label(app)
+    # Reruns say it again without asking the endpoint for the look (remembered).
+    app.slider(key="k").set_value(3).run()
+    assert not app.error and len(results(app)) == 3
+    assert shown(app.info) == notes
+
+
+def test_app_sources_hold_no_glyph_that_needs_an_emoji_font():
+    """Issue 22: the page's own strings are plain text (tests/app/test_browser.py checks the
+    rendered page in Chromium; this catches it where Chromium is not installed)."""
+    emoji_like = re.compile("[\u2190-\u2bff\U0001f000-\U0001faff\ufe0f\u200d]")
+    for path in Path(APP).parent.glob("*.py"):
+        found = [(n, line.strip()) for n, line in enumerate(
+            path.read_text(encoding="utf-8").splitlines(), start=1) if emoji_like.search(line)]
+        assert not found, (path.name, found)

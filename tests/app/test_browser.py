@@ -1,5 +1,6 @@
-"""One real-browser check: `streamlit run` of the demo app against the real served model,
-loaded in Debian's headless Chromium, which must show the default query's lookalikes.
+"""Real-browser checks: `streamlit run` of the demo app against the real served model,
+loaded in Debian's headless Chromium, which must show the default query's lookalikes, never
+hold the token, and show no glyph that needs an emoji font (with a screenshot to look at).
 
 Chromium is driven over the DevTools protocol (``--remote-debugging-port``) with the
 ``websockets`` client already in the environment: ``--dump-dom`` returns before Streamlit's
@@ -9,8 +10,11 @@ Needs the Debian package ``chromium`` (``apt-get install -y chromium``); skipped
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -167,3 +171,61 @@ def test_browser_page_never_holds_the_token(chromium, served_model, app_sample, 
         assert not page["deploy"]
     finally:
         stop_process(process, grace=10)
+
+
+# Glyphs that need an emoji or symbol font (arrows, symbols, dingbats, pictographs, emoji and
+# their variation selector and joiner): without such a font Chromium draws empty boxes.
+EMOJI_LIKE = re.compile("[\u2190-\u2bff\U0001f000-\U0001faff\ufe0f\u200d]")
+TABS = """(() => Array.from(document.querySelectorAll('[data-testid="stTab"]'))
+                  .map(t => t.innerText))()"""
+
+
+def visible_text(chromium: DevTools) -> str:
+    return chromium.evaluate("document.title + '\\n' + document.body.innerText") or ""
+
+
+def wait_for_text(chromium: DevTools, needle: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    text = visible_text(chromium)
+    while needle not in text and time.monotonic() < deadline:
+        time.sleep(0.3)
+        text = visible_text(chromium)
+    return text
+
+
+def test_browser_page_needs_no_emoji_font(chromium, served_model, app_sample, tmp_path):
+    """Issue 22: every character the page shows (title, tab labels, buttons, captions, both
+    tabs' contents, the sidebar) is one a plain text font has; and a screenshot of the page
+    (tmp_path/app.png, for a reviewer) is a real picture, not a blank page."""
+    from PIL import Image
+
+    from lookalike.pipeline.demo import start_app
+    from lookalike.processes import free_port, stop_process
+
+    process, url = start_app(served_model, free_port(), app_sample[0],
+                             log_file=tmp_path / "streamlit.log")
+    try:
+        state = open_and_wait_for_results(chromium, url)
+        assert state and not state["errors"] and state["loaded"] == 10, state
+        tabs = chromium.evaluate(TABS)
+        assert tabs == ["Upload a photo", "Browse the catalogue"], tabs
+        texts = {"upload tab": wait_for_text(chromium, "Shop the look")}
+        shot = chromium.call("Page.captureScreenshot", format="png")
+        chromium.evaluate("""document.querySelectorAll('[data-testid="stTab"]')[1].click()""")
+        texts["browse tab"] = wait_for_text(chromium, "Show other products")
+    finally:
+        stop_process(process, grace=10)
+    for where, text in texts.items():
+        assert "You may also like" in text and "Browse the catalogue" in text, (where, text)
+        found = sorted({f"U+{ord(c):04X} {c!r}" for c in EMOJI_LIKE.findall(text)})
+        assert not found, f"{where} shows glyphs that need an emoji font: {found}"
+    assert "Shop the look" in texts["upload tab"]
+    assert "Show other products" in texts["browse tab"]
+
+    data = base64.b64decode(shot["data"])
+    (tmp_path / "app.png").write_bytes(data)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and min(image.size) >= 400, image.size
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 24)
+    # Text, product images and widgets: far more than a blank or half-drawn page has.
+    assert len(colours) > 200, len(colours)
