@@ -258,21 +258,33 @@ class Recommender:
         except Exception as error:  # noqa: BLE001 - any decoder failure is the client's input
             raise _bad_request(f"row {row}: image could not be decoded: {error}") from None
 
-    def _model_inputs(self, images: list, rows: list[int], deadline: float) -> np.ndarray:
-        """The rows' images as model input. Every header is checked, and the request's whole
-        decoding cost bounded, before the first pixel is decoded; work stops at the deadline."""
-        from lookalike.preprocessing import checked_decode_cost, checked_model_input
+    def _checked_request(self, images: list, rows: list[int], size: int
+                         ) -> tuple[list[bytes], tuple]:
+        """The rows' image bytes, every header checked and the request's whole decoding cost
+        (decoding for ``size`` px) bounded, before the first pixel is decoded; and the header
+        limits, for the decoding that follows."""
+        from lookalike.preprocessing import checked_decode_cost
 
         limits = self.limits
         header = (limits["max_image_bytes"], limits["max_pixels"], limits["allowed_formats"])
         data = [self._image_bytes(images[row], row) for row in rows]
-        cost = sum(self._checked(checked_decode_cost, blob, row, *header,
-                                 limits["max_decode_bytes"]) for blob, row in zip(data, rows))
+        cost = sum(self._checked(lambda blob, _size, *rest: checked_decode_cost(
+                       blob, size, *rest), blob, row, *header, limits["max_decode_bytes"])
+                   for blob, row in zip(data, rows))
         if cost > limits["max_request_decode_bytes"]:
             raise _bad_request(f"the request's images would take about {cost // 1_000_000} MB "
                                f"to decode, over the limit of "
                                f"{limits['max_request_decode_bytes'] // 1_000_000} MB per "
                                "request: send fewer images per request")
+        return data, header
+
+    def _model_inputs(self, images: list, rows: list[int], deadline: float) -> np.ndarray:
+        """The rows' images as model input (:meth:`_checked_request` first); work stops at
+        the deadline."""
+        from lookalike.preprocessing import checked_model_input
+
+        limits = self.limits
+        data, header = self._checked_request(images, rows, self.size)
         pixels = []
         for blob, row in zip(data, rows):
             if time.monotonic() > deadline:
@@ -400,20 +412,10 @@ class Recommender:
         checked first, as for plain queries."""
         from lookalike.look import WHOLE
         from lookalike.look.regions import region_input, scaled_box
-        from lookalike.preprocessing import (checked_decode_cost, checked_model_input,
-                                             checked_picture, upright_size)
+        from lookalike.preprocessing import checked_model_input, checked_picture, upright_size
 
         limits, side = self.limits, int(self.look["max_side"])
-        header = (limits["max_image_bytes"], limits["max_pixels"], limits["allowed_formats"])
-        data = [self._image_bytes(images[row], row) for row in rows]
-        cost = sum(self._checked(lambda blob, _size, *rest: checked_decode_cost(
-                       blob, max(side, self.size), *rest), blob, row, *header,
-                       limits["max_decode_bytes"]) for blob, row in zip(data, rows))
-        if cost > limits["max_request_decode_bytes"]:
-            raise _bad_request(f"the request's images would take about {cost // 1_000_000} MB "
-                               "to decode, over the limit of "
-                               f"{limits['max_request_decode_bytes'] // 1_000_000} MB per "
-                               "request: send fewer images per request")
+        data, header = self._checked_request(images, rows, max(side, self.size))
         for blob, row in zip(data, rows):
             if time.monotonic() > deadline:
                 raise _timed_out(self.timeout)
