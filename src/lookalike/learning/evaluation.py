@@ -131,19 +131,21 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
     b_queries = test.subset(b_rows)
     product_queries = _same_product_queries(train, test, ev.max_queries, seed + 3)
 
-    def run(prefix: str, query_vectors, queries: SplitArrays, catalogue_vectors, dist: str,
-            record: bool = True):
+    def score(prefix: str, query_vectors, queries: SplitArrays, catalogue_vectors, dist: str):
         by_product = prefix.endswith("product_")
-        report = _score(settings, query_vectors,
-                        product_keys(queries) if by_product else queries.labels,
-                        catalogue_vectors,
-                        product_keys(train) if by_product else train.labels, dist)
-        if record:
-            metrics.update(report.as_flat_dict(prefix))
-            metrics[f"{prefix}n_queries"] = float(report.n_queries)
-            if not by_product:  # one row per product would be as long as the catalogue
-                per_class[prefix.rstrip("_")] = report.per_class
-        return report
+        return _score(settings, query_vectors,
+                      product_keys(queries) if by_product else queries.labels,
+                      catalogue_vectors, product_keys(train) if by_product else train.labels,
+                      dist)
+
+    def record(prefix: str, report) -> None:
+        metrics.update(report.as_flat_dict(prefix))
+        metrics[f"{prefix}n_queries"] = float(report.n_queries)
+        if not prefix.endswith("product_"):  # one row per product: as long as the catalogue
+            per_class[prefix.rstrip("_")] = report.per_class
+
+    def run(prefix: str, query_vectors, queries: SplitArrays, catalogue_vectors, dist: str):
+        record(prefix, score(prefix, query_vectors, queries, catalogue_vectors, dist))
 
     if embed is not None:
         catalogue = map_chunks(embed, train.x)
@@ -169,8 +171,8 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
             if not len(queries):
                 continue
             query_pixels = baseline_vectors(queries.x)
-            reports = {name: run(prefix, variant(query_pixels, pixels),
-                                 queries, variant(pixels, pixels), "cosine", record=False)
+            reports = {name: score(prefix, variant(query_pixels, pixels), queries,
+                                   variant(pixels, pixels), "cosine")
                        for name, variant in PIXEL_BASELINES.items()}
             for name, report in reports.items():
                 metrics[f"{prefix}{name}_recall_at_1"] = report.recall_at_k[1]
@@ -179,8 +181,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
             # reports: that can only favour the baseline, never the model).
             strongest = max(reports, key=lambda n: (reports[n].recall_at_k[1],
                                                     reports[n].map_at_r))
-            run(prefix, PIXEL_BASELINES[strongest](query_pixels, pixels), queries,
-                PIXEL_BASELINES[strongest](pixels, pixels), "cosine")
+            record(prefix, reports[strongest])
             metrics[f"{prefix}variant"] = float(list(PIXEL_BASELINES).index(strongest))
     return {"metrics": metrics, "per_class": per_class, "plots": plots}
 
