@@ -40,7 +40,9 @@ def main() -> None:
     version = catalogue_table(settings, "products").version(spark)
     started = time.perf_counter()
     train, _, test = load_eval_splits(spark, settings, version)
-    metrics = evaluate_embedders(settings, train, test, None, None)["metrics"]
+    # Every variant on every query (evaluation chooses on a sample: see BASELINE_CHOICE_QUERIES).
+    metrics = evaluate_embedders(settings, train, test, None, None,
+                                 baseline_choice_queries=None)["metrics"]
     out = {"benchmark": "pixel_baselines", "profile": args.profile,
            "catalogue": len(train), "seconds": round(time.perf_counter() - started, 1)}
     for protocol in ("a", "b"):

@@ -84,11 +84,12 @@ def test_memory_sampler_batches_are_class_balanced_per_rank(catalogue):
 
 
 def test_memory_sampler_prints_nothing_at_epoch_ends(catalogue, capsys):
-    """tensorflow-similarity's sampler print()s "Warmup complete" after the first epoch unless
-    told there is no warm-up (issue 22: library noise on the terminal)."""
+    """tensorflow-similarity's sampler print()s a banner when made, and "Warmup complete"
+    after the first epoch unless told there is no warm-up (issue 22: library noise on the
+    terminal)."""
     settings, spec = catalogue
-    sampler = memory_sampler(spec, settings)
     capsys.readouterr()
+    sampler = memory_sampler(spec, settings)  # its banner goes to the log, not stdout
     for _ in range(3):
         sampler.on_epoch_end()
     assert capsys.readouterr().out == ""

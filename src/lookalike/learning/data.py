@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -309,13 +310,28 @@ def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int 
     else:
         # The sampler holds row numbers; each sampled row is decoded when its batch is formed.
         x, load = np.arange(len(images)), images.__getitem__
-    return MultiShotMemorySampler(
-        x, y, load_example_fn=load,
-        classes_per_batch=min(t.classes_per_batch, len(classes)),
-        examples_per_class_per_batch=t.examples_per_class, steps_per_epoch=t.steps_per_epoch,
-        # warmup=0: its default (-1) counts as a warm-up, and its end is a bare print()
-        # ("Warmup complete") on the terminal after the first epoch.
-        class_list=classes, warmup=0)
+    # Its constructor print()s a banner ("The initial batch size is ..."): to the log file.
+    with _library_output() as stream, contextlib.redirect_stdout(stream):
+        return MultiShotMemorySampler(
+            x, y, load_example_fn=load,
+            classes_per_batch=min(t.classes_per_batch, len(classes)),
+            examples_per_class_per_batch=t.examples_per_class, steps_per_epoch=t.steps_per_epoch,
+            # warmup=0: its default (-1) counts as a warm-up, and its end is a bare print()
+            # ("Warmup complete") on the terminal after the first epoch.
+            class_list=classes, warmup=0)
+
+
+@contextlib.contextmanager
+def _library_output():
+    """Where a library's own print()s go: the log file (the terminal when verbose)."""
+    from lookalike.console import log_stream
+
+    stream = log_stream()
+    try:
+        yield stream
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
 
 
 def balanced_batches(dataset, image_shape: Sequence[int], classes_per_batch: int,
