@@ -11,7 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-_BACKENDS: dict[str, type] = {}
+from lookalike.plugins import Registry
+
+_BACKENDS: Registry[type] = Registry("index backend")
+backend_names = _BACKENDS.names
+get_backend = _BACKENDS.get
 
 
 def register_backend(cls: type) -> type:
@@ -21,19 +25,8 @@ def register_backend(cls: type) -> type:
         raise TypeError(f"{cls.__name__} needs a class attribute `backend` (its name)")
     if not hasattr(cls, "Params"):
         raise TypeError(f"{cls.__name__} needs a `Params` dataclass (its settings)")
-    _BACKENDS[name] = cls
+    _BACKENDS.add(name, cls)
     return cls
-
-
-def backend_names() -> list[str]:
-    return sorted(_BACKENDS)
-
-
-def get_backend(name: str) -> type:
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown index backend {name!r}; registered: {backend_names()}") from None
 
 
 def make_index(backend: str, dim: int, distance: str = "cosine", params: Any = None,

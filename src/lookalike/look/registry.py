@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lookalike.plugins import Registry
+
 
 @dataclass(frozen=True)
 class DetectorEntry:
@@ -16,25 +18,18 @@ class DetectorEntry:
     description: str
 
 
-_DETECTORS: dict[str, DetectorEntry] = {}
+_DETECTORS: Registry[DetectorEntry] = Registry("garment detector")
+detector_names = _DETECTORS.names
 
 
 def register_detector(name: str, description: str):
     """Decorator: register ``factory`` under ``name`` (replacing an earlier one of that name)."""
     def wrap(factory):
-        _DETECTORS[name] = DetectorEntry(name, factory, description)
+        _DETECTORS.add(name, DetectorEntry(name, factory, description))
         return factory
     return wrap
 
 
-def detector_names() -> list[str]:
-    return sorted(_DETECTORS)
-
-
 def make_detector(name: str, settings):
-    try:
-        entry = _DETECTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown garment detector {name!r}; registered: "
-                         f"{detector_names()}") from None
-    return entry.factory(settings)
+    """The detector ``name`` made from the look settings (``LookSettings.as_limits()``)."""
+    return _DETECTORS.get(name).factory(settings)

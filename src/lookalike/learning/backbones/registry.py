@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lookalike.plugins import Registry
+
 
 @dataclass(frozen=True)
 class Backbone:
@@ -16,23 +18,14 @@ class Backbone:
     description: str
 
 
-_BACKBONES: dict[str, Backbone] = {}
+_BACKBONES: Registry[Backbone] = Registry("backbone")
+backbone_names = _BACKBONES.names
+get_backbone = _BACKBONES.get
 
 
 def register_backbone(name: str, description: str):
     """Decorator: register ``builder`` under ``name`` (replacing an earlier one of that name)."""
     def wrap(builder):
-        _BACKBONES[name] = Backbone(name, builder, description)
+        _BACKBONES.add(name, Backbone(name, builder, description))
         return builder
     return wrap
-
-
-def backbone_names() -> list[str]:
-    return sorted(_BACKBONES)
-
-
-def get_backbone(name: str) -> Backbone:
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; registered: {backbone_names()}") from None
