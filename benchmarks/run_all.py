@@ -54,8 +54,11 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
         # Issue 20: shop the look's detector on the shared clothing photos (needs the [look]
         # extra and ../shared).
         ("look", ["benchmarks.bench_look"]),
-        # Needs ../shared/datasets/clothing-photos (exits with a message without it).
-        ("photos", ["benchmarks.bench_photos", "--home", str(Path(home) / "photos")]),
+        # Issue 20: shop the look on composites of the shared photos, and its REST latency.
+        ("look_outfits", ["benchmarks.bench_look_outfits", "--rest", "100"]),
+        # Issue 21: the shop photos, 5-fold cross-validated (needs
+        # ../shared/datasets/clothing-photos; exits with a message without it).
+        ("photos_cv", ["benchmarks.bench_photos_cv", "--home", str(Path(home) / "photos_cv")]),
     ]
 
 

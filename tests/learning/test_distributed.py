@@ -25,6 +25,32 @@ def test_resume_from_checkpoint_continues_at_the_next_epoch(catalogue, tmp_path)
     assert second["probe_loss_before"] == pytest.approx(first["probe_loss_after"], rel=1e-4)
 
 
+def test_proxy_term_trains_resumes_and_exports_through_the_one_loop(catalogue, tmp_path):
+    """model.proxy_weight through train_embedding: the proxies are sized by the spec's label
+    ids, restored on resume, and the exported model is the same embedding network."""
+    import dataclasses
+
+    from lookalike.learning.data import label_count
+    from lookalike.learning.distributed import train_embedding
+    from lookalike.learning.model import PROXIES_LAYER, load_embedding_model
+    from lookalike.learning.training import save_trained
+
+    settings, spec = catalogue
+    proxy = settings.replace(training={"steps_per_epoch": 4, "epochs": 1},
+                             model={"proxy_weight": 1.0})
+    first = train_embedding(dataclasses.asdict(proxy), spec.to_dict(), str(tmp_path / "c"),
+                            keep_model=True)
+    assert first["model"].get_layer(PROXIES_LAYER).proxies.shape[0] == label_count(spec)
+    assert np.isfinite(first["history"]["loss"]).all()
+    second = train_embedding(dataclasses.asdict(proxy.replace(training={"epochs": 2})),
+                             spec.to_dict(), str(tmp_path / "c"))
+    assert second["probe_loss_before"] == pytest.approx(first["probe_loss_after"], rel=1e-4)
+    saved = save_trained(proxy, spec, second["weights_path"], tmp_path / "model", "run")
+    vectors = load_embedding_model(saved).embed(
+        np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32))
+    assert vectors.shape[0] == 3 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_two_horovod_ranks_average_gradients(catalogue, spark, tmp_path):
     from lookalike.learning.distributed import run_training

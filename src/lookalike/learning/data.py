@@ -124,7 +124,8 @@ def split_dir(settings: Settings, split: str, version: int) -> Path:
 
 
 def load_split(spark, settings: Settings, split: str, version: int) -> SplitArrays:
-    """The whole ``split`` at ``version``, cached under LOOKALIKE_HOME as encoded images.
+    """The whole ``split`` at ``version`` (``"all"``: every split, e.g. for cross-validation),
+    cached under LOOKALIKE_HOME as encoded images.
 
     The bytes stream to disk one Spark partition at a time (``toLocalIterator``): the driver
     never holds the split, encoded or decoded.
@@ -133,7 +134,7 @@ def load_split(spark, settings: Settings, split: str, version: int) -> SplitArra
 
     directory = split_dir(settings, split, version)
     if not (directory / "done").exists():
-        frame, _ = read_products(spark, settings, (split,), version)
+        frame, _ = read_products(spark, settings, None if split == "all" else (split,), version)
         rows = frame.select("product_id", "category", group_column(frame),
                             "image").toLocalIterator()
         tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
@@ -173,6 +174,11 @@ def training_labels(split: SplitArrays, spec: "DataSpec") -> np.ndarray:
         return split.label_ids(spec.categories)
     lookup = {key: i for i, key in enumerate(spec.labels)}
     return np.array([lookup.get(key, -1) for key in product_keys(split)], dtype=np.int32)
+
+
+def label_count(spec: "DataSpec") -> int:
+    """How many label ids training can see: products with group labels, else categories."""
+    return len(spec.labels) if spec.label_column == "group" else len(spec.categories)
 
 
 def resolve_train_categories(settings: Settings, categories: Sequence[str]) -> tuple[str, ...]:

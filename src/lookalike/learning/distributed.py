@@ -78,7 +78,7 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
         model.load_weights(str(checkpoint_dir / state["weights"]))
         initial_epoch = int(state["epoch"])
 
-    loss_fn = make_loss(settings)
+    loss_fn = make_loss(settings, model)
     callbacks: list = []
     if hvd is not None:
         callbacks += [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
@@ -171,11 +171,12 @@ def training_phases(t) -> list[tuple[int, int, bool, float]]:
 def _built_model(settings, spec):
     import tensorflow as tf
 
+    from lookalike.learning.data import label_count
     from lookalike.learning.model import build_model, precision_policy
 
     tf.keras.utils.set_random_seed(settings.training.seed)  # same initial weights everywhere
     with precision_policy(settings.training.precision):
-        return build_model(settings, num_classes=len(spec.train_label_ids))
+        return build_model(settings, num_classes=label_count(spec))
 
 
 def _compile_phase(model, settings, size: int, hvd, backbone_trainable: bool, lr_scale: float,

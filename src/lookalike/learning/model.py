@@ -41,8 +41,9 @@ FEATURES_LAYER = "features"
 def build_model(settings: Settings, num_classes: int | None = None):
     """The (uncompiled) ``SimilarityModel`` for ``settings``.
 
-    ``num_classes`` is accepted for API symmetry (metric learning needs no class count; the
-    head size is ``model.embedding_size``). Compile with :func:`compile_model`.
+    ``num_classes`` (the number of label ids) is needed only with ``model.proxy_weight`` > 0:
+    the class proxies of the loss's softmax term live in the model (:func:`class_proxies`), so
+    they are trained, checkpointed and restored with it. Compile with :func:`compile_model`.
     """
     import tensorflow as tf
     from tensorflow_similarity.layers import MetricEmbedding
@@ -50,7 +51,6 @@ def build_model(settings: Settings, num_classes: int | None = None):
 
     from lookalike.learning.backbones import get_backbone
 
-    del num_classes
     backbone = get_backbone(settings.model.backbone)
     shape = (settings.image.size, settings.image.size, settings.image.channels)
     inputs = tf.keras.Input(shape=shape, dtype=tf.float32, name="images")
@@ -87,7 +87,40 @@ def build_model(settings: Settings, num_classes: int | None = None):
     # float32 output under any precision policy: the loss's similarities need the range.
     outputs = MetricEmbedding(settings.model.embedding_size, dtype="float32",
                               name="metric_embedding")(x)
+    if settings.model.proxy_weight > 0:
+        if not num_classes:
+            raise ValueError("model.proxy_weight > 0 needs the number of classes")
+        outputs = class_proxies(int(num_classes), dtype="float32", name=PROXIES_LAYER)(outputs)
     return SimilarityModel(inputs, outputs, name="lookalike")
+
+
+PROXIES_LAYER = "class_proxies"
+
+
+def class_proxies(num_classes: int, **kwargs):
+    """A ``ClassProxies`` layer: identity on the embedding that owns one learned proxy vector
+    per class, the weights of the loss's softmax term (:func:`make_loss`). Kept in the model so
+    the optimizer trains them and checkpoints hold them; not part of the served network."""
+    import tensorflow as tf
+
+    class ClassProxies(tf.keras.layers.Layer):
+        def __init__(self, num_classes: int, **kwargs):
+            super().__init__(**kwargs)
+            self.num_classes = num_classes
+
+        def build(self, input_shape):
+            self.proxies = self.add_weight(
+                name="proxies", shape=(self.num_classes, int(input_shape[-1])),
+                initializer=tf.keras.initializers.RandomNormal(stddev=1.0, seed=0),
+                trainable=True)
+
+        def call(self, inputs):
+            return inputs
+
+        def get_config(self):
+            return {**super().get_config(), "num_classes": self.num_classes}
+
+    return ClassProxies(num_classes, **kwargs)
 
 
 def embedding_network(model, settings: Settings):
@@ -105,7 +138,18 @@ def embedding_network(model, settings: Settings):
     else:
         served = tf.keras.layers.UnitNormalization(dtype="float32", name="features_l2")(
             model.get_layer(FEATURES_LAYER).output)
-    return tf.keras.Model(model.inputs, served, name=f"{model.name}_{settings.model.embedding_from}")
+    name = f"{model.name}_{settings.model.embedding_from}"
+    network = tf.keras.Model(model.inputs, served, name=name)
+    if not settings.model.test_time_flip:
+        return network
+    # Flip test-time augmentation: the unit mean of the image's and its mirror image's vectors.
+    images = tf.keras.Input(shape=tuple(model.inputs[0].shape[1:]), dtype=tf.float32,
+                            name="images")
+    mirrored = tf.keras.layers.Lambda(lambda x: tf.reverse(x, axis=[2]), name="mirror")(images)
+    both = tf.keras.layers.Add(dtype="float32", name="flip_sum")(
+        [network(images), network(mirrored)])
+    served = tf.keras.layers.UnitNormalization(dtype="float32", name="flip_l2")(both)
+    return tf.keras.Model(images, served, name=f"{name}_flip")
 
 
 @contextlib.contextmanager
@@ -154,18 +198,49 @@ def _sublayers(layer):
         yield from _sublayers(child)
 
 
-def make_loss(settings: Settings):
+def make_loss(settings: Settings, model=None):
+    """The Multi-Similarity loss, plus ``model.proxy_weight`` x the normalised-softmax term over
+    ``model``'s class proxies when that weight is > 0 (added to it, never replacing it)."""
+    import tensorflow as tf
     from tensorflow_similarity.losses import MultiSimilarityLoss
 
     m = settings.model
-    return MultiSimilarityLoss(distance=m.distance, alpha=m.loss_alpha, beta=m.loss_beta,
-                               epsilon=m.loss_epsilon, lmda=m.loss_lambda)
+    multi_similarity = MultiSimilarityLoss(distance=m.distance, alpha=m.loss_alpha,
+                                           beta=m.loss_beta, epsilon=m.loss_epsilon,
+                                           lmda=m.loss_lambda)
+    if m.proxy_weight <= 0:
+        return multi_similarity
+    if model is None:
+        raise ValueError("model.proxy_weight > 0: the loss needs the model's class proxies")
+    proxies = model.get_layer(PROXIES_LAYER).proxies
+
+    class MultiSimilarityWithProxies(tf.keras.losses.Loss):
+        """Per example: Multi-Similarity + weight x cross-entropy of scale x cosine(embedding,
+        class proxies). The proxy term pulls every class together around one point, which
+        the pair-based term alone does only within a batch."""
+
+        def call(self, y_true, y_pred):
+            labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+            embeddings = tf.cast(y_pred, tf.float32)
+            logits = m.proxy_scale * tf.matmul(tf.math.l2_normalize(embeddings, axis=1),
+                                               tf.math.l2_normalize(proxies, axis=1),
+                                               transpose_b=True)
+            softmax = tf.keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                      from_logits=True)
+            return multi_similarity.call(y_true, y_pred) + m.proxy_weight * softmax
+
+        def get_config(self):
+            return {**super().get_config(), **multi_similarity.get_config(),
+                    "proxy_weight": m.proxy_weight, "proxy_scale": m.proxy_scale}
+
+    return MultiSimilarityWithProxies(name="multi_similarity_with_proxies")
 
 
 def compile_model(model, settings: Settings, optimizer) -> None:
-    """Compile with Multi-Similarity loss. ``optimizer`` is used as given (Horovod passes its
-    DistributedOptimizer here, so that very object applies the averaged gradients)."""
-    model.compile(optimizer=optimizer, loss=make_loss(settings),
+    """Compile with the loss of :func:`make_loss`. ``optimizer`` is used as given (Horovod
+    passes its DistributedOptimizer here, so that very object applies the averaged
+    gradients)."""
+    model.compile(optimizer=optimizer, loss=make_loss(settings, model),
                   distance=settings.model.distance)
 
 

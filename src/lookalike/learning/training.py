@@ -75,17 +75,17 @@ def checkpoint_root(settings: Settings) -> Path:
 def save_trained(settings: Settings, spec, weights_path: str, directory: Path,
                  run_id: str) -> Path:
     """Rebuild the model, load rank 0's final weights and save the embedding SavedModel."""
-    from lookalike.learning.data import resolve_train_categories
+    from lookalike.learning.data import label_count, resolve_train_categories
     from lookalike.learning.model import (build_model, embedding_network, precision_policy,
                                           save_embedding_model)
 
-    model = build_model(settings)
+    model = build_model(settings, label_count(spec))
     model.load_weights(weights_path).expect_partial()
     mixed = None
     if settings.training.precision != "float32":
         # The same weights for GPU batch embedding (embedding.precision=mixed).
         with precision_policy(settings.training.precision):
-            mixed = build_model(settings)
+            mixed = build_model(settings, label_count(spec))
         mixed.load_weights(weights_path).expect_partial()
     info = {
         "backbone": settings.model.backbone, "distance": settings.model.distance,

