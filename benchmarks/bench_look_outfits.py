@@ -11,9 +11,10 @@ the mask says person, with her face, hair and the background around it. Two pain
 floor or wall it lay on), and ``fabric``, its central half only (the garment in her silhouette,
 its shape lost). The composite is saved as a JPEG, as a shopper's upload would be.
 
-Why it is fair: look on and look off answer the same composite; the query photos are never in
-the catalogue (a seeded fifth of the photos whose category the ``top`` garment maps to; the
-catalogue is every other photo, all categories); relevant = the garment photo's category. What
+Why it is fair: look on and look off answer the same composite; the query photos and their
+near-twins are never in the catalogue (a fifth of the near-twin components, by hash, give the
+queries: their photos whose category the ``top`` garment maps to; the catalogue is every photo
+outside those components, all categories); relevant = the garment photo's category. What
 it cannot say: only the **top** is measured (a waist-up portrait has no legs or feet; bottom and
 shoes regions are tested on synthetic landmarks only), the person is always the same one, and
 neither paint is a garment worn (the photo paint keeps its background, the fabric paint loses
@@ -61,6 +62,8 @@ def grace_hopper() -> bytes:
 # 1.0 the whole photo (the garment's shape, with the bed, floor or wall around it), 0.5 its
 # fabric only (the shared photos show a garment filling most of the frame).
 PAINTS = {"photo": 1.0, "fabric": 0.5}
+# Near-twins (bench_photos_cv's default): a query's twins are kept out of the catalogue.
+TWIN_THRESHOLD = 0.85
 
 
 def composite(person: Image.Image, box, mask: np.ndarray, garment: Image.Image,
@@ -87,11 +90,19 @@ def composite(person: Image.Image, box, mask: np.ndarray, garment: Image.Image,
     return out.getvalue()
 
 
-def query_rows(rows: list[dict], top_categories: set[str], fifth: int = 0) -> np.ndarray:
-    """A seeded fifth (by product id hash) of the photos whose category is a top's."""
-    return np.array([r["category"] in top_categories
-                     and int(hashlib.sha256(r["product_id"].encode()).hexdigest(), 16) % 5 == fifth
-                     for r in rows])
+def query_rows(rows: list[dict], components: np.ndarray, top_categories: set[str],
+               fifth: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, catalogue) masks: a fifth of the near-twin components (by a hash of their
+    first product id) give the queries, their photos whose category is a top's; the catalogue
+    is every photo outside those components, so no query meets its own twin there."""
+    first = {}
+    for row, component in zip(rows, components):
+        first.setdefault(component, row["product_id"])
+    chosen = {c for c, pid in first.items()
+              if int(hashlib.sha256(pid.encode()).hexdigest(), 16) % 5 == fifth}
+    in_chosen = np.array([c in chosen for c in components])
+    tops = np.array([r["category"] in top_categories for r in rows])
+    return in_chosen & tops, ~in_chosen
 
 
 def main(argv=None) -> int:
@@ -114,6 +125,7 @@ def main(argv=None) -> int:
         pretrained_lite,
         to_lite_input,
     )
+    from lookalike.learning.folds import twin_groups
     from lookalike.learning.metrics import retrieval_metrics
     from lookalike.look import make_detector
     from lookalike.look.regions import region_input
@@ -139,20 +151,27 @@ def main(argv=None) -> int:
 
     rows = [r for r in csv.DictReader(open(photos / "products.csv", encoding="utf-8"))]
     labels = np.array([r["category"] for r in rows])
-    is_query = query_rows(rows, top_categories)
-    size = args.size
-    inputs = tf.keras.Input((size, size, 3))
-    net = tf.keras.Model(inputs, pretrained_lite((size, size, 3), "imagenet",
-                                                 variant=args.variant)(to_lite_input(inputs)))
-
-    def embed(batch: list[np.ndarray]) -> np.ndarray:
-        out = np.concatenate([np.asarray(net(np.stack(batch[i:i + 64]), training=False))
-                              for i in range(0, len(batch), 64)])
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
     data = [(photos / r["path"]).read_bytes() for r in rows]
-    catalogue = embed([to_model_input(data[i], size, 3) for i in np.flatnonzero(~is_query)])
-    catalogue_labels = labels[~is_query]
+
+    def network(variant: str, size: int):
+        inputs = tf.keras.Input((size, size, 3))
+        net = tf.keras.Model(inputs, pretrained_lite((size, size, 3), "imagenet",
+                                                     variant=variant)(to_lite_input(inputs)))
+
+        def embed(batch: list[np.ndarray]) -> np.ndarray:
+            out = np.concatenate([np.asarray(net(np.stack(batch[i:i + 64]), training=False))
+                                  for i in range(0, len(batch), 64)])
+            return out / np.linalg.norm(out, axis=1, keepdims=True)
+        return embed
+
+    # Near-twins as bench_photos_cv finds them: frozen Lite0 at 224 px, cosine >= 0.85.
+    twins = twin_groups(network("lite0", 224)([to_model_input(d, 224, 3) for d in data]),
+                        TWIN_THRESHOLD)
+    is_query, in_catalogue = query_rows(rows, twins, top_categories)
+    size = args.size
+    embed = network(args.variant, size)
+    catalogue = embed([to_model_input(data[i], size, 3) for i in np.flatnonzero(in_catalogue)])
+    catalogue_labels = labels[in_catalogue]
     query_labels = labels[is_query]
     tops = np.isin(catalogue_labels, sorted(top_categories))
 
@@ -167,7 +186,7 @@ def main(argv=None) -> int:
     out: dict = {
         "benchmark": "look_outfits", "person": "Grace Hopper (matplotlib sample, public domain)",
         "garment": "top", "top_box": list(top.box), "queries": len(queries),
-        "catalogue": int((~is_query).sum()),
+        "catalogue": int(in_catalogue.sum()), "twin_threshold": TWIN_THRESHOLD,
         "vectors": f"frozen efficientnet_{args.variant} {size} px",
         "garment_photo": scores(embed([to_model_input(data[i], size, 3) for i in queries])),
         "paints": {}}

@@ -93,7 +93,8 @@ def embed_all(embed, images, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 def frozen_vectors(images, variant: str, size: int, cache: Path
                    ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Frozen ImageNet features (and of the mirror images), cached; and images/s."""
+    """Frozen ImageNet features (and of the mirror images), cached under ``cache`` (a folder
+    per catalogue: see main); and images/s."""
     import tensorflow as tf
 
     from lookalike.learning.backbones.efficientnet_lite import (
@@ -156,8 +157,11 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
                              threads=os.cpu_count(), keep_model=True)
     train_seconds = time.perf_counter() - started
     model = result["model"]
-    head = embedding_network(model, settings.replace(model={"embedding_from": "head"}))
-    features = embedding_network(model, settings.replace(model={"embedding_from": "features"}))
+    # Both vectors of one model, unflipped (the mirror images are embedded below).
+    head = embedding_network(model, settings.replace(
+        model={"embedding_from": "head", "test_time_flip": False}))
+    features = embedding_network(model, settings.replace(
+        model={"embedding_from": "features", "test_time_flip": False}))
     both = tf.keras.Model(model.inputs, [head.outputs[0], features.outputs[0]])
     started = time.perf_counter()
     images = all_split.x.at_size(size)
@@ -215,7 +219,10 @@ def main(argv=None) -> int:
     everything = load_split(spark, settings, "all", summary.table_version)
     labels = everything.labels
     categories = tuple(sorted(set(labels.tolist())))
-    cache = settings.home_path / "cv"
+    # Cached vectors belong to these rows of this table version, in this order.
+    catalogue_key = hashlib.sha256(json.dumps(
+        [int(summary.table_version), everything.product_ids.tolist()]).encode()).hexdigest()[:12]
+    cache = settings.home_path / "cv" / catalogue_key
     k = args.folds
     out: dict = {"photos": str(photos), "profile": args.profile, "cores": os.cpu_count(),
                  "n_photos": len(labels), "categories": len(categories), "folds": k,

@@ -45,6 +45,11 @@ def test_proxy_term_trains_resumes_and_exports_through_the_one_loop(catalogue, t
     second = train_embedding(dataclasses.asdict(proxy.replace(training={"epochs": 2})),
                              spec.to_dict(), str(tmp_path / "c"))
     assert second["probe_loss_before"] == pytest.approx(first["probe_loss_after"], rel=1e-4)
+    # Resuming on another label list (a changed catalogue) is refused, not silently mixed.
+    other = dataclasses.replace(spec, categories=tuple(reversed(spec.categories)))
+    with pytest.raises(ValueError, match="other labels"):
+        train_embedding(dataclasses.asdict(proxy.replace(training={"epochs": 3})),
+                        other.to_dict(), str(tmp_path / "c"))
     saved = save_trained(proxy, spec, second["weights_path"], tmp_path / "model", "run")
     vectors = load_embedding_model(saved).embed(
         np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32))

@@ -167,8 +167,11 @@ def test_proxy_term_is_added_to_the_multi_similarity_loss_and_trains_its_proxies
                                                                   keepdims=True)).T)
     logits -= logits.max(axis=1, keepdims=True)
     cross_entropy = -(logits[np.arange(6), y] - np.log(np.exp(logits).sum(axis=1)))
-    expected = float(np.mean(multi.call(tf.constant(y), embeddings).numpy() + 0.5 * cross_entropy))
-    got = float(make_loss(settings, model)(tf.constant(y), embeddings))
+    expected = float(np.mean(multi.call(tf.constant(y), embeddings).numpy().ravel()
+                             + 0.5 * cross_entropy))
+    loss = make_loss(settings, model)
+    assert loss.call(tf.constant(y), embeddings).shape == (6,)   # per example, no broadcast
+    got = float(loss(tf.constant(y), embeddings))
     assert got == pytest.approx(expected, rel=1e-4)
     assert got > float(multi(tf.constant(y), embeddings))
     # Off (the default): the Multi-Similarity loss itself, and no proxies in the model.

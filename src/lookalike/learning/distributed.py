@@ -74,7 +74,13 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     checkpoint_dir = Path(checkpoint_dir)
     state = read_state(checkpoint_dir)
     initial_epoch = 0
+    labels = labels_digest(spec)
     if state is not None:
+        # Class proxies (model.proxy_weight) belong to label ids: resuming on another label
+        # list would load them for other classes, silently when their count is the same.
+        if state.get("labels", labels) != labels:
+            raise ValueError(f"{checkpoint_dir} was trained on other labels (the catalogue's "
+                             "categories or products changed): start a new training run")
         model.load_weights(str(checkpoint_dir / state["weights"]))
         initial_epoch = int(state["epoch"])
 
@@ -84,7 +90,7 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
         callbacks += [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
                       hvd.callbacks.MetricAverageCallback()]
     if rank == 0:
-        callbacks.append(_EpochCheckpoint(checkpoint_dir))
+        callbacks.append(_EpochCheckpoint(checkpoint_dir, labels))
         callbacks.append(_Progress(t.epochs, steps, bar=not use_horovod))
         if mlflow_run_id:
             callbacks.append(_MlflowEpochLogger(mlflow_run_id, tracking_uri))
@@ -231,14 +237,23 @@ def _callback_base():
     return tf.keras.callbacks.Callback
 
 
-def _EpochCheckpoint(directory: Path):
+def labels_digest(spec) -> str:
+    """What a checkpoint's label ids mean: a digest of the label list training used."""
+    from lookalike.learning.data import label_count
+
+    names = spec.labels if spec.label_column == "group" else spec.categories
+    raw = json.dumps([spec.label_column, label_count(spec), list(names)])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _EpochCheckpoint(directory: Path, labels: str):
     class EpochCheckpoint(_callback_base()):
         def on_epoch_end(self, epoch, logs=None):
             name = f"epoch-{epoch + 1:04d}/ckpt"
             directory.mkdir(parents=True, exist_ok=True)
             self.model.save_weights(str(directory / name))
             tmp = directory / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps({"epoch": epoch + 1, "weights": name,
+            tmp.write_text(json.dumps({"epoch": epoch + 1, "weights": name, "labels": labels,
                                        "saved_at": time.time()}), encoding="utf-8")
             os.replace(tmp, directory / STATE_FILE)
 

