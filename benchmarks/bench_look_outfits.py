@@ -117,10 +117,13 @@ def main(argv=None) -> int:
 
     import csv
 
+    from lookalike.console import quiet_libraries
+
+    # Before TensorFlow is imported: its start-up lines go to the log, not the terminal.
+    quiet_libraries(Path(tempfile.gettempdir()) / "lookalike-bench-logs")
     import tensorflow as tf
 
     from lookalike.config import load_settings
-    from lookalike.console import quiet_libraries
     from lookalike.learning.backbones.efficientnet_lite import (
         pretrained_lite,
         to_lite_input,
@@ -136,7 +139,6 @@ def main(argv=None) -> int:
         raise SystemExit(f"bench_look_outfits: no clothing photos at {photos} (../shared is not "
                          "in a user's clone; pass --photos DIR with images/ and products.csv)")
     settings = load_settings("photos")
-    quiet_libraries(Path(tempfile.gettempdir()) / "lookalike-bench-logs")
     look, serving = settings.look, settings.serving
     detector = make_detector(look.detector, look.as_limits())
 
