@@ -126,3 +126,27 @@ def test_champion_names_the_training_run_jobs_refresh(packaged_model):
     empty = settings.replace(registry={"model_name": f"none-{uuid.uuid4().hex[:8]}"})
     with pytest.raises(ValueError, match="has no 'champion' yet"):
         resolve_run_id(empty, "champion")
+
+
+def test_registering_a_version_prints_nothing_on_the_terminal(packaged_model, capfd, tmp_path,
+                                                              monkeypatch):
+    """MLflow's "Successfully registered model ..." print goes to the log file, not the
+    terminal (issue 22: no third-party line outside LOOKALIKE_VERBOSE)."""
+    import mlflow
+
+    from lookalike.console import LOG_FILE_ENV
+    from lookalike.registry import register_version
+    from lookalike.tracking import configure_mlflow
+
+    log = tmp_path / "lookalike.log"
+    monkeypatch.setenv(LOG_FILE_ENV, str(log))
+    settings = packaged_model.settings.replace(
+        registry={"model_name": f"quiet-{uuid.uuid4().hex[:8]}"})
+    configure_mlflow(settings)
+    source = mlflow.MlflowClient().get_model_version(
+        packaged_model.settings.registry.model_name, str(packaged_model.version)).source
+    capfd.readouterr()
+    register_version(settings, source, {"training_run": "r"})
+    out, err = capfd.readouterr()
+    assert "Successfully registered" not in out + err, out + err
+    assert "Successfully registered" in log.read_text()

@@ -108,6 +108,18 @@ def log_stream() -> TextIO:
     return open(path, "a", encoding="utf-8") if path else sys.stderr  # noqa: SIM115
 
 
+@contextlib.contextmanager
+def library_output() -> Iterator[TextIO]:
+    """Where a library's own print()s go, for ``contextlib.redirect_stdout`` / ``_stderr``:
+    the log file (the terminal when verbose)."""
+    stream = log_stream()
+    try:
+        yield stream
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
+
+
 def progress_bar(total: int | None, description: str, unit: str = "it"):
     """A tqdm bar on the terminal (off when stderr is not one, e.g. in CI logs)."""
     from tqdm.auto import tqdm

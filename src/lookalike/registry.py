@@ -37,10 +37,16 @@ NO_CHAMPION = "none"
 def register_version(settings: Settings, model_uri: str, tags: dict[str, str]):
     """Register ``model_uri`` as a new version of ``registry.model_name`` with ``tags``
     (``training_run`` is what promotion reads) and point alias ``challenger`` at it."""
+    import contextlib
+
     import mlflow
 
+    from lookalike.console import library_output
+
     name = settings.registry.model_name
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    # MLflow print()s "Successfully registered model ..." to stderr: to the log, not the terminal.
+    with library_output() as stream, contextlib.redirect_stderr(stream):
+        version = mlflow.register_model(model_uri, name, tags=tags)
     client = mlflow.MlflowClient()
     for key, value in tags.items():  # some registries ignore tags= on register_model
         client.set_model_version_tag(name, version.version, key, value)

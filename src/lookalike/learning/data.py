@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from lookalike.config import Settings
+from lookalike.console import library_output
 from lookalike.learning.encoded import EncodedImages, take, write_encoded
 
 # Bumped when the cache's layout changes, so an old cache is never read as a new one.
@@ -317,7 +317,7 @@ def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int 
         # The sampler holds row numbers; each sampled row is decoded when its batch is formed.
         x, load = np.arange(len(images)), images.__getitem__
     # Its constructor print()s a banner ("The initial batch size is ..."): to the log file.
-    with _library_output() as stream, contextlib.redirect_stdout(stream):
+    with library_output() as stream, contextlib.redirect_stdout(stream):
         return MultiShotMemorySampler(
             x, y, load_example_fn=load,
             classes_per_batch=min(t.classes_per_batch, len(classes)),
@@ -325,19 +325,6 @@ def memory_sampler(spec: DataSpec, settings: Settings, rank: int = 0, size: int 
             # warmup=0: its default (-1) counts as a warm-up, and its end is a bare print()
             # ("Warmup complete") on the terminal after the first epoch.
             class_list=classes, warmup=0)
-
-
-@contextlib.contextmanager
-def _library_output():
-    """Where a library's own print()s go: the log file (the terminal when verbose)."""
-    from lookalike.console import log_stream
-
-    stream = log_stream()
-    try:
-        yield stream
-    finally:
-        if stream is not sys.stderr:
-            stream.close()
 
 
 def balanced_batches(dataset, image_shape: Sequence[int], classes_per_batch: int,
