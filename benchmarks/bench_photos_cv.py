@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.learning.folds import mean_se, stratified_group_folds, twin_groups
+from lookalike.vectors import l2_normalise
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-photos"
 METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "map_at_r")
@@ -77,10 +78,6 @@ def fold_scores(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, k: in
     return [fold_score(vectors, labels, fold, f, transform) for f in range(k)]
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def embed_all(embed, images, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(vectors, vectors of the mirror images) of every image, a batch at a time."""
     plain, mirrored = [], []
@@ -88,7 +85,7 @@ def embed_all(embed, images, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(images[start:start + batch])
         plain.append(np.asarray(embed(x)))
         mirrored.append(np.asarray(embed(x[:, :, ::-1, :].copy())))
-    return unit(np.concatenate(plain)), unit(np.concatenate(mirrored))
+    return l2_normalise(np.concatenate(plain)), l2_normalise(np.concatenate(mirrored))
 
 
 def frozen_vectors(images, variant: str, size: int, cache: Path
@@ -173,8 +170,8 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
             h.append(np.asarray(out[0]))
             f.append(np.asarray(out[1]))
     # Batches alternate plain / mirrored.
-    h_plain, h_mirror = unit(np.concatenate(h[0::2])), unit(np.concatenate(h[1::2]))
-    f_plain, f_mirror = unit(np.concatenate(f[0::2])), unit(np.concatenate(f[1::2]))
+    h_plain, h_mirror = l2_normalise(np.concatenate(h[0::2])), l2_normalise(np.concatenate(h[1::2]))
+    f_plain, f_mirror = l2_normalise(np.concatenate(f[0::2])), l2_normalise(np.concatenate(f[1::2]))
     timing = {"train_seconds": round(train_seconds, 1),
               "train_images_per_second": round(result["images"] / max(result["seconds"], 1e-9), 1),
               "embed_images_per_second": round(2 * len(images) / (time.perf_counter() - started), 1),
@@ -255,7 +252,7 @@ def main(argv=None) -> int:
         name = f"frozen_{variant}_{size}"
         rates[name] = round(rate, 1)
         methods[name] = fold_scores(plain, labels, fold, k)
-        methods[name + "_flip"] = fold_scores(unit(plain + mirrored), labels, fold, k)
+        methods[name + "_flip"] = fold_scores(l2_normalise(plain + mirrored), labels, fold, k)
         say(f"{name}: {summarise(methods[name])} flip {summarise(methods[name + '_flip'])}")
     out["frozen_embed_images_per_second"] = rates
     frozen = {n: v for n, v in methods.items() if n.startswith("frozen_")}
@@ -263,7 +260,7 @@ def main(argv=None) -> int:
     out["strongest_frozen"] = strongest
     variant, size = strongest.split("_")[1:3]
     plain, mirrored, _ = frozen_vectors(everything.x, variant, int(size), cache)
-    vectors = unit(plain + mirrored) if strongest.endswith("_flip") else plain
+    vectors = l2_normalise(plain + mirrored) if strongest.endswith("_flip") else plain
     out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k)),
                           "note": "the same method on folds that ignore near-twins: what "
                                   "leaking them into the catalogue adds"}
@@ -285,8 +282,8 @@ def main(argv=None) -> int:
             work = cache / f"fold-{f}-k{k}-s{args.seed}-{recipe}-{members}"
             h, hm, ft, fm, timing = finetune_fold(settings, everything, rows, categories, work)
             timings.append(timing)
-            for name, vec in (("head", h), ("head_flip", unit(h + hm)),
-                              ("features", ft), ("features_flip", unit(ft + fm))):
+            for name, vec in (("head", h), ("head_flip", l2_normalise(h + hm)),
+                              ("features", ft), ("features_flip", l2_normalise(ft + fm))):
                 tuned.setdefault(f"finetuned_{name}", []).append(
                     fold_score(vec, labels, fold, f))
             say(f"fold {f}: {timing} head {tuned['finetuned_head'][-1]} "
