@@ -121,13 +121,8 @@ def main(argv=None) -> int:
 
     # Before TensorFlow is imported: its start-up lines go to the log, not the terminal.
     quiet_libraries(Path(tempfile.gettempdir()) / "lookalike-bench-logs")
-    import tensorflow as tf
-
     from lookalike.config import load_settings
-    from lookalike.learning.backbones.efficientnet_lite import (
-        pretrained_lite,
-        to_lite_input,
-    )
+    from lookalike.learning.backbones.efficientnet_lite import lite_features
     from lookalike.learning.folds import twin_groups
     from lookalike.learning.metrics import retrieval_metrics
     from lookalike.look import make_detector
@@ -156,9 +151,7 @@ def main(argv=None) -> int:
     data = [(photos / r["path"]).read_bytes() for r in rows]
 
     def network(variant: str, size: int):
-        inputs = tf.keras.Input((size, size, 3))
-        net = tf.keras.Model(inputs, pretrained_lite((size, size, 3), "imagenet",
-                                                     variant=variant)(to_lite_input(inputs)))
+        net = lite_features(variant, (size, size, 3), "imagenet")
 
         def embed(batch: list[np.ndarray]) -> np.ndarray:
             out = np.concatenate([np.asarray(net(np.stack(batch[i:i + 64]), training=False))

@@ -92,20 +92,13 @@ def frozen_vectors(images, variant: str, size: int, cache: Path
                    ) -> tuple[np.ndarray, np.ndarray, float]:
     """Frozen ImageNet features (and of the mirror images), cached under ``cache`` (a folder
     per catalogue: see main); and images/s."""
-    import tensorflow as tf
-
-    from lookalike.learning.backbones.efficientnet_lite import (
-        pretrained_lite,
-        to_lite_input,
-    )
+    from lookalike.learning.backbones.efficientnet_lite import lite_features
 
     path = cache / f"frozen_{variant}_{size}.npz"
     if path.exists():
         saved = np.load(path)
         return saved["plain"], saved["mirrored"], float(saved["rate"])
-    inputs = tf.keras.Input((size, size, 3))
-    net = tf.keras.Model(inputs, pretrained_lite((size, size, 3), "imagenet",
-                                                 variant=variant)(to_lite_input(inputs)))
+    net = lite_features(variant, (size, size, 3), "imagenet")
     started = time.perf_counter()
     plain, mirrored = embed_all(lambda x: net(x, training=False), images.at_size(size))
     rate = 2 * len(plain) / (time.perf_counter() - started)

@@ -306,15 +306,20 @@ def to_lite_input(inputs):
     return tf.keras.layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="to_lite")(inputs)
 
 
-def _lite_backbone(variant: str, input_shape: tuple[int, int, int], settings: Settings):
-    """:func:`to_lite_input`, then the network's 1280 pooled features."""
+def lite_features(variant: str, input_shape: tuple[int, int, int], weights: str | None):
+    """Our [0, 1] images -> :func:`to_lite_input` -> the ``variant`` network's 1280 pooled
+    features (the backbone; also the frozen-features baseline of the benchmarks)."""
     import tensorflow as tf
 
+    inputs = tf.keras.Input(shape=input_shape)
+    net = pretrained_lite(input_shape, weights, variant=variant)
+    return tf.keras.Model(inputs, net(to_lite_input(inputs)), name=f"efficientnet_{variant}_backbone")
+
+
+def _lite_backbone(variant: str, input_shape: tuple[int, int, int], settings: Settings):
     if input_shape[-1] != 3:
         raise ValueError(f"efficientnet_{variant} needs image.channels = 3")
-    inputs = tf.keras.Input(shape=input_shape)
-    net = pretrained_lite(input_shape, settings.model.pretrained_weights, variant=variant)
-    return tf.keras.Model(inputs, net(to_lite_input(inputs)), name=f"efficientnet_{variant}_backbone")
+    return lite_features(variant, input_shape, settings.model.pretrained_weights)
 
 
 @register_backbone("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights offline (photos)")
