@@ -25,13 +25,18 @@ app: setup
 		--client.toolbarMode minimal \
 		--server.maxUploadSize $$(( ($${LOOKALIKE_MAX_UPLOAD_BYTES:-10000000} + 999999) / 1000000 ))
 
+# Two pytest-xdist workers: the two rehearsals start first, one each, and the tests sharing the
+# packaged model stay on one worker (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # The suite without the tests marked slow (real training runs, Horovod, tuning): a quick check
 # while editing; CI runs `make test`.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 # Every benchmark, each in its own process; results to benchmarks/results/ (BENCHMARKS.md).
 benchmarks: setup
