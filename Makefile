@@ -25,8 +25,8 @@ app: setup
 		--client.toolbarMode minimal \
 		--server.maxUploadSize $$(( ($${LOOKALIKE_MAX_UPLOAD_BYTES:-10000000} + 999999) / 1000000 ))
 
-# Two pytest-xdist workers: the two rehearsals start first, one each, and the tests sharing the
-# packaged model stay on one worker (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+# Two pytest-xdist workers: the two rehearsals start first, one on each (tests/conftest.py).
+# TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 

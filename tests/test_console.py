@@ -37,3 +37,12 @@ def test_line_router_keeps_progress_lines_only():
     router.write("ise 2\n  [train] epoch 2/2\n")
     assert keep.getvalue() == "[train] epoch 1/2: loss 0.5\n  [train] epoch 2/2\n"
     assert rest.getvalue() == "noise 1\nnoise 2\n"
+
+
+def test_timed_says_one_line_with_the_seconds_when_the_block_ends(capsys):
+    from lookalike.console import timed
+
+    with timed("evaluate", "catalogue: 3 images embedded"):
+        assert capsys.readouterr().err == ""  # nothing before the work is done
+    line = capsys.readouterr().err
+    assert line.startswith("[evaluate] catalogue: 3 images embedded in ") and line.endswith("s\n")

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -28,6 +29,14 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def say(tag: str, message: str) -> None:
     """One progress line on the terminal: ``[tag] message``."""
     print(f"[{tag}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def timed(tag: str, what: str) -> Iterator[None]:
+    """Say ``[tag] what in N.Ns`` when the block ends: one line per part of a long step."""
+    tic = time.perf_counter()
+    yield
+    say(tag, f"{what} in {time.perf_counter() - tic:.1f}s")
 
 
 def quiet_environment(environ: dict | None = None) -> None:

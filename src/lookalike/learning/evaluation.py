@@ -30,6 +30,7 @@ Metric names: ``a_recall_at_{k}``, ``a_map_at_r``, ``val_a_...``, ``b_...``, ``p
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.config import Settings
-from lookalike.console import say
+from lookalike.console import say, timed
 from lookalike.learning.data import SplitArrays, product_keys
 from lookalike.learning.encoded import EncodedImages, map_chunks
 from lookalike.vectors import exact_knn, prepare
@@ -151,10 +152,12 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
             per_class[prefix.rstrip("_")] = report.per_class
 
     def run(prefix: str, query_vectors, queries: SplitArrays, catalogue_vectors, dist: str):
-        record(prefix, score(prefix, query_vectors, queries, catalogue_vectors, dist))
+        with timed("evaluate", f"{prefix.rstrip('_')}: {len(queries):,} queries"):
+            record(prefix, score(prefix, query_vectors, queries, catalogue_vectors, dist))
 
     if embed is not None:
-        catalogue = map_chunks(embed, train.x)
+        with timed("evaluate", f"catalogue: {len(train):,} images embedded"):
+            catalogue = map_chunks(embed, train.x)
         if len(a_queries):
             run("a_", map_chunks(embed, a_queries.x), a_queries, catalogue, distance)
         if val is not None and len(val):
@@ -166,7 +169,8 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
             run("product_", map_chunks(embed, product_queries.x), product_queries, catalogue,
                 distance)
         if out_dir is not None and len(a_queries):
-            plots += _plots(settings, embed, a_queries, train, catalogue, Path(out_dir))
+            with timed("evaluate", "plots"):
+                plots += _plots(settings, embed, a_queries, train, catalogue, Path(out_dir))
     if embed_unseen is not None and embed_unseen is not embed and len(b_queries):
         run("b_", map_chunks(embed_unseen, b_queries.x), b_queries,
             map_chunks(embed_unseen, train.x), distance)
@@ -176,6 +180,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
                                 ("baseline_product_", product_queries)):
             if not len(queries):
                 continue
+            tic = time.perf_counter()
             query_pixels = baseline_vectors(queries.x)
             # Each variant on a seeded sample of the queries (MAP@R ranks whole classes: each
             # full scoring took about a minute on Fashion-MNIST), the strongest on all of them.
@@ -195,6 +200,8 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
                    score(prefix, variant(query_pixels, pixels), queries,
                          variant(pixels, pixels), "cosine"))
             metrics[f"{prefix}variant"] = float(list(PIXEL_BASELINES).index(strongest))
+            say("evaluate", f"{prefix.rstrip('_')} ({strongest}): {len(queries):,} queries "
+                            f"in {time.perf_counter() - tic:.1f}s")
     return {"metrics": metrics, "per_class": per_class, "plots": plots}
 
 
