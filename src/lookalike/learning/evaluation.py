@@ -152,7 +152,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
             per_class[prefix.rstrip("_")] = report.per_class
 
     def run(prefix: str, query_vectors, queries: SplitArrays, catalogue_vectors, dist: str):
-        with timed("evaluate", f"{prefix.rstrip('_')}: {len(queries):,} queries"):
+        with timed("evaluate", f"{prefix.rstrip('_')}: {len(queries):,} queries scored"):
             record(prefix, score(prefix, query_vectors, queries, catalogue_vectors, dist))
 
     if embed is not None:
@@ -283,7 +283,8 @@ def evaluate_and_log(settings: Settings, spark, version: int, model, unseen_mode
     and log everything to the active MLflow run; returns the metrics dict."""
     import mlflow
 
-    train, val, test = load_eval_splits(spark, settings, version)
+    with timed("evaluate", "splits loaded"):
+        train, val, test = load_eval_splits(spark, settings, version)
     problem = unseen_problem(settings.evaluation.unseen_categories, np.unique(train.labels))
     if problem and settings.evaluation.unseen_categories:
         say("evaluate", problem)
