@@ -34,6 +34,15 @@ def test_ties_beyond_k_go_to_the_lower_rows():
     assert (i == np.arange(5)).all()
 
 
+def test_negative_zero_distance_is_nearest_like_zero():
+    """The top-k sorts a distance's float bits: -0.0 (sign bit set) must still come first."""
+    from lookalike.vectors import _top_k_rows
+
+    d = np.array([[0.5, -0.0, 0.0, 1.0, 0.25]], dtype=np.float32)
+    assert _top_k_rows(d, 3).tolist() == [[1, 2, 4]]
+    assert _top_k_rows(d, 5).tolist() == [[1, 2, 4, 0, 3]]
+
+
 def test_prepare_checks_shape_and_values():
     assert prepare(np.ones(4), "cosine", 4, allow_1d=True).shape == (1, 4)
     with pytest.raises(ValueError, match="shape"):

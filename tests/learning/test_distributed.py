@@ -156,3 +156,32 @@ def test_gpu_task_slots_bound_horovod_processes():
     assert gpu_task_slots(executors=1, gpus_per_executor=1, gpus_per_task=1) == 1
     assert gpu_task_slots(executors=2, gpus_per_executor=4, gpus_per_task=1) == 8
     assert gpu_task_slots(executors=2, gpus_per_executor=1, gpus_per_task=0.5) == 4
+
+
+def test_a_sampler_is_fed_to_fit_as_the_same_batches_without_autotuning():
+    """Issue 22: Keras' own wrapping of a Sequence autotunes, and its tuning thread held tuning
+    trials for ~35 s at the end of fit. The replacement yields the sampler's batches, in order,
+    epoch after epoch, with autotuning off; a tf.data pipeline passes through unchanged."""
+    import tensorflow as tf
+
+    from lookalike.learning.distributed import _sequence_dataset
+
+    class Batches:  # a Sequence's protocol, as MultiShotMemorySampler has it
+        calls = 0
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            Batches.calls += 1
+            return (np.full((4, 2, 2, 1), Batches.calls, np.float32),
+                    np.arange(4, dtype=np.int32) + Batches.calls)
+
+    x, y = Batches()[0]
+    dataset = _sequence_dataset(Batches(), x, y)
+    assert dataset.options().autotune.enabled is False
+    seen = [(int(bx[0, 0, 0, 0]), by.numpy().tolist()) for bx, by in dataset.take(7)]
+    assert [s[0] for s in seen] == list(range(2, 9))  # 7 draws, more than one pass of 3
+    assert seen[0][1] == [2, 3, 4, 5] and seen[0][1][0] == seen[0][0]
+    stream = tf.data.Dataset.range(3)
+    assert _sequence_dataset(stream, x, y) is stream

@@ -67,7 +67,8 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
         evaluation={"generalisation": True, "unseen_categories": ["Coat", "Bag"]},
         tuning={"search_space_file": str(space_file), "epochs": 1, "objective": "b",
                 "validation_categories": ["Shirt", "Sneaker"],
-                "max_validation_queries": 50, "exclude_from_training": ["steps_per_epoch"]})
+                "max_validation_queries": 50, "max_catalogue_items": 60,
+                "exclude_from_training": ["steps_per_epoch"]})
     ingest_fashion_mnist(spark, settings, limit_per_split=400)
 
     result = tune(settings, max_evals=2, parallelism=2)
@@ -85,6 +86,8 @@ def test_spark_trials_run_in_parallel_as_nested_runs_and_pick_best_val_map(
         assert len(trained_on) == 6 and not trained_on & {"Coat", "Bag", "Shirt", "Sneaker"}
         # 40 val items over 10 classes: the Shirt and Sneaker ones only.
         assert 2 <= child.data.metrics["val_n_queries"] <= 20
+        # Every trial searched the same seeded 60 of the train split (tuning.max_catalogue_items).
+        assert child.data.metrics["val_catalogue_items"] == 60
     # The two trials overlapped in time: SparkTrials ran them concurrently.
     (s0, e0), (s1, e1) = [(c.info.start_time, c.info.end_time) for c in children]
     assert s0 < e1 and s1 < e0
@@ -182,6 +185,22 @@ def test_trials_of_a_fine_tuning_profile_fine_tune():
     assert 1 <= schedule["warmup_epochs"] < schedule["epochs"]
     longer = photos.replace(tuning={"epochs": 6})  # 2 of 12 warm up: 1 of 6
     assert trial_schedule(longer) == {"epochs": 6, "warmup_epochs": 1}
-    assert trial_schedule(load_settings("quick"))["warmup_epochs"] == 0  # nothing to fine-tune
+    quick = load_settings("quick")
+    assert trial_schedule(quick)["warmup_epochs"] == 0  # nothing to fine-tune
     with pytest.raises(ConfigError, match="tuning.epochs"):
         photos.replace(tuning={"epochs": 1})
+
+
+def test_cheaper_trials_take_their_own_steps_per_epoch():
+    """Issue 22: the quick profile's trials are shorter than its training epochs; 0 keeps the
+    training's steps, and a negative value is refused with its key named."""
+    from lookalike.config import ConfigError, load_settings
+    from lookalike.learning.tuning import trial_schedule
+
+    quick = load_settings("quick")
+    assert 0 < quick.tuning.steps_per_epoch < quick.training.steps_per_epoch
+    assert trial_schedule(quick)["steps_per_epoch"] == quick.tuning.steps_per_epoch
+    assert "steps_per_epoch" not in trial_schedule(quick.replace(tuning={"steps_per_epoch": 0}))
+    for key in ("steps_per_epoch", "max_catalogue_items"):
+        with pytest.raises(ConfigError, match=f"tuning.{key}"):
+            quick.replace(tuning={key: -1})

@@ -102,13 +102,14 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
         digest = hashlib.sha256(np.asarray(probe_y).tobytes()
                                 + np.asarray(probe_x)[:, ::7].tobytes()).hexdigest()[:16]
         before = _probe_loss(model, loss_fn, probe_x, probe_y)
+        fit_input = _sequence_dataset(batches, probe_x, probe_y)
         history: dict[str, list[float]] = {}
         for start, end, backbone_trainable, lr_scale in training_phases(t):
             _compile_phase(model, settings, size, hvd, backbone_trainable, lr_scale,
                            decay_steps=(end - start) * steps)
             if end <= initial_epoch:
                 continue
-            fit = model.fit(batches, epochs=end, initial_epoch=max(start, initial_epoch),
+            fit = model.fit(fit_input, epochs=end, initial_epoch=max(start, initial_epoch),
                             steps_per_epoch=steps, callbacks=callbacks, verbose=0)
             for k, vs in fit.history.items():
                 history.setdefault(k, []).extend(float(v) for v in vs)
@@ -228,6 +229,33 @@ def _probe_batch(batches):
     else:
         x, y = next(iter(batches.take(1)))
     return np.asarray(x, dtype=np.float32), np.asarray(y)
+
+
+def _sequence_dataset(batches, x, y):
+    """A batch sampler (a Keras Sequence) as an endless tf.data pipeline without autotuning;
+    a tf.data pipeline as it is.
+
+    Keras wraps a Sequence in ``from_generator`` + ``prefetch(AUTOTUNE)``; at the end of
+    ``fit`` that pipeline's autotuning thread held the process for up to ~35 s in tuning
+    trials (a Python stack of every trial showed it waiting in the iterator's destructor;
+    issue 22). The batches are the same: the sampler's, drawn in the same order.
+    """
+    import tensorflow as tf
+
+    if not (hasattr(batches, "__getitem__") and hasattr(batches, "__len__")):
+        return batches
+
+    def endless():
+        while True:
+            for i in range(len(batches)):
+                yield batches[i]
+
+    signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32),
+                 tf.TensorSpec((None, *y.shape[1:]), tf.as_dtype(y.dtype)))
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return (tf.data.Dataset.from_generator(endless, output_signature=signature).prefetch(1)
+            .with_options(options))
 
 
 def _callback_base():

@@ -96,7 +96,8 @@ def unseen_problem(configured, categories) -> str | None:
     return None
 
 
-def _sample(n: int, limit: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted row numbers of a seeded sample of ``limit`` of ``n`` rows (all when n <= limit)."""
     if n <= limit:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
@@ -129,12 +130,12 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
     per_class: dict[str, pd.DataFrame] = {}
     plots: list[Path] = []
 
-    a_rows = _sample(len(test), ev.max_queries, seed)
+    a_rows = sample_rows(len(test), ev.max_queries, seed)
     a_queries = test.subset(a_rows)
     unseen = set(ev.unseen_categories)
     b_mask = np.isin(test.labels, list(unseen))
     b_rows = np.flatnonzero(b_mask)
-    b_rows = b_rows[_sample(len(b_rows), ev.max_queries, seed + 1)]
+    b_rows = b_rows[sample_rows(len(b_rows), ev.max_queries, seed + 1)]
     b_queries = test.subset(b_rows)
     product_queries = _same_product_queries(train, test, ev.max_queries, seed + 3)
 
@@ -161,7 +162,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
         if len(a_queries):
             run("a_", map_chunks(embed, a_queries.x), a_queries, catalogue, distance)
         if val is not None and len(val):
-            val_queries = val.subset(_sample(len(val), ev.max_queries, seed + 2))
+            val_queries = val.subset(sample_rows(len(val), ev.max_queries, seed + 2))
             run("val_a_", map_chunks(embed, val_queries.x), val_queries, catalogue, distance)
         if embed_unseen is embed and len(b_queries):
             run("b_", map_chunks(embed, b_queries.x), b_queries, catalogue, distance)
@@ -185,7 +186,7 @@ def evaluate_embedders(settings: Settings, train: SplitArrays, test: SplitArrays
             # Each variant on a seeded sample of the queries (MAP@R ranks whole classes: each
             # full scoring took about a minute on Fashion-MNIST), the strongest on all of them.
             # Chosen on the figures it reports, which can only favour the baseline.
-            chosen = _sample(len(queries), baseline_choice_queries or len(queries), seed + 4)
+            chosen = sample_rows(len(queries), baseline_choice_queries or len(queries), seed + 4)
             sample = queries.subset(chosen)
             reports = {name: score(prefix, variant(query_pixels[chosen], pixels), sample,
                                    variant(pixels, pixels), "cosine")
@@ -212,7 +213,7 @@ def _same_product_queries(train: SplitArrays, test: SplitArrays, limit: int,
     if not (train.has_groups and test.has_groups):
         return test.subset(np.zeros(0, dtype=int))
     grouped = np.flatnonzero((test.groups != "") & np.isin(test.groups, train.groups))
-    return test.subset(grouped[_sample(len(grouped), limit, seed)])
+    return test.subset(grouped[sample_rows(len(grouped), limit, seed)])
 
 
 def _plots(settings: Settings, embed: Embedder, queries: SplitArrays, train: SplitArrays,
@@ -233,7 +234,7 @@ def _plots(settings: Settings, embed: Embedder, queries: SplitArrays, train: Spl
     neighbours = np.asarray(train.x[top.ravel()]).reshape(*top.shape, *query_images.shape[1:])
     grid = plot_neighbour_grid(query_images, neighbours, train.labels[top],
                                q.labels, out_dir / "neighbours.png")
-    sample = _sample(len(queries), 2000, settings.training.seed)
+    sample = sample_rows(len(queries), 2000, settings.training.seed)
     projection = plot_projection(map_chunks(embed, queries.subset(sample).x),
                                  queries.labels[sample], out_dir / "projection.png")
     return [grid, projection]

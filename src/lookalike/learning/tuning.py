@@ -55,13 +55,16 @@ def trial_schedule(settings: Settings) -> dict[str, int]:
     profile's own schedule, so a profile that fine-tunes its backbone is tuned fine-tuning (at
     least one epoch of each), never on a frozen backbone whose parameters it then ships."""
     epochs, warmup = settings.tuning.epochs, settings.training.warmup_epochs
+    # Shorter trial epochs (tuning.steps_per_epoch) make cheaper trials: the quick profile's.
+    steps = {"steps_per_epoch": settings.tuning.steps_per_epoch} if (
+        settings.tuning.steps_per_epoch) else {}
     if warmup <= 0:
-        return {"epochs": epochs, "warmup_epochs": 0}
+        return {"epochs": epochs, "warmup_epochs": 0, **steps}
     if epochs < 2:
         raise ValueError("tuning.epochs must be >= 2 when training.warmup_epochs > 0: a trial "
                          "needs an epoch of head-only training and one of fine-tuning")
     share = round(warmup * epochs / settings.training.epochs)
-    return {"epochs": epochs, "warmup_epochs": min(max(1, share), epochs - 1)}
+    return {"epochs": epochs, "warmup_epochs": min(max(1, share), epochs - 1), **steps}
 
 
 def startup_trials(max_evals: int) -> int:
@@ -165,6 +168,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
     from lookalike.learning.data import DataSpec, read_split_dir
     from lookalike.learning.distributed import train_embedding
     from lookalike.learning.encoded import map_chunks
+    from lookalike.learning.evaluation import sample_rows
     from lookalike.learning.metrics import retrieval_metrics
     from lookalike.learning.model import embedding_network
     from lookalike.learning.params import apply_params
@@ -172,7 +176,10 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
 
     params = clean_params(params)
     base = settings_from_dict(settings_dict)
-    settings = apply_params(base, params).replace(training=trial_schedule(base))
+    # A steps_per_epoch searched as a budget knob (exclude_from_training) wins over the setting.
+    schedule = {k: v for k, v in trial_schedule(base).items()
+                if not (k == "steps_per_epoch" and k in params)}
+    settings = apply_params(base, params).replace(training=schedule)
     spec = DataSpec.from_dict(spec_dict)
     client = MlflowClient(tracking_uri=tracking_uri)
     child = client.create_run(experiment_id, tags={
@@ -194,12 +201,15 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
         size, _, channels = spec.image_shape
         train = read_split_dir(spec.arrays_dir, size, channels)
         train = train.subset(np.isin(train.labels, plan.catalogue))
+        # Every trial searches the same seeded sample: trials are ranked on equal terms, and
+        # a capped catalogue (tuning.max_catalogue_items) is most of a cheap trial's saving.
+        if settings.tuning.max_catalogue_items:
+            train = train.subset(sample_rows(len(train), settings.tuning.max_catalogue_items,
+                                             settings.training.seed + 1))
         val = read_split_dir(val_dir, size, channels)
         rows = np.flatnonzero(np.isin(val.labels, plan.queries))
-        limit = settings.tuning.max_validation_queries
-        if len(rows) > limit:
-            rows = np.sort(np.random.default_rng(settings.training.seed)
-                           .choice(rows, limit, replace=False))
+        rows = rows[sample_rows(len(rows), settings.tuning.max_validation_queries,
+                                settings.training.seed)]
         batch = settings.embedding.batch_size
 
         def embed(x):
@@ -213,6 +223,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
         metrics = {f"val_{k}": v for k, v in report.as_flat_dict().items()}
         metrics["trial_seconds"] = time.time() - started
         metrics["val_n_queries"] = float(len(rows))
+        metrics["val_catalogue_items"] = float(len(train))
         for name, value in metrics.items():
             client.log_metric(run_id, name, float(value))
         client.set_terminated(run_id, "FINISHED")
@@ -269,6 +280,9 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
         parent = run.info.run_id
         mlflow.log_params({"max_evals": max_evals, "parallelism": parallelism,
                            "tuning_epochs": settings.tuning.epochs,
+                           "trial_steps_per_epoch": (settings.tuning.steps_per_epoch
+                                                     or settings.training.steps_per_epoch),
+                           "trial_catalogue_items": settings.tuning.max_catalogue_items or "all",
                            "objective": settings.tuning.objective,
                            "trial_categories": ",".join(plan.train)[:500],
                            "query_categories": ",".join(plan.queries)[:500],

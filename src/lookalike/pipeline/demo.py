@@ -110,7 +110,7 @@ def run_demo(settings: Settings, run_pipeline_first: bool = True, app_port: int 
     Prints both URLs and blocks until Ctrl-C / SIGTERM or until either process exits, then
     stops both. Returns a summary dict (URLs, pipeline summary, how it ended).
     """
-    from lookalike.serving.server import start_server
+    from lookalike.serving.server import launch_server, wait_ready
 
     summary = run_pipeline(settings) if run_pipeline_first else None
     if catalogue_table(settings, "products").version_without_spark() is None:
@@ -135,12 +135,14 @@ def run_demo(settings: Settings, run_pipeline_first: bool = True, app_port: int 
     try:
         say("demo", f"starting REST server for {model_uri} on {settings.serving.host}:"
              f"{settings.serving.port}")
-        server, endpoint = start_server(settings, model_uri, settings.serving.port)
+        # The app starts while the server loads its model: both start-ups overlap.
+        server, endpoint = launch_server(settings, model_uri, settings.serving.port)
         say("demo", f"starting Streamlit app on 127.0.0.1:{app_port}")
         app, app_url = start_app(endpoint, app_port, sample_path,
                                  max_upload_bytes=settings.serving.max_image_bytes,
                                  max_upload_pixels=settings.serving.max_pixels,
                                  max_decode_bytes=settings.serving.max_decode_bytes)
+        wait_ready(settings, server, endpoint)
         print(f"\n  REST endpoint : {endpoint}/invocations\n  Demo app      : {app_url}\n"
               "  Ctrl-C stops both.\n", file=sys.stderr, flush=True)
         while server.poll() is None and app.poll() is None:

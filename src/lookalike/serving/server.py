@@ -75,11 +75,11 @@ def server_url(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def start_server(settings: Settings, model_uri: str | None = None, port: int | None = None,
-                 timeout: float | None = None) -> tuple[subprocess.Popen, str]:
-    """Start ``mlflow models serve`` in the background; return (process, base URL) once
-    ``/ping`` answers. The process leads its own process group: stop it with
-    :func:`stop_server`. Output goes to ``LOOKALIKE_HOME/logs/serve-<port>.log``."""
+def launch_server(settings: Settings, model_uri: str | None = None, port: int | None = None
+                  ) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow models serve`` in the background and return (process, base URL) at once,
+    before it answers (:func:`wait_ready`). The process leads its own process group: stop it
+    with :func:`stop_server`. Output goes to ``LOOKALIKE_HOME/logs/serve-<port>.log``."""
     from lookalike.tracking import configure_mlflow
 
     configure_mlflow(settings)
@@ -93,15 +93,30 @@ def start_server(settings: Settings, model_uri: str | None = None, port: int | N
                                    env=server_env(settings), stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
-    url = server_url(settings, port)
     process.log_path = log_path  # type: ignore[attr-defined]
+    process.model_uri = model_uri  # type: ignore[attr-defined]
+    return process, server_url(settings, port)
+
+
+def wait_ready(settings: Settings, process: subprocess.Popen, url: str,
+               timeout: float | None = None) -> None:
+    """Block until a launched server's ``/ping`` answers; stop it and raise if it does not."""
     try:
         wait_http(f"{url}/ping", timeout or settings.serving.startup_timeout_seconds, process,
-                  log_path)
+                  getattr(process, "log_path", None))
     except BaseException:
         stop_server(process)
         raise
-    log.info("model server %s ready at %s (pid %s)", model_uri, url, process.pid)
+    log.info("model server %s ready at %s (pid %s)", getattr(process, "model_uri", "?"), url,
+             process.pid)
+
+
+def start_server(settings: Settings, model_uri: str | None = None, port: int | None = None,
+                 timeout: float | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow models serve`` in the background; return (process, base URL) once
+    ``/ping`` answers (:func:`launch_server`, then :func:`wait_ready`)."""
+    process, url = launch_server(settings, model_uri, port)
+    wait_ready(settings, process, url, timeout)
     return process, url
 
 
