@@ -192,8 +192,8 @@ def test_trials_of_a_fine_tuning_profile_fine_tune():
 
 
 def test_cheaper_trials_take_their_own_steps_per_epoch():
-    """Issue 22: the quick profile's trials are shorter than its training epochs; 0 keeps the
-    training's steps, and a negative value is refused with its key named."""
+    """Issue 22: the quick profile's trials are shorter than its training epochs (a cap on
+    their steps); 0 keeps the training's steps; a negative value is refused, its key named."""
     from lookalike.config import ConfigError, load_settings
     from lookalike.learning.tuning import trial_schedule
 
@@ -201,6 +201,8 @@ def test_cheaper_trials_take_their_own_steps_per_epoch():
     assert 0 < quick.tuning.steps_per_epoch < quick.training.steps_per_epoch
     assert trial_schedule(quick)["steps_per_epoch"] == quick.tuning.steps_per_epoch
     assert "steps_per_epoch" not in trial_schedule(quick.replace(tuning={"steps_per_epoch": 0}))
+    # A cap: a shorter training epoch (a test's, the workspace rehearsal's) stays the shorter.
+    assert "steps_per_epoch" not in trial_schedule(quick.replace(training={"steps_per_epoch": 4}))
     for key in ("steps_per_epoch", "max_catalogue_items"):
         with pytest.raises(ConfigError, match=f"tuning.{key}"):
             quick.replace(tuning={key: -1})

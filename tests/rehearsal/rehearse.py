@@ -18,10 +18,11 @@ printed by the test.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
+import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -39,11 +40,35 @@ from lookalike.processes import free_port, stop_process, wait_http
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 # The catalog a rehearsal passes with --var: the local metastore's only catalog.
 CATALOG = "spark_catalog"
-# Every task is a new driver JVM that lives seconds, much of them compiling code it runs once:
-# the quick compiler alone and a serial collector start it faster, which is all they change
-# (a class archive would do more, but the JVM refuses one with Spark's conf folder on its
-# class path).
+# Every task is a new driver JVM that lives seconds, much of them loading and compiling code
+# it runs once: the quick compiler alone, a serial collector and a class-data archive of
+# Spark's and Delta's classes (made once per rehearsal, `Workspace._class_archive`) start it
+# faster, which is all they change. The JVM refuses an archive while a non-empty folder is on
+# its class path, so the cluster's spark-defaults.conf reaches spark-submit as
+# --properties-file and Spark's conf folder (SPARK_CONF_DIR) stays empty.
 FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# What the archive is made from: a Delta table created, merged into, read back and its history,
+# through Arrow, as the tasks do.
+ARCHIVE_WORKLOAD = """
+from delta.tables import DeltaTable
+from pyspark import SparkContext
+from pyspark.sql import SparkSession
+
+spark = SparkSession.builder.getOrCreate()
+spark.sql("CREATE SCHEMA IF NOT EXISTS warm")
+spark.sql("CREATE TABLE IF NOT EXISTS warm.t (id STRING, v INT) USING delta")
+rows = spark.createDataFrame([(str(i), i) for i in range(100)], "id string, v int")
+table = DeltaTable.forName(spark, "warm.t")
+table.alias("a").merge(rows.alias("b"), "a.id = b.id").whenNotMatchedInsertAll().execute()
+table.history().collect()
+spark.table("warm.t").toPandas()
+spark.stop()
+# The JVM writes the archive as it exits: wait for that before the first task starts.
+gateway = SparkContext._gateway
+gateway.shutdown()
+gateway.proc.stdin.close()
+gateway.proc.wait(timeout=120)
+"""
 
 NOT_COVERED = (
     "the Databricks CLI itself (bundle deploy/run): the bundle is resolved by "
@@ -144,6 +169,7 @@ class Workspace:
         self.timings: list[tuple[str, float]] = []
         self.server: subprocess.Popen | None = None
         self.tracking_uri = ""
+        self.spark_conf_dir = workdir / "spark-conf"
 
     # -- the workspace's services -----------------------------------------------------------
     def start(self) -> None:
@@ -172,8 +198,13 @@ class Workspace:
         from lookalike.spark import default_jars_dir
 
         jars = ",".join(str(p) for p in sorted(default_jars_dir().glob("*.jar")))
-        conf = self.workdir / "spark-conf"
+        # SPARK_CONF_DIR: empty (FAST_JVM), and one path for every rehearsal, as it is part
+        # of the class path a class archive is valid for.
+        self.spark_conf_dir = default_jars_dir().parent / "class-archives" / "empty-spark-conf"
+        self.spark_conf_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "spark-properties"
         conf.mkdir()
+        log4j = conf / "log4j2.properties"
         lines = {
             "spark.master": "local[2]",
             "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -182,7 +213,7 @@ class Workspace:
             "spark.sql.catalogImplementation": "hive",
             "spark.sql.warehouse.dir": str(self.workdir / "warehouse"),
             "spark.driver.extraJavaOptions": (f"-Dderby.system.home={self.workdir / 'metastore'} "
-                                              f"{FAST_JVM}"),
+                                              f"-Dlog4j2.configurationFile={log4j} {FAST_JVM}"),
             "spark.jars": jars,
             "spark.driver.host": "127.0.0.1",
             "spark.driver.bindAddress": "127.0.0.1",
@@ -193,13 +224,63 @@ class Workspace:
             "spark.databricks.delta.snapshotPartitions": "2",
             "spark.sql.execution.arrow.pyspark.enabled": "true",
         }
-        (conf / "spark-defaults.conf").write_text(
-            "".join(f"{k} {v}\n" for k, v in lines.items()), encoding="utf-8")
-        (conf / "log4j2.properties").write_text(
+        log4j.write_text(
             "rootLogger.level = error\nrootLogger.appenderRef.stdout.ref = console\n"
             "appender.console.type = Console\nappender.console.name = console\n"
             "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
             "appender.console.layout.pattern = %d %p %c: %m%n\n", encoding="utf-8")
+        java = lines["spark.driver.extraJavaOptions"]
+        archive = self._class_archive(lines, conf)
+        if archive is not None:
+            lines["spark.driver.extraJavaOptions"] = f"{java} -XX:SharedArchiveFile={archive}"
+        (conf / "spark-defaults.conf").write_text(
+            "".join(f"{k} {v}\n" for k, v in lines.items()), encoding="utf-8")
+
+    def _class_archive(self, lines: dict[str, str], conf: Path) -> Path | None:
+        """The class-data archive of what a task's JVM loads (ARCHIVE_WORKLOAD, run in a
+        scratch metastore and warehouse), made once per Java, Spark and jars and kept beside
+        the Delta jars; a lock lets the other rehearsal (another xdist worker) wait for it.
+        None, and tasks start without one, if the JVM made none."""
+        import pyspark
+
+        from lookalike.spark import default_jars_dir
+
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
+        key = hashlib.sha256("\n".join([
+            java, pyspark.__version__, str(Path(pyspark.__file__).parent), FAST_JVM,
+            str(self.spark_conf_dir),
+            *(f"{p}:{p.stat().st_size}" for p in sorted(default_jars_dir().glob("*.jar")))
+        ]).encode()).hexdigest()[:16]
+        folder = default_jars_dir().parent / "class-archives"
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = folder / f"spark-{key}.jsa"
+        with open(folder / f"spark-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not archive.exists():
+                self._make_class_archive(lines, archive)
+        return archive if archive.exists() else None
+
+    def _make_class_archive(self, lines: dict[str, str], archive: Path) -> None:
+        scratch = self.workdir / "archive-run"
+        scratch.mkdir()
+        partial = scratch / "spark-classes.jsa"  # renamed when whole: readers never see half
+        dump = {**lines,
+                "spark.sql.warehouse.dir": str(scratch / "warehouse"),
+                "spark.driver.extraJavaOptions": (
+                    lines["spark.driver.extraJavaOptions"].replace(
+                        str(self.workdir / "metastore"), str(scratch / "metastore"))
+                    + f" -XX:ArchiveClassesAtExit={partial}")}
+        (scratch / "spark-defaults.conf").write_text(
+            "".join(f"{k} {v}\n" for k, v in dump.items()), encoding="utf-8")
+        env = {**self.cluster_env({}), "PYSPARK_SUBMIT_ARGS":
+               f"--properties-file {scratch / 'spark-defaults.conf'} pyspark-shell"}
+        done = subprocess.run([sys.executable, "-c", ARCHIVE_WORKLOAD], env=env,
+                              cwd=str(scratch), capture_output=True, text=True, timeout=300)
+        if done.returncode == 0 and partial.exists():
+            os.replace(partial, archive)
+        else:
+            print(f"[rehearsal] no class archive (exit {done.returncode}): tasks start without "
+                  f"one\n{done.stderr[-2000:]}", file=sys.stderr)
 
     # -- `bundle deploy` --------------------------------------------------------------------
     def deploy(self) -> list[str]:
@@ -277,13 +358,13 @@ class Workspace:
         env = {k: v for k, v in os.environ.items() if k in keep}
         workers = int(cluster.get("num_workers", 1))
         gpu = "spark.task.resource.gpu.amount" in (cluster.get("spark_conf") or {})
-        conf = self.workdir / ("spark-conf" if not gpu else f"spark-conf-gpu{workers}")
-        if gpu and not conf.exists():
+        properties = self.workdir / "spark-properties" / (
+            "spark-defaults.conf" if not gpu else f"spark-defaults-gpu{workers}.conf")
+        if gpu and not properties.exists():
             # One task slot per GPU worker (no GPUs here: the slots, not the devices).
-            shutil.copytree(self.workdir / "spark-conf", conf)
-            text = (conf / "spark-defaults.conf").read_text().replace(
+            text = (properties.parent / "spark-defaults.conf").read_text().replace(
                 "spark.master local[2]", f"spark.master local[{workers}]")
-            (conf / "spark-defaults.conf").write_text(text)
+            properties.write_text(text)
         env.update({k: self._map(str(v)) for k, v in (cluster.get("spark_env_vars") or {}).items()})
         if not _keras_3_here():
             # The runtime's TF 2.16 needs it (tf-keras); this machine's TF 2.15 is Keras 2
@@ -292,7 +373,9 @@ class Workspace:
         env.update({
             "PATH": _venv_path(),
             "DATABRICKS_RUNTIME_VERSION": "15.4",
-            "SPARK_CONF_DIR": str(conf),
+            # The cluster's spark-defaults.conf; Spark's conf folder stays empty (FAST_JVM).
+            "SPARK_CONF_DIR": str(self.spark_conf_dir),
+            "PYSPARK_SUBMIT_ARGS": f"--properties-file {properties} pyspark-shell",
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
             "PYTHONPATH": str(CLUSTER_DIR),

@@ -244,7 +244,7 @@ class TuningSettings:
     search_space_file: str
     # Steps per trial are usually fewer than for the final model.
     epochs: int
-    # Steps per trial epoch; 0 = training.steps_per_epoch.
+    # At most this many steps per trial epoch; 0 = training.steps_per_epoch.
     steps_per_epoch: int
     max_validation_queries: int
     # Train-split items a trial's queries search (a seeded sample); 0 = the whole split.
@@ -264,7 +264,7 @@ class TuningSettings:
         require(self.parallelism >= 0, f"{key}.parallelism", "must be >= 0 (0 = local cores)")
         require(self.epochs > 0, f"{key}.epochs", "must be > 0")
         require(self.steps_per_epoch >= 0, f"{key}.steps_per_epoch",
-                "must be >= 0 (0 = training.steps_per_epoch)")
+                "must be >= 0 (0: training.steps_per_epoch)")
         require(self.max_validation_queries > 0, f"{key}.max_validation_queries", "must be > 0")
         require(self.max_catalogue_items >= 0, f"{key}.max_catalogue_items",
                 "must be >= 0 (0 = the whole train split)")

@@ -55,9 +55,10 @@ def trial_schedule(settings: Settings) -> dict[str, int]:
     profile's own schedule, so a profile that fine-tunes its backbone is tuned fine-tuning (at
     least one epoch of each), never on a frozen backbone whose parameters it then ships."""
     epochs, warmup = settings.tuning.epochs, settings.training.warmup_epochs
-    # Shorter trial epochs (tuning.steps_per_epoch) make cheaper trials: the quick profile's.
-    steps = {"steps_per_epoch": settings.tuning.steps_per_epoch} if (
-        settings.tuning.steps_per_epoch) else {}
+    # Shorter trial epochs (tuning.steps_per_epoch, a cap) make cheaper trials: the quick
+    # profile's. A smaller training epoch (a test's, a rehearsal's) stays the smaller.
+    cap, steps_per_epoch = settings.tuning.steps_per_epoch, settings.training.steps_per_epoch
+    steps = {"steps_per_epoch": cap} if 0 < cap < steps_per_epoch else {}
     if warmup <= 0:
         return {"epochs": epochs, "warmup_epochs": 0, **steps}
     if epochs < 2:
@@ -280,8 +281,8 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
         parent = run.info.run_id
         mlflow.log_params({"max_evals": max_evals, "parallelism": parallelism,
                            "tuning_epochs": settings.tuning.epochs,
-                           "trial_steps_per_epoch": (settings.tuning.steps_per_epoch
-                                                     or settings.training.steps_per_epoch),
+                           "trial_steps_per_epoch": trial_schedule(settings).get(
+                               "steps_per_epoch", settings.training.steps_per_epoch),
                            "trial_catalogue_items": settings.tuning.max_catalogue_items or "all",
                            "objective": settings.tuning.objective,
                            "trial_categories": ",".join(plan.train)[:500],
