@@ -236,9 +236,9 @@ def _sequence_dataset(batches, x, y):
     a tf.data pipeline as it is.
 
     Keras wraps a Sequence in ``from_generator`` + ``prefetch(AUTOTUNE)``; at the end of
-    ``fit`` that pipeline's autotuning thread held the process for up to ~35 s in tuning
-    trials (a Python stack of every trial showed it waiting in the iterator's destructor;
-    issue 22). The batches are the same: the sampler's, drawn in the same order.
+    ``fit`` that pipeline's autotuning thread held one tuning trial ~35 s (its native stack:
+    waiting in the iterator's destructor; issue 22). The batches are the same: the
+    sampler's, drawn in the same order.
     """
     import tensorflow as tf
 
