@@ -42,8 +42,8 @@ CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 CATALOG = "spark_catalog"
 # Every task is a new driver JVM that lives seconds, much of them loading and compiling code
 # it runs once: the quick compiler alone, a serial collector and a class-data archive of
-# Spark's and Delta's classes (made once per rehearsal, `Workspace._class_archive`) start it
-# faster, which is all they change. The JVM refuses an archive while a non-empty folder is on
+# Spark's and Delta's classes (made once per Java, Spark and jars, `Workspace._class_archive`)
+# start it faster, which is all they change. The JVM refuses an archive while a non-empty folder is on
 # its class path, so the cluster's spark-defaults.conf reaches spark-submit as
 # --properties-file and Spark's conf folder (SPARK_CONF_DIR) stays empty.
 FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
@@ -155,6 +155,18 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+def _archive_folder() -> Path:
+    """Where class archives (and the empty conf folder they are valid with) are kept."""
+    from lookalike.spark import default_jars_dir
+
+    return default_jars_dir().parent / "class-archives"
+
+
+def _write_properties(path: Path, lines: dict[str, str]) -> None:
+    """A spark-defaults.conf: one ``key value`` line per setting."""
+    path.write_text("".join(f"{k} {v}\n" for k, v in lines.items()), encoding="utf-8")
+
+
 class Workspace:
     """One target's workspace: tracking server, metastore, Volumes, stand-in API state."""
 
@@ -169,7 +181,9 @@ class Workspace:
         self.timings: list[tuple[str, float]] = []
         self.server: subprocess.Popen | None = None
         self.tracking_uri = ""
-        self.spark_conf_dir = workdir / "spark-conf"
+        # SPARK_CONF_DIR: empty (FAST_JVM), and one path for every rehearsal, as it is part
+        # of the class path a class archive is valid for.
+        self.spark_conf_dir = _archive_folder() / "empty-spark-conf"
 
     # -- the workspace's services -----------------------------------------------------------
     def start(self) -> None:
@@ -198,9 +212,6 @@ class Workspace:
         from lookalike.spark import default_jars_dir
 
         jars = ",".join(str(p) for p in sorted(default_jars_dir().glob("*.jar")))
-        # SPARK_CONF_DIR: empty (FAST_JVM), and one path for every rehearsal, as it is part
-        # of the class path a class archive is valid for.
-        self.spark_conf_dir = default_jars_dir().parent / "class-archives" / "empty-spark-conf"
         self.spark_conf_dir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "spark-properties"
         conf.mkdir()
@@ -230,13 +241,12 @@ class Workspace:
             "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
             "appender.console.layout.pattern = %d %p %c: %m%n\n", encoding="utf-8")
         java = lines["spark.driver.extraJavaOptions"]
-        archive = self._class_archive(lines, conf)
+        archive = self._class_archive(lines)
         if archive is not None:
             lines["spark.driver.extraJavaOptions"] = f"{java} -XX:SharedArchiveFile={archive}"
-        (conf / "spark-defaults.conf").write_text(
-            "".join(f"{k} {v}\n" for k, v in lines.items()), encoding="utf-8")
+        _write_properties(conf / "spark-defaults.conf", lines)
 
-    def _class_archive(self, lines: dict[str, str], conf: Path) -> Path | None:
+    def _class_archive(self, lines: dict[str, str]) -> Path | None:
         """The class-data archive of what a task's JVM loads (ARCHIVE_WORKLOAD, run in a
         scratch metastore and warehouse), made once per Java, Spark and jars and kept beside
         the Delta jars; a lock lets the other rehearsal (another xdist worker) wait for it.
@@ -251,7 +261,7 @@ class Workspace:
             str(self.spark_conf_dir),
             *(f"{p}:{p.stat().st_size}" for p in sorted(default_jars_dir().glob("*.jar")))
         ]).encode()).hexdigest()[:16]
-        folder = default_jars_dir().parent / "class-archives"
+        folder = _archive_folder()
         folder.mkdir(parents=True, exist_ok=True)
         archive = folder / f"spark-{key}.jsa"
         with open(folder / f"spark-{key}.lock", "w") as lock:
@@ -270,8 +280,7 @@ class Workspace:
                     lines["spark.driver.extraJavaOptions"].replace(
                         str(self.workdir / "metastore"), str(scratch / "metastore"))
                     + f" -XX:ArchiveClassesAtExit={partial}")}
-        (scratch / "spark-defaults.conf").write_text(
-            "".join(f"{k} {v}\n" for k, v in dump.items()), encoding="utf-8")
+        _write_properties(scratch / "spark-defaults.conf", dump)
         env = {**self.cluster_env({}), "PYSPARK_SUBMIT_ARGS":
                f"--properties-file {scratch / 'spark-defaults.conf'} pyspark-shell"}
         done = subprocess.run([sys.executable, "-c", ARCHIVE_WORKLOAD], env=env,
