@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,37 @@ def test_ef_search_per_deployment_and_the_tflite_engine(packaged_model, tmp_path
                                               dtype=np.float32)
     np.testing.assert_allclose(served.model.embed(images), reference.model.embed(images),
                                atol=1e-5)
+
+
+def test_the_package_carries_its_tflite_conversion(packaged_model, tmp_path, monkeypatch):
+    """Packaging converts once and ships the conversion: loading the package reads it (no
+    converter runs), and the SavedModel is loaded only for a batch too large for TFLite."""
+    from lookalike.learning import engines
+    from lookalike.serving.recommender import Recommender, limits_from
+    from lookalike.tracking import configure_mlflow
+
+    configure_mlflow(packaged_model.settings)
+    artifacts = _model_parts(packaged_model, tmp_path)
+    converted = Path(artifacts) / "embedding_model" / engines.CONVERTED_FILE
+    assert converted.stat().st_size > 1000
+
+    def refuse(path):
+        raise AssertionError(f"converted {path} again")
+
+    monkeypatch.setattr(engines, "convert", refuse)
+    limits = {**limits_from(packaged_model.settings), "engine": "tflite"}
+    parts = (f"{artifacts}/embedding_model", f"{artifacts}/index", f"{artifacts}/products")
+    served = Recommender(*parts, limits)
+    assert served.model.engine == "tflite" and served.model._signature is None
+    reference = Recommender(*parts, {**limits, "engine": "tensorflow"})
+    images = np.random.default_rng(1).random((5, served.size, served.size, served.channels),
+                                              dtype=np.float32)
+    expected = reference.model.embed(images)
+    np.testing.assert_allclose(served.model.embed(images), expected, atol=1e-5)
+    assert served.model._signature is None
+    # Larger than the TFLite path's batch: TensorFlow, loaded now.
+    np.testing.assert_allclose(served.model.embed(images, batch_size=2), expected, atol=1e-5)
+    assert served.model._signature is not None
 
 
 def test_several_photos_of_a_product_are_answered_once_with_the_nearest(packaged_model, tmp_path):

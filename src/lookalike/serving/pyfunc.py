@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from lookalike.config import Settings
+from lookalike.learning.engines import CONVERTED_FILE
 from lookalike.serving.recommender import (Recommender, as_frame, b64, default_params,
                                            limits_from)
 
@@ -92,7 +93,10 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
     """Log the pyfunc into the active run; returns MLflow's ModelInfo.
 
     The signature (input columns, output columns, params with defaults) is inferred from a real
-    prediction on a two-row example (one image query, one product_id query).
+    prediction on a two-row example (one image query, one product_id query). With the TFLite
+    engine, the model converted for that prediction is packaged too
+    (:data:`lookalike.learning.engines.CONVERTED_FILE`): loads of the package read it instead
+    of converting again.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -117,6 +121,10 @@ def log_lookalike_model(settings: Settings, model_dir: Path, index_path: Path,
     code = Path(lookalike.__file__).resolve().parent
     staging = Path(tempfile.mkdtemp(prefix="lookalike-package-"))
     # MLflow names an artifact folder after its source: stage them under their artifact names.
+    converted = recommender.model.converted
+    if converted is not None and not (Path(model_dir) / CONVERTED_FILE).exists():
+        model_dir = shutil.copytree(model_dir, staging / ARTIFACT_MODEL)
+        (model_dir / CONVERTED_FILE).write_bytes(converted)
     if Path(index_path).name != ARTIFACT_INDEX:
         index_path = shutil.copytree(index_path, staging / ARTIFACT_INDEX)
     if Path(products_path).name != ARTIFACT_PRODUCTS:
