@@ -47,6 +47,10 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
                              str(Path(home) / "quality"), "--seeds", "1,2,3",
                              "--set", "training.epochs=6", "--set", "training.steps_per_epoch=400",
                              "--set", "tuning.max_evals=4", "--set", "tuning.epochs=1"]),
+        # Issues 21/22: the quick profile as `make demo` trains it, 3 seeds.
+        ("quality_quick_3_seeds", ["benchmarks.bench_quality", "--profile", "quick", "--home",
+                                   str(Path(home) / "quality_quick"), "--seeds", "1,2,3",
+                                   "--set", "evaluation.generalisation=false"]),
         # ... and which vector to serve: the same weights scored as features and as head.
         ("served_vector", ["benchmarks.bench_served_vector", "--profile", "full", "--home",
                            str(Path(home) / "vectors"), "--set", "training.epochs=4",
