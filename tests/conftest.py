@@ -30,6 +30,7 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=longest)  # stable: the rest keep their order
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without xdist
 def pytest_xdist_make_scheduler(config, log):
     """loadgroup's scheduler, with the two-worker split above. (A scheduler, not xdist_group
     marks: pytest-xdist 3.8 marks a group in ``item._nodeid``, which pytest 9 no longer reads.)"""
