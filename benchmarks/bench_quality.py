@@ -15,7 +15,7 @@ Example (a shortened full profile on 2 cores, about 15 minutes per seed)::
 
 The quick profile as `make demo` runs it (about 6 minutes per seed)::
 
-    .venv/bin/python -m benchmarks.bench_quality --profile quick --home /tmp/lookalike-quick3 \
+    .venv/bin/python -m benchmarks.bench_quality --profile quick --home /tmp/lookalike-quick3 \\
         --seeds 1,2,3 --set evaluation.generalisation=false
 """
 
