@@ -6,10 +6,15 @@ from __future__ import annotations
 import os
 import uuid
 
+import interpreted_spark
 import pandas as pd
 import pytest
 
 from lookalike.config import Settings, load_settings
+
+# Every Spark session started by this process or a child of it runs interpreted
+# (tests/interpreted_spark.py); a user's own PYSPARK_SUBMIT_ARGS is kept.
+os.environ.setdefault("PYSPARK_SUBMIT_ARGS", interpreted_spark.submit_args())
 
 
 # `make test` runs the suite on pytest-xdist workers (`--dist loadgroup`, collection order

@@ -32,6 +32,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import interpreted_spark
 import numpy as np
 from bundle_model import Bundle, task_order
 
@@ -234,6 +235,8 @@ class Workspace:
             "spark.sql.shuffle.partitions": "2",
             "spark.databricks.delta.snapshotPartitions": "2",
             "spark.sql.execution.arrow.pyspark.enabled": "true",
+            # Interpreted plans, as in every JVM of the tests (tests/interpreted_spark.py).
+            **interpreted_spark.SETTINGS,
         }
         log4j.write_text(
             "rootLogger.level = error\nrootLogger.appenderRef.stdout.ref = console\n"
