@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lookalike.learning.metrics import (
@@ -135,6 +136,19 @@ def test_chunked_search_matches_naive_reference(distance):
                                 knn_func=exact_knn_func(block))
         assert got.recall_at_k == pytest.approx(want_recall)
         assert got.map_at_r == pytest.approx(want_map)
+
+
+def test_batches_on_threads_score_exactly_as_one_at_a_time():
+    rng = np.random.default_rng(11)
+    c = rng.normal(size=(400, 8)).round(1)  # rounded: many exact ties
+    cl = rng.integers(0, 6, size=400)
+    serial = retrieval_metrics(c, cl, c, cl, exclude_self=True, batch_size=9, threads=1)
+    for threads in (2, 5):
+        threaded = retrieval_metrics(c, cl, c, cl, exclude_self=True, batch_size=9,
+                                     threads=threads)
+        assert threaded.recall_at_k == serial.recall_at_k
+        assert threaded.map_at_r == serial.map_at_r
+        pd.testing.assert_frame_equal(threaded.per_class, serial.per_class)
 
 
 def test_invalid_arguments():

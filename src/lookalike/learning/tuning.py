@@ -14,7 +14,8 @@
   trial touches Delta. (Tuning therefore needs a catalogue that fits in memory.)
 * Each trial trains ``tuning.epochs`` epochs with the trial's parameters (head-only warm-up
   and fine-tuning in the profile's proportions: :func:`trial_schedule`), using
-  ``cores / parallelism`` TensorFlow threads so parallel trials share the machine.
+  ``cores / parallelism`` threads (TensorFlow's and the scoring's) so parallel trials share
+  the machine.
 * Result: the best trial (argmin loss over the children) is logged on the parent as params
   ``best.<name>``, metric ``best_val_map_at_r``, tag ``lookalike.best_trial_run_id`` and the
   artifact ``best_params.json`` (read by :func:`lookalike.training.train_and_log`).
@@ -219,7 +220,7 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
         queries = map_chunks(embed, val.subset(rows).x)
         report = retrieval_metrics(queries, val.labels[rows], catalogue, train.labels,
                                    k_values=settings.evaluation.k_values,
-                                   distance=settings.model.distance)
+                                   distance=settings.model.distance, threads=threads)
         map_at_r = float(report.map_at_r)
         metrics = {f"val_{k}": v for k, v in report.as_flat_dict().items()}
         metrics["trial_seconds"] = time.time() - started
