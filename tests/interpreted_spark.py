@@ -4,8 +4,11 @@ spark-defaults.conf, tests/rehearsal/rehearse.py).
 
 The tables here are a few hundred rows, so compiling each new query plan to Java bytecode
 (whole-stage code generation, Janino) costs more CPU than running it interpreted. These change
-how Spark evaluates a plan, not its result. Measured with tests/catalogue/test_ingest.py alone:
-234 -> 195 CPU-seconds (docs/testing.md).
+how Spark evaluates a plan, not its result (Spark's own tests run both ways, and a plan whose
+generated code fails to compile falls back to this path anyway: spark.sql.codegen.fallback).
+The product keeps Spark's defaults, and so does one test of a job as a user runs it
+(tests/catalogue/test_ingest.py::test_cli_ingest_prints_one_json_line). Measured with
+tests/catalogue/test_ingest.py alone: 234 -> 195 CPU-seconds (docs/testing.md).
 """
 
 SETTINGS = {"spark.sql.codegen.wholeStage": "false",

@@ -192,11 +192,17 @@ def test_split_is_a_pure_function_of_its_key():
 
 
 def test_cli_ingest_prints_one_json_line(tmp_path, home):
+    """The job as a user runs it, with Spark's own defaults (the other tests' JVMs run plans
+    interpreted: tests/interpreted_spark.py)."""
+    import interpreted_spark
+
     shop = tmp_path / "shop" / "hats"
     shop.mkdir(parents=True)
     (shop / "h1.png").write_bytes(_image(1))
     env = {**__import__("os").environ, "LOOKALIKE_HOME": str(tmp_path / "home"),
            "LOOKALIKE__SPARK__MASTER": "local[1]", "LOOKALIKE__SPARK__DRIVER_MEMORY": "1g"}
+    if env.get("PYSPARK_SUBMIT_ARGS") == interpreted_spark.submit_args():
+        del env["PYSPARK_SUBMIT_ARGS"]
     result = subprocess.run([sys.executable, "jobs/ingest.py", "--source", "folder",
                              str(tmp_path / "shop")], capture_output=True, text=True, env=env,
                             cwd=Path(__file__).resolve().parents[2], timeout=300)
