@@ -68,6 +68,16 @@ def test_queries_are_capped_by_max_queries(case):
     assert m["baseline_a_n_queries"] == 2
 
 
+def test_baselines_answer_a_sample_of_the_models_queries_when_capped(case):
+    settings, train, test = case
+    capped = settings.replace(evaluation={"baseline_max_queries": 2})
+    m = evaluate_embedders(capped, train, test, stretched, None)["metrics"]
+    assert m["a_n_queries"] == 3 and m["baseline_a_n_queries"] == 2
+    assert m["baseline_b_n_queries"] == 1  # fewer than the cap: all of them
+    with pytest.raises(Exception, match="baseline_max_queries"):
+        settings.replace(evaluation={"baseline_max_queries": -1})
+
+
 def test_raw_pixels_flattens():
     x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
     assert raw_pixels(x).shape == (2, 9)

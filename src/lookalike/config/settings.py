@@ -229,11 +229,15 @@ class EvaluationSettings:
     plot_queries: int
     # Train a second model without unseen_categories during `train` for protocol (b).
     generalisation: bool
+    # Queries the pixel baselines are scored on: a seeded sample of the model's; 0 = all.
+    baseline_max_queries: int
 
     def validate(self, key: str) -> None:
         require(len(self.k_values) > 0 and all(k > 0 for k in self.k_values),
                  f"{key}.k_values", "must be a non-empty list of positive integers")
         require(self.max_queries > 0, f"{key}.max_queries", "must be > 0")
+        require(self.baseline_max_queries >= 0, f"{key}.baseline_max_queries",
+                "must be >= 0 (0: as many as the model's)")
 
 
 @dataclass(frozen=True)
