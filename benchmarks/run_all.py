@@ -25,6 +25,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def plan(home: str) -> list[tuple[str, list[str]]]:
     """(result name, module arguments) in run order."""
     return [
+        # Issue 22: `make demo` on a fresh home until both URLs print (ports 5001, 8501).
+        ("demo", ["benchmarks.bench_demo", "--home", str(Path(home) / "demo")]),
         ("ingest", ["benchmarks.bench_ingest"]),
         ("embedding", ["benchmarks.bench_embedding", "--home", home, "--package"]),
         ("serving", ["benchmarks.bench_serving", "--home", home, "--requests", "1000",

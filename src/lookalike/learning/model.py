@@ -295,7 +295,7 @@ def _export(model, path: Path) -> None:
             # holds the one serving function and not a traced copy of every layer's call
             # (Keras's own format, which nothing here loads). EfficientNet-Lite0 at 64 px:
             # export 9.5 -> 1.7 s, load and embed 3.5 -> 0.7 s, TFLite conversion 4.5 -> 1.5 s,
-            # outputs unchanged (BENCHMARKS.md, "Where make test's time goes").
+            # outputs unchanged (docs/benchmarks-history.md, "make test in 15 minutes").
             self.weights = list(net.variables)
             object.__setattr__(self, "net", net)
 
