@@ -199,7 +199,11 @@ class Workspace:
                  str(port), "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                  "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PATH": _venv_path()})
+                # MLflow 3's server also starts a job runner and eight Huey consumers for its
+                # GenAI jobs (~50 CPU-s of imports on 2 cores); no job here submits one, and a
+                # workspace's tracking server is Databricks' own, not this one.
+                env={**os.environ, "PATH": _venv_path(),
+                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         self.server.log_path = log  # type: ignore[attr-defined]
         self.tracking_uri = f"http://127.0.0.1:{port}"
         wait_http(f"{self.tracking_uri}/health", 120, self.server, log)
