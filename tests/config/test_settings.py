@@ -1,5 +1,7 @@
 """Settings: profiles, environment overrides, and errors that name the bad key."""
 
+import dataclasses
+
 import pytest
 
 from lookalike.catalogue.tables import catalogue_table
@@ -12,8 +14,10 @@ def test_base_and_profile_layering():
     quick = load_settings("quick", environ={})
     assert base.profile == "base" and quick.profile == "quick"
     assert quick.training.steps_per_epoch < base.training.steps_per_epoch
-    # Keys the profile does not mention keep their base values.
-    assert quick.model == base.model
+    # The one model key the profile sets; every key it does not mention keeps its base value.
+    assert (base.model.proxy_weight, quick.model.proxy_weight) == (0.0, 1.0)
+    assert dataclasses.replace(quick.model, proxy_weight=0.0) == base.model
+    assert quick.image == base.image and quick.index == base.index
 
 
 def test_environment_overrides_home_and_single_keys(tmp_path):
