@@ -20,7 +20,9 @@ model also its training set. Relevant = same category. Methods:
   training (``--frozen``: ``variant:size`` pairs); ``..._flip``: the mean of the image's and
   its mirror image's vectors (flip test-time augmentation);
 * ``finetuned_<head|features>[_flip]``: the ``--profile`` recipe (its defaults: untuned, as
-  ``lookalike train --no-tuned``) trained on the other folds, both vectors of one model.
+  ``lookalike train --no-tuned``) trained on the other folds, both vectors of one model;
+  ``finetuned_features_blend<share>`` (``--blends``): the same training saved at another
+  ``training.finetune_blend`` (WiSE-FT: pretrained + share x (trained - pretrained)).
 
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
@@ -127,14 +129,18 @@ def write_fold_split(all_split, rows: np.ndarray, directory: Path) -> None:
 
 
 def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, ...],
-                  work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Train the profile's recipe on ``rows``; (head, head mirrored, features, features
-    mirrored) vectors of every photo; and timings."""
+                  work: Path, blends: tuple[float, ...] = ()) -> tuple[dict, dict]:
+    """Train the profile's recipe on ``rows``. Returns the vectors of every photo, by name:
+    ``head``/``features`` (and ``..._mirror``, of the mirror images) of the model as the
+    profile saves it (``training.finetune_blend`` applied), ``features_blend<share>`` for
+    each other share in ``blends`` (the same training, another point between pretrained and
+    trained weights: no retraining); and timings."""
     import tensorflow as tf
 
     from lookalike.learning.data import DataSpec
-    from lookalike.learning.distributed import train_embedding
-    from lookalike.learning.model import embedding_network
+    from lookalike.learning.distributed import _built_model, train_embedding
+    from lookalike.learning.model import (backbone_weights, blended_weights, embedding_network,
+                                          set_backbone_weights)
 
     write_fold_split(all_split, rows, work / "train")
     size = settings.image.size
@@ -142,19 +148,26 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
                     train_label_ids=tuple(range(len(categories))), products_table="cv",
                     products_version=0, num_rows=len(rows), image_shape=(size, size, 3),
                     arrays_dir=str(work / "train"), label_column="category")
+    # Trained unblended, so every share comes from one training (and one checkpoint folder).
+    unblended = settings.replace(training={"finetune_blend": 1.0})
     started = time.perf_counter()
-    result = train_embedding(dataclasses.asdict(settings), spec.to_dict(), str(work / "ckpt"),
+    result = train_embedding(dataclasses.asdict(unblended), spec.to_dict(), str(work / "ckpt"),
                              threads=os.cpu_count(), keep_model=True)
     train_seconds = time.perf_counter() - started
     model = result["model"]
+    trained = backbone_weights(model)
+    pretrained = (backbone_weights(_built_model(settings, spec))
+                  if settings.model.pretrained_weights else trained)
+    share = settings.training.finetune_blend
     # Both vectors of one model, unflipped (the mirror images are embedded below).
     head = embedding_network(model, settings.replace(
         model={"embedding_from": "head", "test_time_flip": False}))
     features = embedding_network(model, settings.replace(
         model={"embedding_from": "features", "test_time_flip": False}))
     both = tf.keras.Model(model.inputs, [head.outputs[0], features.outputs[0]])
-    started = time.perf_counter()
     images = all_split.x.at_size(size)
+    set_backbone_weights(model, blended_weights(pretrained, trained, share))
+    started = time.perf_counter()
     h, f = [], []
     for start in range(0, len(images), 64):
         x = np.asarray(images[start:start + 64])
@@ -162,15 +175,23 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
             out = both(batch, training=False)
             h.append(np.asarray(out[0]))
             f.append(np.asarray(out[1]))
+    embed_seconds = time.perf_counter() - started
     # Batches alternate plain / mirrored.
-    h_plain, h_mirror = l2_normalise(np.concatenate(h[0::2])), l2_normalise(np.concatenate(h[1::2]))
-    f_plain, f_mirror = l2_normalise(np.concatenate(f[0::2])), l2_normalise(np.concatenate(f[1::2]))
+    vectors = {"head": l2_normalise(np.concatenate(h[0::2])),
+               "head_mirror": l2_normalise(np.concatenate(h[1::2])),
+               "features": l2_normalise(np.concatenate(f[0::2])),
+               "features_mirror": l2_normalise(np.concatenate(f[1::2]))}
+    for other in sorted(set(blends) - {share}):
+        set_backbone_weights(model, blended_weights(pretrained, trained, other))
+        vectors[f"features_blend{other:g}"] = l2_normalise(np.concatenate(
+            [np.asarray(features(np.asarray(images[i:i + 64]), training=False))
+             for i in range(0, len(images), 64)]))
     timing = {"train_seconds": round(train_seconds, 1),
               "train_images_per_second": round(result["images"] / max(result["seconds"], 1e-9), 1),
-              "embed_images_per_second": round(2 * len(images) / (time.perf_counter() - started), 1),
+              "embed_images_per_second": round(2 * len(images) / embed_seconds, 1),
               "final_loss": round(float(result["history"].get("loss", [np.nan])[-1]), 4)}
     tf.keras.backend.clear_session()
-    return h_plain, h_mirror, f_plain, f_mirror, timing
+    return vectors, timing
 
 
 # ----------------------------------------------------------------------------- main
@@ -189,6 +210,9 @@ def main(argv=None) -> int:
                         help="variant:size pairs of frozen ImageNet features to score")
     parser.add_argument("--skip-finetune", action="store_true")
     parser.add_argument("--only-folds", default="", help="fine-tune only these folds (e.g. 0,1)")
+    parser.add_argument("--blends", default="",
+                        help="also score these training.finetune_blend shares (e.g. 0.5,0.7,1) "
+                             "from each fold's one training")
     args = parser.parse_args(argv)
 
     from benchmarks.common import bench_settings
@@ -263,8 +287,11 @@ def main(argv=None) -> int:
         out["finetune_recipe"] = {"image": dataclasses.asdict(settings.image),
                                   "model": dataclasses.asdict(settings.model),
                                   "training": dataclasses.asdict(settings.training)}
-        recipe = hashlib.sha256(json.dumps(out["finetune_recipe"], sort_keys=True, default=str)
-                                .encode()).hexdigest()[:12]
+        blends = tuple(float(b) for b in args.blends.split(",") if b)
+        # Checkpoints hold the unblended training: the blend is not part of their key.
+        keyed = json.loads(json.dumps(out["finetune_recipe"], default=str))
+        keyed["training"].pop("finetune_blend")
+        recipe = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
         timings = []
         tuned: dict[str, list[dict]] = {}
         for f in chosen:
@@ -273,12 +300,13 @@ def main(argv=None) -> int:
             # never another recipe's or another split's.
             members = hashlib.sha256(rows.tobytes()).hexdigest()[:8]
             work = cache / f"fold-{f}-k{k}-s{args.seed}-{recipe}-{members}"
-            h, hm, ft, fm, timing = finetune_fold(settings, everything, rows, categories, work)
+            vec, timing = finetune_fold(settings, everything, rows, categories, work, blends)
             timings.append(timing)
-            for name, vec in (("head", h), ("head_flip", l2_normalise(h + hm)),
-                              ("features", ft), ("features_flip", l2_normalise(ft + fm))):
+            for name in ("head", "features"):
+                vec[f"{name}_flip"] = l2_normalise(vec[name] + vec.pop(f"{name}_mirror"))
+            for name, vectors in vec.items():
                 tuned.setdefault(f"finetuned_{name}", []).append(
-                    fold_score(vec, labels, fold, f))
+                    fold_score(vectors, labels, fold, f))
             say(f"fold {f}: {timing} head {tuned['finetuned_head'][-1]} "
                 f"features {tuned['finetuned_features'][-1]}")
         methods.update(tuned)

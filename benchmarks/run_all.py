@@ -64,7 +64,9 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
         ("look_outfits", ["benchmarks.bench_look_outfits", "--rest", "100"]),
         # Issue 21: the shop photos, 5-fold cross-validated (needs
         # ../shared/datasets/clothing-photos; exits with a message without it).
-        ("photos_cv", ["benchmarks.bench_photos_cv", "--home", str(Path(home) / "photos_cv")]),
+        # The shares of training.finetune_blend the photos profile chose from.
+        ("photos_cv", ["benchmarks.bench_photos_cv", "--home", str(Path(home) / "photos_cv"),
+                       "--blends", "0.5,0.6,0.7,0.8,1"]),
     ]
 
 

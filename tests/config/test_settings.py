@@ -42,6 +42,10 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     ({"catalogue": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}}, "catalogue.split"),
     ({"index": {"bogus": 1}}, "index.bogus"),
     ({"catalogue": {"allowed_formats": ["JPEG", "PSD"]}}, "catalogue.allowed_formats"),
+    ({"training": {"finetune_blend": 0.0}}, "training.finetune_blend"),
+    ({"training": {"finetune_blend": 1.5}}, "training.finetune_blend"),
+    # Blending needs a pretrained start point: base trains its compact CNN from scratch.
+    ({"training": {"finetune_blend": 0.5}}, "training.finetune_blend"),
 ])
 def test_bad_value_names_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"'{key}"):

@@ -56,6 +56,45 @@ def test_proxy_term_trains_resumes_and_exports_through_the_one_loop(catalogue, t
     assert vectors.shape[0] == 3 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
 
 
+def test_finetune_blend_saves_the_point_between_pretrained_and_trained(catalogue, tmp_path):
+    """training.finetune_blend (WiSE-FT): the final weights' backbone is pretrained + share x
+    (trained - pretrained), the epoch checkpoint keeps the trained weights, the head is as
+    trained."""
+    import dataclasses
+
+    from lookalike.learning.distributed import _built_model, read_state, train_embedding
+    from lookalike.learning.model import backbone_of, backbone_weights
+
+    settings, spec = catalogue
+    lite = settings.replace(image={"size": 32, "channels": 3},
+                            model={"backbone": "efficientnet_lite0",
+                                   "pretrained_weights": "imagenet"},
+                            training={"epochs": 2, "steps_per_epoch": 2, "warmup_epochs": 1,
+                                      "learning_rate": 0.01, "finetune_blend": 0.25},
+                            tuning={"epochs": 2})
+    colour = dataclasses.replace(spec, image_shape=(32, 32, 3))
+    result = train_embedding(dataclasses.asdict(lite), colour.to_dict(), str(tmp_path))
+
+    model = _built_model(lite, colour)
+
+    def weights(path=None):
+        if path:
+            model.load_weights(str(path)).expect_partial()
+        head = [w.numpy() for w in model.trainable_weights
+                if not any(w is b for b in backbone_of(model).weights)]
+        return backbone_weights(model), head
+
+    pretrained, _ = weights()
+    trained, trained_head = weights(tmp_path / read_state(tmp_path)["weights"])
+    final, final_head = weights(result["weights_path"])
+    moved = [i for i, (p, t) in enumerate(zip(pretrained, trained)) if not np.allclose(p, t)]
+    assert len(moved) > len(pretrained) // 4          # fine-tuning changed the backbone
+    for p, t, f in zip(pretrained, trained, final):
+        np.testing.assert_allclose(f, p + 0.25 * (t - p), rtol=1e-5, atol=1e-6)
+    for t, f in zip(trained_head, final_head):
+        np.testing.assert_array_equal(t, f)
+
+
 @pytest.mark.slow
 def test_two_horovod_ranks_average_gradients(catalogue, spark, tmp_path):
     from lookalike.learning.distributed import run_training

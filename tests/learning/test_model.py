@@ -136,6 +136,26 @@ def test_augmentation_fills_shifted_space_with_the_white_background(tiny):
     assert shifted.min() > 0.99  # a black fill would show as zeros at the borders
 
 
+def test_random_resized_crops_change_the_aspect_zoom_alone_does_not(tiny):
+    """model.augmentation_crop: each side is cropped independently (the product's aspect
+    changes); augmentation_zoom alone scales both sides alike."""
+    import tensorflow as tf
+
+    x = np.ones((32, 56, 56, 1), np.float32)
+    x[:, 14:42, 14:42] = 0.0                     # a dark square product on white
+
+    def aspects(model_settings):
+        layer = build_model(tiny.replace(model=model_settings)).get_layer("aug_zoom")
+        tf.keras.utils.set_random_seed(5)
+        dark = layer(x, training=True).numpy()[..., 0] < 0.5
+        return dark.any(axis=2).sum(axis=1) / np.maximum(dark.any(axis=1).sum(axis=1), 1)
+
+    zoomed = aspects({"augmentation": True, "augmentation_zoom": 0.3})
+    cropped = aspects({"augmentation": True, "augmentation_zoom": 0.1, "augmentation_crop": 0.4})
+    assert np.abs(zoomed - 1).max() < 0.1
+    assert np.abs(cropped - 1).max() > 0.2 and cropped.min() < 1 < cropped.max()
+
+
 def test_colour_augmentation_keeps_pixels_in_unit_range(tiny):
     """RandomContrast stretches around the mean: inputs over 1.0 (issue 21) unless clipped."""
     import tensorflow as tf

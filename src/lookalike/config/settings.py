@@ -125,6 +125,9 @@ class ModelSettings:
     # brightness/contrast by up to this factor; 0 = off (Fashion-MNIST).
     augmentation_zoom: float
     augmentation_colour: float
+    # With augmentation: random resized crops, each side kept between 1 - this share and all of
+    # it, independently (so the aspect changes too), resized back; 0 = off.
+    augmentation_crop: float
     # Multi-Similarity loss (Wang et al. 2019): positive/negative scales, margin, threshold.
     loss_alpha: float
     loss_beta: float
@@ -163,7 +166,7 @@ class ModelSettings:
         require(0.0 <= self.loss_lambda <= 1.0, f"{key}.loss_lambda", "must be in [0, 1]")
         require(self.proxy_weight >= 0, f"{key}.proxy_weight", "must be >= 0 (0 = off)")
         require(self.proxy_scale > 0, f"{key}.proxy_scale", "must be > 0")
-        for name in ("augmentation_zoom", "augmentation_colour"):
+        for name in ("augmentation_zoom", "augmentation_colour", "augmentation_crop"):
             require(0.0 <= getattr(self, name) < 1.0, f"{key}.{name}", "must be in [0, 1)")
         weights = self.pretrained_weights
         require(weights in (None, "", "imagenet") or os.path.isfile(str(weights)),
@@ -196,6 +199,10 @@ class TrainingSettings:
     warmup_epochs: int
     finetune_lr_scale: float
     freeze_batchnorm: bool
+    # Weight-space ensemble of a fine-tuned pretrained backbone (WiSE-FT, Wortsman et al.,
+    # CVPR 2022): the saved backbone is pretrained + finetune_blend x (trained - pretrained).
+    # 1 keeps the trained weights; lower keeps more of what the pretrained weights knew.
+    finetune_blend: float
     # Metric-learning label: category | group (photos sharing a group_id are one product) |
     # auto (group when the train split has group ids).
     label: str
@@ -215,6 +222,7 @@ class TrainingSettings:
                 "must be between 0 and epochs")
         require(0.0 < self.finetune_lr_scale <= 1.0, f"{key}.finetune_lr_scale",
                 "must be in (0, 1]")
+        require(0.0 < self.finetune_blend <= 1.0, f"{key}.finetune_blend", "must be in (0, 1]")
         require(0.0 < self.learning_rate < 1.0, f"{key}.learning_rate", "must be in (0, 1)")
         require(self.data_path in ("auto", "memory", "petastorm"), f"{key}.data_path",
                  "must be auto, memory or petastorm")
@@ -360,6 +368,9 @@ class Settings:
         require(self.training.warmup_epochs == 0 or self.tuning.epochs >= 2, "tuning.epochs",
                 "must be >= 2 when training.warmup_epochs > 0: a trial needs an epoch of "
                 "head-only training and one of fine-tuning")
+        require(self.training.finetune_blend == 1.0 or self.model.pretrained_weights is not None,
+                "training.finetune_blend", "must be 1 without model.pretrained_weights: it blends "
+                "the trained backbone with its pretrained weights")
 
     # Derived locations: kept as properties so there is one source of truth (home).
     @property

@@ -13,7 +13,8 @@ rank:
   gradients applied are the all-reduced average; the learning rate is scaled by ``size``;
 * starts from rank 0's weights (``BroadcastGlobalVariablesCallback(0)``) and averages logged
   metrics (``MetricAverageCallback``). Only rank 0 writes checkpoints, logs to MLflow and saves
-  the final weights.
+  the final weights (with ``training.finetune_blend`` < 1, the backbone blended with its
+  pretrained weights: :func:`lookalike.learning.model.blended_weights`).
 
 Checkpoints (weights + optimizer state, TF format) go to ``checkpoint_dir/epoch-NNNN`` after
 every epoch with ``checkpoint_dir/state.json`` naming the last complete one; a rerun with the
@@ -62,13 +63,16 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
 
     from lookalike.config import settings_from_dict
     from lookalike.learning.data import DataSpec, training_batches
-    from lookalike.learning.model import make_loss
+    from lookalike.learning.model import (backbone_weights, blended_weights, make_loss,
+                                          set_backbone_weights)
 
     settings = settings_from_dict(settings_dict)
     spec = DataSpec.from_dict(spec_dict)
     rank, size, hvd = _init_process(use_horovod, threads)
     model = _built_model(settings, spec)
     t = settings.training
+    # The pretrained backbone, before any checkpoint loads: finetune_blend's start point.
+    pretrained = backbone_weights(model) if t.finetune_blend < 1.0 else None
     steps = rank_steps(t.steps_per_epoch, size)
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -114,6 +118,14 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
             for k, vs in fit.history.items():
                 history.setdefault(k, []).extend(float(v) for v in vs)
         after = _probe_loss(model, loss_fn, probe_x, probe_y)
+    if pretrained is not None:
+        # Epoch checkpoints keep the trained weights (a resume continues from them); the
+        # final weights, what is packaged and what tuning trials score, are the blend.
+        set_backbone_weights(model, blended_weights(pretrained, backbone_weights(model),
+                                                    t.finetune_blend))
+        if rank == 0:
+            print(f"[train] backbone saved as pretrained + {t.finetune_blend:g} x (trained - "
+                  "pretrained) (training.finetune_blend)", file=sys.stderr, flush=True)
 
     result: dict[str, Any] = {
         "rank": rank, "size": size, "initial_epoch": initial_epoch, "epochs": t.epochs,

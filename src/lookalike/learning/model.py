@@ -64,10 +64,14 @@ def build_model(settings: Settings, num_classes: int | None = None):
         x = tf.keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant",
                                               fill_value=1.0, name="aug_shift")(x)
         zoom, colour = settings.model.augmentation_zoom, settings.model.augmentation_colour
-        if zoom:
-            # A random resized crop (zoom in) or a smaller product on more background.
-            x = tf.keras.layers.RandomZoom((-zoom, zoom), fill_mode="constant", fill_value=1.0,
-                                           name="aug_zoom")(x)
+        crop = settings.model.augmentation_crop
+        if zoom or crop:
+            # Zoom in (Keras: a negative factor) crops, up to max(zoom, crop) of each side;
+            # zoom out puts a smaller product on more background. With crop the sides vary
+            # independently: a random resized crop, whose aspect changes too.
+            factor = (-max(zoom, crop), zoom)
+            x = tf.keras.layers.RandomZoom(factor, factor if crop else None, fill_mode="constant",
+                                           fill_value=1.0, name="aug_zoom")(x)
         if colour:
             x = tf.keras.layers.RandomBrightness(colour, value_range=(0.0, 1.0),
                                                  name="aug_brightness")(x)
@@ -191,6 +195,29 @@ def backbone_of(model):
     if len(nested) != 1:
         raise ValueError(f"expected one backbone model inside {model.name}, found {len(nested)}")
     return nested[0]
+
+
+def backbone_weights(model) -> list:
+    """A copy of the backbone's weights (trainable or not), in ``backbone.weights`` order."""
+    return [w.numpy() for w in backbone_of(model).weights]
+
+
+def set_backbone_weights(model, weights: list) -> None:
+    """Assign :func:`backbone_weights`-ordered arrays to the backbone."""
+    variables = backbone_of(model).weights
+    if len(variables) != len(weights):
+        raise ValueError(f"{len(weights)} weights for a backbone of {len(variables)}")
+    for variable, value in zip(variables, weights):
+        variable.assign(value.astype(variable.dtype.as_numpy_dtype))
+
+
+def blended_weights(start: list, trained: list, share: float) -> list:
+    """Weight-space ensemble (WiSE-FT): ``start + share x (trained - start)``, weight by weight.
+
+    Fine-tuning on a few hundred photos sharpens the categories but forgets some of what made
+    the pretrained features good beyond rank 1; a point on the line between the two keeps some
+    of both, at no cost when serving."""
+    return [before + share * (after - before) for before, after in zip(start, trained)]
 
 
 def _sublayers(layer):
