@@ -46,6 +46,8 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     ({"training": {"finetune_blend": 1.5}}, "training.finetune_blend"),
     # Blending needs a pretrained start point: base trains its compact CNN from scratch.
     ({"training": {"finetune_blend": 0.5}}, "training.finetune_blend"),
+    ({"training": {"finetune_blend": 0.5}, "model": {"pretrained_weights": ""}},
+     "training.finetune_blend"),
 ])
 def test_bad_value_names_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"'{key}"):

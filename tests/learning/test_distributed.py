@@ -93,6 +93,11 @@ def test_finetune_blend_saves_the_point_between_pretrained_and_trained(catalogue
         np.testing.assert_allclose(f, p + 0.25 * (t - p), rtol=1e-5, atol=1e-6)
     for t, f in zip(trained_head, final_head):
         np.testing.assert_array_equal(t, f)
+    # A rerun on the finished folder blends from the pretrained weights again, not from the
+    # checkpoint it loads (the snapshot is taken before any checkpoint loads).
+    again = train_embedding(dataclasses.asdict(lite), colour.to_dict(), str(tmp_path))
+    for f, r in zip(final, weights(again["weights_path"])[0]):
+        np.testing.assert_allclose(r, f, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

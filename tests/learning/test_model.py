@@ -144,16 +144,22 @@ def test_random_resized_crops_change_the_aspect_zoom_alone_does_not(tiny):
     x = np.ones((32, 56, 56, 1), np.float32)
     x[:, 14:42, 14:42] = 0.0                     # a dark square product on white
 
-    def aspects(model_settings):
+    def sides(model_settings):
         layer = build_model(tiny.replace(model=model_settings)).get_layer("aug_zoom")
         tf.keras.utils.set_random_seed(5)
         dark = layer(x, training=True).numpy()[..., 0] < 0.5
-        return dark.any(axis=2).sum(axis=1) / np.maximum(dark.any(axis=1).sum(axis=1), 1)
+        return dark.any(axis=2).sum(axis=1), dark.any(axis=1).sum(axis=1)  # height, width
 
-    zoomed = aspects({"augmentation": True, "augmentation_zoom": 0.3})
-    cropped = aspects({"augmentation": True, "augmentation_zoom": 0.1, "augmentation_crop": 0.4})
-    assert np.abs(zoomed - 1).max() < 0.1
-    assert np.abs(cropped - 1).max() > 0.2 and cropped.min() < 1 < cropped.max()
+    height, width = sides({"augmentation": True, "augmentation_zoom": 0.3})
+    assert np.abs(height / width - 1).max() < 0.1
+    height, width = sides({"augmentation": True, "augmentation_zoom": 0.1,
+                           "augmentation_crop": 0.4})
+    aspect = height / width
+    assert np.abs(aspect - 1).max() > 0.2 and aspect.min() < 1 < aspect.max()
+    # A crop keeps 60-100 % of a side, so the 28 px square grows to at most 28 / 0.6 px; the
+    # zoom out shrinks it to no less than 28 / 1.1.
+    both = np.concatenate([height, width])
+    assert 28 / 1.1 - 1 <= both.min() and both.max() <= 28 / 0.6 + 1 and both.max() > 33
 
 
 def test_colour_augmentation_keeps_pixels_in_unit_range(tiny):

@@ -368,7 +368,7 @@ class Settings:
         require(self.training.warmup_epochs == 0 or self.tuning.epochs >= 2, "tuning.epochs",
                 "must be >= 2 when training.warmup_epochs > 0: a trial needs an epoch of "
                 "head-only training and one of fine-tuning")
-        require(self.training.finetune_blend == 1.0 or self.model.pretrained_weights is not None,
+        require(self.training.finetune_blend == 1.0 or bool(self.model.pretrained_weights),
                 "training.finetune_blend", "must be 1 without model.pretrained_weights: it blends "
                 "the trained backbone with its pretrained weights")
 

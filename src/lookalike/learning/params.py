@@ -29,12 +29,13 @@ def apply_params(settings: Settings, params: dict[str, Any]) -> Settings:
 
 def tuning_key(settings: Settings, products_version: int) -> str:
     """What tuned parameters are only valid for: profile, backbone, served vector (and how: its
-    flip), the loss's proxy term, input geometry, objective and the catalogue version they were
-    searched on (training applies a
+    flip and its blend with the pretrained weights), the loss's proxy term, input geometry,
+    objective and the catalogue version they were searched on (training applies a
     tuning run's best parameters only when its key is the same)."""
     m = settings.model
     return (f"profile={settings.profile};backbone={m.backbone};"
             f"embedding={m.embedding_from};"
             f"proxy={m.proxy_weight:g}x{m.proxy_scale:g};flip={int(m.test_time_flip)};"
+            f"blend={settings.training.finetune_blend:g};"
             f"image={settings.image.size}x{settings.image.channels};"
             f"objective={settings.tuning.objective};products={int(products_version)}")
