@@ -139,8 +139,7 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
 
     from lookalike.learning.data import DataSpec
     from lookalike.learning.distributed import _built_model, train_embedding
-    from lookalike.learning.model import (backbone_weights, blended_weights, embedding_network,
-                                          set_backbone_weights)
+    from lookalike.learning.model import backbone_of, blended_weights, embedding_network
 
     write_fold_split(all_split, rows, work / "train")
     size = settings.image.size
@@ -155,8 +154,9 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
                              threads=os.cpu_count(), keep_model=True)
     train_seconds = time.perf_counter() - started
     model = result["model"]
-    trained = backbone_weights(model)
-    pretrained = (backbone_weights(_built_model(settings, spec))
+    backbone = backbone_of(model)
+    trained = backbone.get_weights()
+    pretrained = (backbone_of(_built_model(settings, spec)).get_weights()
                   if settings.model.pretrained_weights else trained)
     share = settings.training.finetune_blend
     # Both vectors of one model, unflipped (the mirror images are embedded below).
@@ -166,7 +166,7 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
         model={"embedding_from": "features", "test_time_flip": False}))
     both = tf.keras.Model(model.inputs, [head.outputs[0], features.outputs[0]])
     images = all_split.x.at_size(size)
-    set_backbone_weights(model, blended_weights(pretrained, trained, share))
+    backbone.set_weights(blended_weights(pretrained, trained, share))
     started = time.perf_counter()
     h, f = [], []
     for start in range(0, len(images), 64):
@@ -182,7 +182,7 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
                "features": l2_normalise(np.concatenate(f[0::2])),
                "features_mirror": l2_normalise(np.concatenate(f[1::2]))}
     for other in sorted(set(blends) - {share}):
-        set_backbone_weights(model, blended_weights(pretrained, trained, other))
+        backbone.set_weights(blended_weights(pretrained, trained, other))
         vectors[f"features_blend{other:g}"] = l2_normalise(np.concatenate(
             [np.asarray(features(np.asarray(images[i:i + 64]), training=False))
              for i in range(0, len(images), 64)]))

@@ -63,7 +63,7 @@ def test_finetune_blend_saves_the_point_between_pretrained_and_trained(catalogue
     import dataclasses
 
     from lookalike.learning.distributed import _built_model, read_state, train_embedding
-    from lookalike.learning.model import backbone_of, backbone_weights
+    from lookalike.learning.model import backbone_of
 
     settings, spec = catalogue
     lite = settings.replace(image={"size": 32, "channels": 3},
@@ -82,7 +82,7 @@ def test_finetune_blend_saves_the_point_between_pretrained_and_trained(catalogue
             model.load_weights(str(path)).expect_partial()
         head = [w.numpy() for w in model.trainable_weights
                 if not any(w is b for b in backbone_of(model).weights)]
-        return backbone_weights(model), head
+        return backbone_of(model).get_weights(), head
 
     pretrained, _ = weights()
     trained, trained_head = weights(tmp_path / read_state(tmp_path)["weights"])

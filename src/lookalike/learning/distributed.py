@@ -63,8 +63,7 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
 
     from lookalike.config import settings_from_dict
     from lookalike.learning.data import DataSpec, training_batches
-    from lookalike.learning.model import (backbone_weights, blended_weights, make_loss,
-                                          set_backbone_weights)
+    from lookalike.learning.model import backbone_of, blended_weights, make_loss
 
     settings = settings_from_dict(settings_dict)
     spec = DataSpec.from_dict(spec_dict)
@@ -72,7 +71,7 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     model = _built_model(settings, spec)
     t = settings.training
     # The pretrained backbone, before any checkpoint loads: finetune_blend's start point.
-    pretrained = backbone_weights(model) if t.finetune_blend < 1.0 else None
+    pretrained = backbone_of(model).get_weights() if t.finetune_blend < 1.0 else None
     steps = rank_steps(t.steps_per_epoch, size)
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -121,8 +120,8 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     if pretrained is not None:
         # Epoch checkpoints keep the trained weights (a resume continues from them); the
         # final weights, what is packaged and what tuning trials score, are the blend.
-        set_backbone_weights(model, blended_weights(pretrained, backbone_weights(model),
-                                                    t.finetune_blend))
+        backbone = backbone_of(model)
+        backbone.set_weights(blended_weights(pretrained, backbone.get_weights(), t.finetune_blend))
         if rank == 0:
             print(f"[train] backbone saved as pretrained + {t.finetune_blend:g} x (trained - "
                   "pretrained) (training.finetune_blend)", file=sys.stderr, flush=True)

@@ -197,20 +197,6 @@ def backbone_of(model):
     return nested[0]
 
 
-def backbone_weights(model) -> list:
-    """A copy of the backbone's weights (trainable or not), in ``backbone.weights`` order."""
-    return [w.numpy() for w in backbone_of(model).weights]
-
-
-def set_backbone_weights(model, weights: list) -> None:
-    """Assign :func:`backbone_weights`-ordered arrays to the backbone."""
-    variables = backbone_of(model).weights
-    if len(variables) != len(weights):
-        raise ValueError(f"{len(weights)} weights for a backbone of {len(variables)}")
-    for variable, value in zip(variables, weights):
-        variable.assign(value.astype(variable.dtype.as_numpy_dtype))
-
-
 def blended_weights(start: list, trained: list, share: float) -> list:
     """Weight-space ensemble (WiSE-FT): ``start + share x (trained - start)``, weight by weight.
 
