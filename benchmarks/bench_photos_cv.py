@@ -22,7 +22,11 @@ model also its training set. Relevant = same category. Methods:
 * ``finetuned_<head|features>[_flip]``: the ``--profile`` recipe (its defaults: untuned, as
   ``lookalike train --no-tuned``) trained on the other folds, both vectors of one model;
   ``finetuned_features_blend<share>`` (``--blends``): the same training saved at another
-  ``training.finetune_blend`` (WiSE-FT: pretrained + share x (trained - pretrained)).
+  ``training.finetune_blend`` (WiSE-FT: pretrained + share x (trained - pretrained));
+  ``ensemble_w<w>`` (``--ensembles``): an output-space ensemble, the fine-tuned features (the
+  profile's share) concatenated with the frozen features of the same backbone and size,
+  weighted so that cosine = w x fine-tuned cosine + (1 - w) x frozen cosine (serving it would
+  run two backbones).
 
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
@@ -213,6 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--blends", default="",
                         help="also score these training.finetune_blend shares (e.g. 0.5,0.7,1) "
                              "from each fold's one training")
+    parser.add_argument("--ensembles", default="",
+                        help="also score output-space ensembles of the fine-tuned and the frozen "
+                             "features at these weights of the fine-tuned cosine (e.g. 0.5,0.7)")
     args = parser.parse_args(argv)
 
     from benchmarks.common import bench_settings
@@ -294,6 +301,10 @@ def main(argv=None) -> int:
         recipe = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
         timings = []
         tuned: dict[str, list[dict]] = {}
+        weights = tuple(float(w) for w in args.ensembles.split(",") if w)
+        if weights:  # the frozen features of the fine-tuned backbone, at its size
+            same, _, _ = frozen_vectors(everything.x, settings.model.backbone.split("_")[-1],
+                                        settings.image.size, cache)
         for f in chosen:
             rows = np.flatnonzero(fold != f)
             # Keyed by the recipe and the fold's rows: a rerun resumes a fold's checkpoints,
@@ -304,6 +315,9 @@ def main(argv=None) -> int:
             timings.append(timing)
             for name in ("head", "features"):
                 vec[f"{name}_flip"] = l2_normalise(vec[name] + vec.pop(f"{name}_mirror"))
+            for w in weights:
+                vec[f"ensemble_w{w:g}"] = np.concatenate(
+                    [np.sqrt(w) * vec["features"], np.sqrt(1 - w) * same], axis=1)
             for name, vectors in vec.items():
                 tuned.setdefault(f"finetuned_{name}", []).append(
                     fold_score(vectors, labels, fold, f))

@@ -31,6 +31,12 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="full")
     parser.add_argument("--home", help="LOOKALIKE_HOME for the benchmark (default: settings)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--split", choices=("val", "test"), default="val",
+                        help="val: choose on validation data (default); test: report only")
+    # One garment and one shoe, each with a relative left in training (Shirt, Ankle boot), as
+    # the unseen T-shirt/top, Coat and Sandal have theirs.
+    parser.add_argument("--validation-categories", default="Pullover,Sneaker",
+                        help="--split val, protocol (b): seen categories held out of training")
     args = parser.parse_args(argv)
 
     from benchmarks.common import bench_settings
@@ -47,11 +53,22 @@ def main(argv=None) -> int:
     started = time.time()
     print("[bench] ingesting Fashion-MNIST", file=sys.stderr, flush=True)
     version = ingest_fashion_mnist(spark, settings).table_version
-    train, _, test = load_eval_splits(spark, settings, version)
+    train, val, test = load_eval_splits(spark, settings, version)
     unseen = set(settings.evaluation.unseen_categories)
+    queries, scoring = test, settings
+    if args.split == "val":
+        asked = [c for c in args.validation_categories.split(",") if c]
+        if not asked or set(asked) & unseen or not set(asked) <= set(train.labels):
+            raise SystemExit(f"bench_served_vector: --validation-categories {asked} must be "
+                             f"seen categories (not {sorted(unseen)})")
+        # (b) asks the held-out seen categories' validation queries; unseen ones stay out of
+        # training too, so (b)'s model knows what test (b)'s model knows, minus these.
+        queries, scoring = val, settings.replace(evaluation={"unseen_categories": asked})
+        unseen |= set(asked)
     seen = sorted(c for c in set(train.labels) if c not in unseen)
     out: dict = {"profile": args.profile, "overrides": args.set, "cores": os.cpu_count(),
-                 "unseen_categories": sorted(unseen), "metrics": {}}
+                 "split": args.split, "held_out_of_b_training": sorted(unseen),
+                 "b_asks": list(scoring.evaluation.unseen_categories), "metrics": {}}
     for protocol, categories in (("a", []), ("b", seen)):
         trained = settings.replace(training={"train_categories": categories})
         spec = prepare_training_data(spark, trained, version)
@@ -65,7 +82,7 @@ def main(argv=None) -> int:
 
             def embed(x, network=network):
                 return network.predict(x, batch_size=settings.embedding.batch_size, verbose=0)
-            scored = evaluate_embedders(settings, train, test,
+            scored = evaluate_embedders(scoring, train, queries,
                                         embed if protocol == "a" else None,
                                         embed if protocol == "b" else None,
                                         baseline=(protocol, served) == ("a", SERVED[0]),
