@@ -23,8 +23,9 @@ model also its training set. Relevant = same category. Methods:
   ``lookalike train --no-tuned``) trained on the other folds, both vectors of one model;
   ``finetuned_features_blend<share>`` (``--blends``): the same training saved at another
   ``training.finetune_blend`` (WiSE-FT: pretrained + share x (trained - pretrained));
-  ``finetuned_ensemble_w<w>`` (``--ensembles``): an output-space ensemble, the fine-tuned features (the
-  profile's share) concatenated with the frozen features of the same backbone and size,
+  ``finetuned_ensemble_w<w>`` (``--ensembles``): an output-space ensemble, the fine-tuned
+  features (the profile's share) concatenated with the frozen features of the same backbone
+  and size,
   weighted so that cosine = w x fine-tuned cosine + (1 - w) x frozen cosine (serving it would
   run two backbones).
 
