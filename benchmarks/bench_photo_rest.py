@@ -1,11 +1,11 @@
-"""Photo REST latency at the ``photos`` profile's size (issue 21: p50 <= 25 ms on 2 cores).
+"""Photo REST latency with the ``photos`` profile's backbone and size (issue 21: p50 <= 25 ms).
 
 The shared clothing photos are ingested as a shop ingests them, a model of the profile's
 architecture is trained for a few steps (latency does not depend on what the weights learned),
 then embedded, indexed, packaged, validated and promoted as the pipeline does; then
 :mod:`benchmarks.bench_serving` queries the served champion with the catalogue's own photos.
-``--set SECTION.KEY=VALUE`` changes the profile (e.g. ``model.backbone=efficientnet_lite1``
-with ``image.size=240``). Prints one JSON object: bench_serving's, plus the steps' seconds.
+``--set SECTION.KEY=VALUE`` changes the profile (e.g. ``model.backbone=efficientnet_lite0``
+with ``image.size=224``). Prints one JSON object: bench_serving's, plus the steps' seconds.
 
 Example (about 5 minutes on 2 cores)::
 

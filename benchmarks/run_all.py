@@ -66,7 +66,8 @@ def plan(home: str) -> list[tuple[str, list[str]]]:
         # ../shared/datasets/clothing-photos; exits with a message without it).
         # The shares of training.finetune_blend the photos profile chose from.
         ("photos_cv", ["benchmarks.bench_photos_cv", "--home", str(Path(home) / "photos_cv"),
-                       "--blends", "0.5,0.6,0.7,0.8,1"]),
+                       "--frozen", "lite0:224,lite1:240,lite2:260",
+                       "--blends", "0.5,0.6,0.7,0.8,1", "--ensembles", "0.5,0.7"]),
         # ... and its REST latency at the profile's backbone and size (target p50 <= 25 ms).
         ("photos_serving_lite1_240", ["benchmarks.bench_photo_rest", "--home",
                                       str(Path(home) / "photo_rest")]),
