@@ -17,7 +17,8 @@ import pytest
 from bundle_model import APP_SERVICE_PRINCIPAL
 from rehearse import NOT_COVERED, Workspace, fashion_mnist_slice, file_server, shop_photos
 
-# About 5 and 9 minutes on 2 quiet cores (BENCHMARKS.md): room for a slower machine.
+# About 4 (dev) and 6 (prod) minutes alone on 2 quiet cores (BENCHMARKS.md): room for a
+# slower machine or a busy one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 DAILY, WEEKLY = "lookalike_daily_catalogue", "lookalike_weekly_retrain"
