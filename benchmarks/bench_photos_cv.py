@@ -25,9 +25,8 @@ model also its training set. Relevant = same category. Methods:
   ``training.finetune_blend`` (WiSE-FT: pretrained + share x (trained - pretrained));
   ``finetuned_ensemble_w<w>`` (``--ensembles``): an output-space ensemble, the fine-tuned
   features (the profile's share) concatenated with the frozen features of the same backbone
-  and size,
-  weighted so that cosine = w x fine-tuned cosine + (1 - w) x frozen cosine (serving it would
-  run two backbones).
+  and size, weighted so that cosine = w x fine-tuned cosine + (1 - w) x frozen cosine (serving
+  it would run two backbones).
 
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
