@@ -45,9 +45,15 @@ def test_package_without_index_is_a_clear_error(embedding_run):
         package_and_register(settings, run_id=copy_training_run(settings, run_id))
 
 
-def test_a_title_only_change_reaches_the_next_package(embedding_run, spark, tmp_path):
+def test_a_title_only_change_reaches_the_next_package(embedding_run, spark, tmp_path,
+                                                      monkeypatch):
+    """... and the next package of the same training run (the nightly refresh) carries the
+    first one's TensorFlow Lite conversion, without converting again."""
     import mlflow
     import pandas as pd
+
+    from lookalike.learning import engines
+    from lookalike.learning.artifacts import resolve_model
 
     from lookalike.catalogue.ingest import ingest_candidates, ingest_fashion_mnist
     from lookalike.catalogue.tables import read_products
@@ -55,7 +61,7 @@ def test_a_title_only_change_reaches_the_next_package(embedding_run, spark, tmp_
     from lookalike.index.build import build_index
     from lookalike.serving.catalogue_file import ServingCatalogue
     from lookalike.serving.package import package_and_register
-    from lookalike.serving.pyfunc import ARTIFACT_PRODUCTS, packaged_artifacts
+    from lookalike.serving.pyfunc import ARTIFACT_MODEL, ARTIFACT_PRODUCTS, packaged_artifacts
 
     run_settings, run_id = embedding_run
     settings = run_settings.replace(
@@ -73,10 +79,18 @@ def test_a_title_only_change_reaches_the_next_package(embedding_run, spark, tmp_
         "source_uri": [row["source_uri"]], "official_split": ["test"]}), "test")
     assert embed_catalogue(settings, run_id=run_id)["embedded"] == 0     # same picture
     assert build_index(settings, run_id=run_id)["mode"] == "unchanged"
+    converted = (resolve_model(settings, run_id)[1] / engines.CONVERTED_FILE).read_bytes()
+
+    def no_second_conversion(_):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(engines, "convert", no_second_conversion)
     second = package_and_register(settings, run_id=run_id)
     local = mlflow.artifacts.download_artifacts(second["model_uri"], dst_path=str(tmp_path))
-    catalogue = ServingCatalogue(packaged_artifacts(local)[ARTIFACT_PRODUCTS])
+    artifacts = packaged_artifacts(local)
+    catalogue = ServingCatalogue(artifacts[ARTIFACT_PRODUCTS])
     assert catalogue.title(row["product_id"]) == "Red canvas tote"
+    assert (artifacts[ARTIFACT_MODEL] / engines.CONVERTED_FILE).read_bytes() == converted
 
 
 def test_the_package_pins_mlflow_by_its_module_and_types_empty_text_columns(packaged_model):

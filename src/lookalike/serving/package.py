@@ -79,12 +79,14 @@ def package_and_register(settings: Settings, run_id: str | None = None,
     import mlflow
 
     from lookalike.index.build import index_dir
-    from lookalike.learning.artifacts import resolve_model
+    from lookalike.learning.artifacts import convert_once, resolve_model
     from lookalike.serving.pyfunc import log_lookalike_model
     from lookalike.tracking import KIND_TAG, configure_mlflow
 
     configure_mlflow(settings)
     run_id, model_dir = resolve_model(settings, run_id)
+    if settings.serving.engine == "tflite":
+        convert_once(model_dir)
     training = mlflow.get_run(run_id)
     index_path = index_dir(settings, run_id)
     if not IndexManifest.exists(index_path):
