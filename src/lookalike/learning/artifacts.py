@@ -8,6 +8,7 @@ of loaded models (Spark reuses Python workers across tasks).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.config import Settings
+
+log = logging.getLogger(__name__)
 
 # Loaded embedding models per Python process.
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}  # (directory, precision) -> model
@@ -60,10 +63,12 @@ def resolve_model(settings: Settings, run_id: str | None = None) -> tuple[str, P
 
 def convert_once(model_dir: Path) -> bool:
     """Write the TensorFlow Lite conversion of a downloaded model beside it
-    (:data:`lookalike.learning.engines.CONVERTED_FILE`) unless it is there already. The nightly
-    refresh packages the champion's training run again: it then reuses the file instead of
-    converting the same network each night (about 10 s of CPU for EfficientNet-Lite1). True if
-    the file is there now; False if the network does not convert (TensorFlow serves it)."""
+    (:data:`lookalike.learning.engines.CONVERTED_FILE`) unless it is there already: the nightly
+    refresh packages the champion's training run again, and then reuses the file instead of
+    converting the same network each night (8-11 s for EfficientNet-Lite1 in the workspace
+    rehearsal). True if the file is there now. False if the network does not convert (its
+    loader tries again, falls back to TensorFlow and says why) or the file cannot be written
+    (it is only a speed-up)."""
     from lookalike.learning.engines import CONVERTED_FILE, convert
     from lookalike.learning.model import SAVED_MODEL_DIR
 
@@ -72,12 +77,20 @@ def convert_once(model_dir: Path) -> bool:
         return True
     try:
         content = convert(Path(model_dir) / SAVED_MODEL_DIR)
-    except Exception:  # noqa: BLE001 - the model's loader falls back to TensorFlow and says why
+    except Exception:  # noqa: BLE001 - see above: the loader falls back to TensorFlow
         return False
-    # Whole-file write then rename: a reader never sees half a file (and Volumes take no appends).
-    partial = target.with_name(f".{CONVERTED_FILE}.{uuid.uuid4().hex[:8]}")
-    partial.write_bytes(content)
-    os.replace(partial, target)
+    # Whole-file write, then rename: no reader sees half a file, Volumes take no appends, and
+    # the partial file lives outside the model folder, which is packaged as it is.
+    partial = Path(model_dir).parent / f".{CONVERTED_FILE}.{uuid.uuid4().hex[:8]}"
+    try:
+        partial.write_bytes(content)
+        os.replace(partial, target)
+    except OSError as error:
+        log.warning("could not keep the TensorFlow Lite conversion at %s (%s): the next "
+                    "package of this run converts again", target, error)
+        return False
+    finally:
+        partial.unlink(missing_ok=True)
     return True
 
 

@@ -2,13 +2,14 @@
 
 The REST server embeds one or a few images per request, where TensorFlow's per-call overhead
 dominates: the same network converted to TensorFlow Lite (XNNPACK kernels) answers in less than
-half the time on CPU (docs/benchmarks-history.md), with outputs equal to within 1e-6. Batch jobs and GPUs
-keep TensorFlow. The conversion happens once, when a training run is first packaged
-(:func:`lookalike.learning.artifacts.convert_once`, beside the downloaded model, where the
-nightly repackaging of the same run finds it): the packaged model carries it (``CONVERTED_FILE``
-in its embedding model folder), so a serving worker, the validation and the nightly
-recommendations only read it (converting EfficientNet-Lite0 takes about 5 s of CPU). A model without the file (packaged before it existed) is converted when it
-loads. If conversion fails (an op TFLite lacks), TensorFlow is used and the reason logged.
+half the time on CPU (docs/benchmarks-history.md), with outputs equal to within 1e-6. Batch jobs
+and GPUs keep TensorFlow. The conversion happens once per training run, when it is first
+packaged (:func:`lookalike.learning.artifacts.convert_once` keeps it beside the downloaded
+model, where the nightly repackaging of the same run finds it). The packaged model carries it
+(``CONVERTED_FILE`` in its embedding model folder), so a serving worker, the validation and the
+nightly recommendations only read it (converting EfficientNet-Lite0 takes about 5 s of CPU). A
+model without the file (packaged before it existed) is converted when it loads. If conversion
+fails (an op TFLite lacks), TensorFlow is used and the reason logged.
 """
 
 from __future__ import annotations
