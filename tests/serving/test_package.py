@@ -52,13 +52,12 @@ def test_a_title_only_change_reaches_the_next_package(embedding_run, spark, tmp_
     import mlflow
     import pandas as pd
 
-    from lookalike.learning import engines
-    from lookalike.learning.artifacts import resolve_model
-
     from lookalike.catalogue.ingest import ingest_candidates, ingest_fashion_mnist
     from lookalike.catalogue.tables import read_products
     from lookalike.embeddings import embed_catalogue
     from lookalike.index.build import build_index
+    from lookalike.learning import engines
+    from lookalike.learning.artifacts import resolve_model
     from lookalike.serving.catalogue_file import ServingCatalogue
     from lookalike.serving.package import package_and_register
     from lookalike.serving.pyfunc import ARTIFACT_MODEL, ARTIFACT_PRODUCTS, packaged_artifacts
