@@ -6,8 +6,9 @@ Run: .venv/bin/python -m benchmarks.bench_look [--photos DIR]
 
 Each photo is decoded as serving decodes it for ``look: true``
 (:func:`lookalike.preprocessing.checked_picture`, at most ``look.max_side`` px) and given to
-the detector. The person photo is Grace Hopper's public-domain portrait that matplotlib ships
-(waist up). Needs the ``[look]`` extra; prints one JSON line.
+the detector. The person photos: Grace Hopper's public-domain portrait that matplotlib ships
+(waist up), and a man standing head to shoes (``tests/data/people``, CC0). Needs the ``[look]``
+extra; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-photos"
+FULL_BODY = Path(__file__).resolve().parents[1] / "tests" / "data" / "people" / "standing-close.jpg"
 
 
 def main() -> None:
@@ -42,13 +44,19 @@ def main() -> None:
         return checked_picture(data, look.max_side, serving.max_image_bytes, serving.max_pixels,
                                settings.catalogue.allowed_formats, serving.max_decode_bytes)
 
-    portrait = (Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").read_bytes()
-    person_ms, garments = [], None
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        found = detector.find(picture(portrait))
-        person_ms.append((time.perf_counter() - started) * 1000)
-        garments = [r.garment for r in found.regions] if found else []
+    people = {"waist_up": (Path(matplotlib.get_data_path()) / "sample_data"
+                           / "grace_hopper.jpg").read_bytes(),
+              "full_body": FULL_BODY.read_bytes()}
+    person_photos = {}
+    for name, photo in people.items():
+        person_ms, garments = [], None
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            found = detector.find(picture(photo))
+            person_ms.append((time.perf_counter() - started) * 1000)
+            garments = [r.garment for r in found.regions] if found else []
+        person_photos[name] = {"garments": garments,
+                               "p50_ms": round(float(np.median(person_ms)), 1)}
     files = sorted((Path(args.photos) / "images").glob("*.jpg"))
     flat_ms, crops = [], []
     for path in files:
@@ -60,7 +68,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "look_detector", "detector": look.detector, "max_side": look.max_side,
         "require_face": look.require_face,
-        "person_photo": {"garments": garments, "p50_ms": round(float(np.median(person_ms)), 1)},
+        "person_photos": person_photos,
         "flat_photos": {"photos": len(files), "taken_for_a_person": len(crops),
                         "false_crop_rate": round(len(crops) / max(1, len(files)), 4),
                         "files": crops[:20],

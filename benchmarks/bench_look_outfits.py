@@ -1,34 +1,49 @@
-"""Shop the look, measured on outfits (issue 20): per-garment Recall@1 with ``look`` on and
-off, and the REST latency of a photo query with and without it.
+"""Shop the look, measured on outfits (issue 20): per-garment Recall@1 (top, bottom, shoes)
+with ``look`` on and off, and the REST latency of a photo query with and without it.
 
-No photo of a person in an outfit can be downloaded here, so the evaluation set is made, not
-shipped: **composites of the shared clothing photos onto a real person with her mask**. The
-person is Grace Hopper's public-domain portrait that matplotlib ships (waist up). The
-detector finds her top region and person mask once; for each query garment photo, the photo
-(cropped to the region's shape around its centre) replaces her pixels inside that region where
-the mask says person, with her face, hair and the background around it. Two paints
-(:data:`PAINTS`): ``photo``, the whole garment photo (the garment's own shape, with the bed,
-floor or wall it lay on), and ``fabric``, its central half only (the garment in her silhouette,
-its shape lost). The composite is saved as a JPEG, as a shopper's upload would be.
+The evaluation set is made, not shipped: **the shared clothing photos composited onto a real
+person, inside his person mask**. The person is in two CC0 full-body photos
+(``tests/data/people``, from IBM's yogait repository: standing close up, and small in a room).
+The detector finds his top, bottom and shoes regions and his mask once per photo. Each outfit
+takes three held-out garment photos, one per garment, and paints each over his pixels inside
+its region where the mask says person (shoes first, then bottom, then top, so the top covers
+the waistband and the trousers the ankles); his face, arms above the top's box and the room
+stay. Two paints (:data:`PAINTS`): ``photo``, the whole garment photo cropped to the region's
+shape (the garment's own shape, with the bed, floor or wall it lay on), and ``fabric``, its
+central half only (the garment in his silhouette, its shape lost). The composite is saved as a
+JPEG, as a shopper's upload would be.
 
-Why it is fair: look on and look off answer the same composite; the query photos and their
-near-twins are never in the catalogue (a fifth of the near-twin components, by hash, give the
-queries: their photos whose category the ``top`` garment maps to; the catalogue is every photo
-outside those components, all categories); relevant = the garment photo's category. What
-it cannot say: only the **top** is measured (a waist-up portrait has no legs or feet; bottom and
-shoes regions are tested on synthetic landmarks only), the person is always the same one, and
-neither paint is a garment worn (the photo paint keeps its background, the fabric paint loses
-its shape: the same handicap for look on and off).
+Why it is fair: 5 folds as ``bench_photos_cv`` makes them (near-twins, cosine >= 0.85 of frozen
+Lite0 features, in one fold; stratified by category; seed 0). Each fold's photos of the
+categories ``look.garments`` maps to a garment are that fold's queries, against a catalogue of
+the other folds (every category). A fold has fewer bottoms and shoes than tops, so its outfits
+number its tops and reuse its bottoms and shoes in turn (each with other tops, on either photo).
+Relevant = the garment photo's category. Look on and look off answer the same composite:
 
-Conditions, each Recall@1/5/10 and MAP@R: ``garment_photo`` (the plain photo: the ceiling),
-``look_off`` (the whole composite, any category), ``look_on`` (the detector's top crop on white,
-searching the categories ``look.garments.top`` names, as REST does) and ``look_on_any_category``.
+* ``look_off``: the whole composite, one list, any category; each garment is scored on it (a
+  shopper without look sees one list for the whole outfit);
+* ``look_on``: the detector's crop of that garment on white, among its ``look.garments``
+  categories, as REST answers it (the whole picture when no person is found: the
+  ``found`` counts say how often);
+* ``look_on_any_category``: the same crop, any category (the crop's own effect);
+* ``garment_photo``: the plain photo of each query garment (the ceiling).
+
+Recall@k and MAP@R count a lookalike relevant when it has the garment's category, so a garment
+mapped to one category (``shoes: [Shoes]``) scores 1 with look on by construction. So each
+condition also has ``agreement_at_10``: the share of the garment photo's own 10 lookalikes among
+its garment's categories (what the shopper would get for that garment photographed alone) that
+the answer lists too; it also measures which shoes come back, not only that they are shoes.
+
+What it cannot say: one person in one pose; neither paint is a garment worn (the photo paint
+keeps its background, the fabric paint loses its shape: the same handicap for look on and off).
 Vectors: frozen EfficientNet-Lite ImageNet features (``--variant``, ``--size``; the strongest
 simple method of ``bench_photos_cv``), so the figure is about the crop, not one trained model.
+Mean +- standard error over the folds.
 
 ``--rest N``: also serve a small Fashion-MNIST catalogue (N images per split, an untrained
-model packaged with ``look.enabled``) and time composite queries over REST, one client, with
-``look`` true and false: the detector's cost as a shopper meets it. Needs the ``[look]`` extra.
+model packaged with ``look.enabled``) and time outfit queries over REST, one client, with
+``look`` true and false: the detector's and the three crops' cost as a shopper meets it.
+Needs the ``[look]`` extra.
 
     .venv/bin/python -m benchmarks.bench_look_outfits --rest 100
 """
@@ -37,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import io
 import json
 import os
@@ -49,28 +63,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-photos"
-
-
-def grace_hopper() -> bytes:
-    import matplotlib
-
-    return (Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").read_bytes()
-
-
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "datasets" / "clothing-photos"
+PEOPLE = ROOT / "tests" / "data" / "people"
+PERSONS = ("standing-close.jpg", "standing-room.jpg")
 # The share of a garment photo's width and height, around its centre, painted on the person:
 # 1.0 the whole photo (the garment's shape, with the bed, floor or wall around it), 0.5 its
 # fabric only (the shared photos show a garment filling most of the frame).
 PAINTS = {"photo": 1.0, "fabric": 0.5}
-# Near-twins (bench_photos_cv's default): a query's twins are kept out of the catalogue.
-TWIN_THRESHOLD = 0.85
+# Painted first to last: later garments cover earlier ones where their boxes overlap.
+PAINT_ORDER = ("shoes", "bottom", "top")
+# Near-twins and folds as bench_photos_cv makes them.
+TWIN_THRESHOLD, FOLDS, SEED = 0.85, 5, 0
+METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "map_at_r")
 
 
-def composite(person: Image.Image, box, mask: np.ndarray, garment: Image.Image,
-              centre: float = 1.0) -> bytes:
-    """``garment``'s central part (``centre`` of each side, then cropped to ``box``'s shape)
-    painted over ``person``
-    inside ``box`` where ``mask`` >= 0.5; a JPEG (quality 90)."""
+def paint(pixels: np.ndarray, box, mask: np.ndarray, garment: Image.Image,
+          centre: float = 1.0) -> None:
+    """Paint ``garment``'s central part (``centre`` of each side, then cropped to ``box``'s
+    shape) over ``pixels`` (H x W x 3, in place) inside ``box`` where ``mask`` >= 0.5."""
     left, top, right, bottom = box
     width, height = right - left, bottom - top
     g = garment.convert("RGB")
@@ -82,27 +93,44 @@ def composite(person: Image.Image, box, mask: np.ndarray, garment: Image.Image,
                  Image.BILINEAR)
     x0, y0 = (g.width - width) // 2, (g.height - height) // 2
     patch = np.asarray(g.crop((x0, y0, x0 + width, y0 + height)))
-    pixels = np.asarray(person.convert("RGB")).copy()
     inside = np.asarray(mask)[top:bottom, left:right] >= 0.5
     pixels[top:bottom, left:right][inside] = patch[inside]
+
+
+def composite(person: Image.Image, mask: np.ndarray, paints) -> bytes:
+    """``person`` with each ``(box, garment picture, centre)`` of ``paints`` painted in turn;
+    a JPEG (quality 90)."""
+    pixels = np.asarray(person.convert("RGB")).copy()
+    for box, garment, centre in paints:
+        paint(pixels, box, mask, garment, centre)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
-def query_rows(rows: list[dict], components: np.ndarray, top_categories: set[str],
-               fifth: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, catalogue) masks: a fifth of the near-twin components (by a hash of their
-    first product id) give the queries, their photos whose category is a top's; the catalogue
-    is every photo outside those components, so no query meets its own twin there."""
-    first = {}
-    for row, component in zip(rows, components):
-        first.setdefault(component, row["product_id"])
-    chosen = {c for c, pid in first.items()
-              if int(hashlib.sha256(pid.encode()).hexdigest(), 16) % 5 == fifth}
-    in_chosen = np.array([c in chosen for c in components])
-    tops = np.array([r["category"] in top_categories for r in rows])
-    return in_chosen & tops, ~in_chosen
+def outfits(queries: dict[str, np.ndarray]) -> list[dict[str, int]]:
+    """One outfit per query of the most numerous garment; the other garments' queries are
+    reused in turn (a garment without queries is left as the person wears it)."""
+    n = max((len(q) for q in queries.values()), default=0)
+    return [{g: int(q[j % len(q)]) for g, q in queries.items() if len(q)} for j in range(n)]
+
+
+def summarise(per_fold: list[dict]) -> dict:
+    from lookalike.learning.folds import mean_se
+
+    return {m: mean_se([f[m] for f in per_fold]) for m in per_fold[0]}
+
+
+def nearest(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` nearest of ``rows`` (indices into unit ``vectors``) to each unit query."""
+    sims = queries @ vectors[rows].T
+    return rows[np.argsort(-sims, axis=1, kind="stable")[:, :k]]
+
+
+def agreement(answers: np.ndarray, reference: np.ndarray) -> float:
+    """Mean share of each reference list that the answer list also holds."""
+    return round(float(np.mean([len(set(a) & set(r)) / len(r)
+                                for a, r in zip(answers, reference)])), 4)
 
 
 def main(argv=None) -> int:
@@ -110,6 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--photos", default=str(PHOTOS))
     parser.add_argument("--variant", default="lite1")
     parser.add_argument("--size", type=int, default=240)
+    parser.add_argument("--folds", default="", help="only these folds (e.g. 0,1; default all)")
     parser.add_argument("--rest", type=int, default=0, metavar="N",
                         help="also time REST queries against a fresh home of N images per split")
     parser.add_argument("--requests", type=int, default=60)
@@ -123,9 +152,9 @@ def main(argv=None) -> int:
     quiet_libraries(Path(tempfile.gettempdir()) / "lookalike-bench-logs")
     from lookalike.config import load_settings
     from lookalike.learning.backbones.efficientnet_lite import lite_features
-    from lookalike.learning.folds import twin_groups
+    from lookalike.learning.folds import stratified_group_folds, twin_groups
     from lookalike.learning.metrics import retrieval_metrics
-    from lookalike.look import make_detector
+    from lookalike.look import GARMENTS, make_detector
     from lookalike.look.regions import region_input
     from lookalike.preprocessing import checked_picture, to_model_input
 
@@ -141,14 +170,20 @@ def main(argv=None) -> int:
         return checked_picture(data, look.max_side, serving.max_image_bytes, serving.max_pixels,
                                settings.catalogue.allowed_formats, serving.max_decode_bytes)
 
-    person = picture(grace_hopper())
-    found = detector.find(person)
-    top = next(r for r in found.regions if r.garment == "top")
-    top_categories = set(look.garments["top"])
+    people = []
+    for name in PERSONS:
+        person = picture((PEOPLE / name).read_bytes())
+        found = detector.find(person)
+        boxes = {r.garment: r.box for r in (found.regions if found else ())}
+        if set(boxes) != set(GARMENTS):
+            raise SystemExit(f"bench_look_outfits: {name}: the detector found {sorted(boxes)}, "
+                             f"not {list(GARMENTS)}")
+        people.append((name, person, found.mask, boxes))
 
-    rows = [r for r in csv.DictReader(open(photos / "products.csv", encoding="utf-8"))]
+    rows = list(csv.DictReader(open(photos / "products.csv", encoding="utf-8")))
     labels = np.array([r["category"] for r in rows])
     data = [(photos / r["path"]).read_bytes() for r in rows]
+    garment_of = {c: g for g in GARMENTS for c in look.garments[g]}
 
     def network(variant: str, size: int):
         net = lite_features(variant, (size, size, 3), "imagenet")
@@ -159,60 +194,109 @@ def main(argv=None) -> int:
             return out / np.linalg.norm(out, axis=1, keepdims=True)
         return embed
 
-    # Near-twins as bench_photos_cv finds them: frozen Lite0 at 224 px, cosine >= 0.85.
+    # Near-twins and folds as bench_photos_cv makes them: frozen Lite0 at 224 px.
     twins = twin_groups(network("lite0", 224)([to_model_input(d, 224, 3) for d in data]),
                         TWIN_THRESHOLD)
-    is_query, in_catalogue = query_rows(rows, twins, top_categories)
+    fold = stratified_group_folds(labels, twins, FOLDS, SEED)
     size = args.size
     embed = network(args.variant, size)
-    catalogue = embed([to_model_input(data[i], size, 3) for i in np.flatnonzero(in_catalogue)])
-    catalogue_labels = labels[in_catalogue]
-    query_labels = labels[is_query]
-    tops = np.isin(catalogue_labels, sorted(top_categories))
+    started = time.perf_counter()
+    vectors = embed([to_model_input(d, size, 3) for d in data])
+    embed_rate = len(data) / (time.perf_counter() - started)
 
-    def scores(vectors, catalogue_rows=None) -> dict:
-        c = catalogue if catalogue_rows is None else catalogue[catalogue_rows]
-        cl = catalogue_labels if catalogue_rows is None else catalogue_labels[catalogue_rows]
-        report = retrieval_metrics(vectors, query_labels, c, cl, k_values=(1, 5, 10),
+    def scores(queries, query_labels, catalogue_rows) -> dict:
+        report = retrieval_metrics(queries, query_labels, vectors[catalogue_rows],
+                                   labels[catalogue_rows], k_values=(1, 5, 10),
                                    distance="cosine")
-        return {k: round(v, 4) for k, v in report.as_flat_dict().items()}
+        return {m: round(v, 4) for m, v in report.as_flat_dict().items() if m in METRICS}
 
-    queries = np.flatnonzero(is_query)
+    chosen = [int(f) for f in args.folds.split(",") if f] or list(range(FOLDS))
+    per_fold: dict = {}   # condition -> garment -> [fold scores]
+    counts = {g: {"queries": 0, "distinct_photos": 0} for g in GARMENTS}
+    found_counts: dict = {p: {g: 0 for g in GARMENTS} for p in PAINTS}
+    detect_ms: list[float] = []
+    uploads: list[bytes] = []
+
+    def record(condition: str, garment: str, value: dict) -> None:
+        per_fold.setdefault(condition, {}).setdefault(garment, []).append(value)
+
+    for f in chosen:
+        in_catalogue = fold != f
+        queries = {g: np.flatnonzero((fold == f) & np.isin(labels, look.garments[g]))
+                   for g in GARMENTS}
+        outfit_rows = outfits(queries)
+        for g in GARMENTS:
+            counts[g]["queries"] += len(outfit_rows)
+            counts[g]["distinct_photos"] += len(queries[g])
+            record("garment_photo", g, scores(vectors[queries[g]], labels[queries[g]],
+                                              in_catalogue))
+        for paint_name, centre in PAINTS.items():
+            whole, crops = [], {g: [] for g in GARMENTS}
+            for j, outfit in enumerate(outfit_rows):
+                _, person, mask, boxes = people[j % len(people)]
+                upload = composite(person, mask, [
+                    (boxes[g], Image.open(io.BytesIO(data[outfit[g]])), centre)
+                    for g in PAINT_ORDER if g in outfit])
+                uploads.append(upload)
+                whole.append(to_model_input(upload, size, 3))
+                tic = time.perf_counter()
+                seen = picture(upload)
+                result = detector.find(seen)
+                detect_ms.append((time.perf_counter() - tic) * 1000)
+                regions = {r.garment: r for r in (result.regions if result else ())}
+                for g in GARMENTS:
+                    if g in regions:
+                        found_counts[paint_name][g] += 1
+                        crops[g].append(region_input(seen, regions[g], result.mask, size, 3))
+                    else:   # REST answers the whole picture when it finds no person
+                        crops[g].append(whole[-1])
+            whole_vectors = embed(whole)
+            for g in GARMENTS:
+                truth = labels[[o[g] for o in outfit_rows]]
+                crop_vectors = embed(crops[g])
+                of_garment = in_catalogue & np.isin(labels, look.garments[g])
+                reference = nearest(vectors[[o[g] for o in outfit_rows]], vectors,
+                                    np.flatnonzero(of_garment), 10)
+                for condition, answer, rows_ in (
+                        ("look_off", whole_vectors, in_catalogue),
+                        ("look_on", crop_vectors, of_garment),
+                        ("look_on_any_category", crop_vectors, in_catalogue)):
+                    record(f"{paint_name}/{condition}", g, {
+                        **scores(answer, truth, rows_),
+                        "agreement_at_10": agreement(
+                            nearest(answer, vectors, np.flatnonzero(rows_), 10), reference)})
+            print(f"[bench] fold {f} {paint_name}: "
+                  + " ".join(f"{g} on {per_fold[f'{paint_name}/look_on'][g][-1]['recall_at_1']}"
+                             f" off {per_fold[f'{paint_name}/look_off'][g][-1]['recall_at_1']}"
+                             for g in GARMENTS), file=sys.stderr, flush=True)
+
     out: dict = {
-        "benchmark": "look_outfits", "person": "Grace Hopper (matplotlib sample, public domain)",
-        "garment": "top", "top_box": list(top.box), "queries": len(queries),
-        "catalogue": int(in_catalogue.sum()), "twin_threshold": TWIN_THRESHOLD,
+        "benchmark": "look_outfits",
+        "persons": {name: {g: list(b) for g, b in boxes.items()}
+                    for name, _, _, boxes in people},
+        "person_source": "tests/data/people (CC0, IBM/yogait)",
+        "folds": chosen, "of_folds": FOLDS, "seed": SEED, "twin_threshold": TWIN_THRESHOLD,
+        "garment_categories": {g: list(look.garments[g]) for g in GARMENTS},
+        "unmapped_categories": sorted(set(labels.tolist()) - set(garment_of)),
+        "catalogue_photos": len(rows), "queries": counts,
         "vectors": f"frozen efficientnet_{args.variant} {size} px",
-        "garment_photo": scores(embed([to_model_input(data[i], size, 3) for i in queries])),
-        "paints": {}}
-    composites: list[bytes] = []
-    for paint, centre in PAINTS.items():
-        whole, crops, detect_ms, missed = [], [], [], 0
-        for i in queries:
-            upload = composite(person, top.box, found.mask, Image.open(io.BytesIO(data[i])),
-                               centre)
-            composites.append(upload)
-            whole.append(to_model_input(upload, size, 3))
-            started = time.perf_counter()
-            seen = picture(upload)
-            result = detector.find(seen)
-            detect_ms.append((time.perf_counter() - started) * 1000)
-            region = next((r for r in (result.regions if result else ()) if r.garment == "top"),
-                          None)
-            if region is None:  # no person found: REST answers the whole picture
-                missed += 1
-                crops.append(whole[-1])
-            else:
-                crops.append(region_input(seen, region, result.mask, size, 3))
-        crop_vectors = embed(crops)
-        out["paints"][paint] = {
-            "centre": centre, "top_found": len(queries) - missed,
-            "look_off": scores(embed(whole)), "look_on": scores(crop_vectors, tops),
-            "look_on_any_category": scores(crop_vectors),
-            "detector_p50_ms": round(float(np.median(detect_ms)), 1)}
-        print(f"[bench] {paint}: {out['paints'][paint]}", file=sys.stderr, flush=True)
+        "embed_images_per_second": round(embed_rate, 1),
+        "detector_p50_ms": round(float(np.median(detect_ms)), 1),
+        "found": {p: {g: f"{n}/{counts[g]['queries']}" for g, n in c.items()}
+                  for p, c in found_counts.items()},
+        "per_fold": per_fold,
+        "summary": {condition: {g: summarise(v) for g, v in by_garment.items()}
+                    for condition, by_garment in per_fold.items()},
+        "command": "python -m benchmarks.bench_look_outfits " + " ".join(
+            argv if argv is not None else sys.argv[1:])}
+    for condition, by_garment in out["summary"].items():
+        print(f"[bench] {condition}: " + "  ".join(
+            f"{g} R@1 {s['recall_at_1'][0]}+-{s['recall_at_1'][1]}"
+            + (f" agree@10 {s['agreement_at_10'][0]}" if "agreement_at_10" in s else "")
+            for g, s in by_garment.items()),
+            file=sys.stderr, flush=True)
     if args.rest:
-        out["rest"] = rest_latency(args.rest, composites[:16], args.requests)
+        out["rest"] = rest_latency(args.rest, uploads[:16], args.requests)
     print(json.dumps(out))
     return 0
 

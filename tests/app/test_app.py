@@ -774,19 +774,20 @@ def test_streamlit_refuses_uploads_over_the_apps_limit_before_the_app(app_env):
 
 # --------------------------------------------------------------------------- shop the look
 
-TOP_BOX, BOTTOM_BOX = [10, 8, 90, 60], [20, 70, 150, 115]
+TOP_BOX, BOTTOM_BOX, SHOES_BOX = [10, 8, 90, 60], [20, 70, 110, 115], [120, 100, 158, 119]
 
 
 def look_answer() -> bytes:
-    """A canned shop-the-look answer of one photo: a top and a bottom, 3 lookalikes each,
-    interleaved (the client groups them by garment, in the order they first appear)."""
+    """A canned shop-the-look answer of one photo: a top, a bottom and shoes, 3 lookalikes
+    each, interleaved (the client groups them by garment, in the order they first appear)."""
     import json
 
     thumbnail = lc.encode_image(png(np.full((16, 16), 90, np.uint8)))
     records = []
     for rank in (1, 2, 3):
         for garment, box, category in (("top", TOP_BOX, "Shirt"),
-                                       ("bottom", BOTTOM_BOX, "Trouser")):
+                                       ("bottom", BOTTOM_BOX, "Trouser"),
+                                       ("shoes", SHOES_BOX, "Sneaker")):
             records.append({"query": 0, "rank": rank, "product_id": f"{garment}-{rank}",
                             "category": category, "title": None, "distance": 0.1 * rank,
                             "group_id": f"{garment}-{rank}", "image": thumbnail,
@@ -807,11 +808,12 @@ def test_client_reads_and_groups_a_look_answer():
         endpoint.close()
     assert sent[0]["look"] is True and "look" not in sent[1]  # omitted unless asked for
     assert [(n.garment, n.rank) for n in neighbours] == [
-        ("top", 1), ("top", 2), ("top", 3), ("bottom", 1), ("bottom", 2), ("bottom", 3)]
+        (g, r) for g in ("top", "bottom", "shoes") for r in (1, 2, 3)]
     rows = lc.garment_rows(neighbours)
     assert [(r.garment, r.box, [n.product_id for n in r.neighbours]) for r in rows] == [
         ("top", tuple(TOP_BOX), ["top-1", "top-2", "top-3"]),
-        ("bottom", tuple(BOTTOM_BOX), ["bottom-1", "bottom-2", "bottom-3"])]
+        ("bottom", tuple(BOTTOM_BOX), ["bottom-1", "bottom-2", "bottom-3"]),
+        ("shoes", tuple(SHOES_BOX), ["shoes-1", "shoes-2", "shoes-3"])]
     assert plain == neighbours  # (the stand-in answers both alike)
     # A plain answer: no garment, one row.
     plain_rows = lc.garment_rows(lc.parse_response(
@@ -868,18 +870,20 @@ def test_shop_the_look_shows_the_boxes_and_one_row_per_garment(monkeypatch, tmp_
         assert json.loads(endpoint.bodies[-1])["params"]["look"] is True
     finally:
         endpoint.close()
-    assert shown(app.subheader)[-2:] == ["Top", "Bottom"]
+    assert shown(app.subheader)[-3:] == ["Top", "Bottom", "Shoes"]
     assert [pid for _, pid in results(app)] == [
-        "top-1", "top-2", "top-3", "bottom-1", "bottom-2", "bottom-3"]
+        f"{g}-{r}" for g in ("top", "bottom", "shoes") for r in (1, 2, 3)]
     assert {b.key for b in app.button if b.key and b.key.startswith("again-")} == {
-        f"again-{i}-{g}-{r}" for i, g in enumerate(("top", "bottom")) for r in (1, 2, 3)}
+        f"again-{i}-{g}-{r}" for i, g in enumerate(("top", "bottom", "shoes"))
+        for r in (1, 2, 3)}
     assert "Your photo: look.png" in [t.value for t in app.text]
     # The photo as uploaded (upright, its own size), each garment's box drawn on a copy.
     pixels = boxed_preview(app)
     assert pixels is not None
     top_colour, bottom_colour = pixels[30, TOP_BOX[0]], pixels[95, BOTTOM_BOX[0]]
-    assert tuple(top_colour) != (128, 128, 128) and tuple(bottom_colour) != (128, 128, 128)
-    assert tuple(top_colour) != tuple(bottom_colour)
+    shoes_colour = pixels[112, SHOES_BOX[0]]
+    colours = {tuple(c) for c in (top_colour, bottom_colour, shoes_colour)}
+    assert len(colours) == 3 and (128, 128, 128) not in colours
     assert (pixels[30, TOP_BOX[2]] == top_colour).all()  # right edge
     assert (pixels[BOTTOM_BOX[3], 100] == bottom_colour).all()  # bottom edge
     assert tuple(pixels[35, 50]) == (128, 128, 128)  # inside a box: the photo itself

@@ -61,36 +61,53 @@ def test_without_the_extra_look_is_refused_and_everything_else_served(
 def test_a_person_is_answered_per_garment_and_a_catalogue_picture_whole(packaged_model,
                                                                         tmp_path):
     pytest.importorskip("mediapipe", reason="the [look] extra (mediapipe) is not installed")
-    from test_mediapipe_pose import person_photo
+    from test_mediapipe_pose import PEOPLE, full_body_photo, person_photo
 
     recommender = _recommender(packaged_model, tmp_path)
-    photo = person_photo()
+    standing = full_body_photo()
+    portrait = person_photo()
     buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", quality=90)
+    portrait.save(buffer, format="JPEG", quality=90)
     item = packaged_model.products.iloc[5]
     pid = packaged_model.products.iloc[0]["product_id"]
-    frame = pd.DataFrame({"image": [_b64(buffer.getvalue()), _b64(item["image"]), None],
-                          "product_id": [None, None, pid]})
+    frame = pd.DataFrame({"image": [_b64((PEOPLE / "standing-close.jpg").read_bytes()),
+                                    _b64(buffer.getvalue()), _b64(item["image"]), None],
+                          "product_id": [None, None, None, pid]})
     records = recommender.recommend(frame, {"k": 3, "look": True})
     answer = pd.DataFrame(records)
+    # A person head to shoes: three lookalikes per garment, each from its garment's
+    # categories (look.garments' Fashion-MNIST defaults), boxes in the original's pixels.
     person = answer[answer["query"] == 0]
-    assert set(person["garment"]) == {"top"} and len(person) == 3
-    left, top, right, bottom = person["box"].iloc[0]
-    assert 0 <= left < right <= photo.width and photo.height * 0.4 < top < bottom <= photo.height
-    # The top's lookalikes come from the garment's categories (Fashion-MNIST tops).
-    assert set(person["category"]) <= {"T-shirt/top", "Pullover", "Shirt", "Coat"}
+    assert list(person.groupby("garment", sort=False).size().items()) == [
+        ("top", 3), ("bottom", 3), ("shoes", 3)]
+    wanted = {"top": {"T-shirt/top", "Pullover", "Shirt", "Coat"}, "bottom": {"Trouser"},
+              "shoes": {"Sandal", "Sneaker", "Ankle boot"}}
+    boxes = {}
+    for garment, rows in person.groupby("garment"):
+        assert set(rows["category"]) <= wanted[garment], (garment, set(rows["category"]))
+        assert list(rows["rank"]) == [1, 2, 3]
+        boxes[garment] = list(rows["box"].iloc[0])
+        left, top, right, bottom = boxes[garment]
+        assert 0 <= left < right <= standing.width and 0 <= top < bottom <= standing.height
+    assert boxes["top"][1] < boxes["bottom"][1] < boxes["shoes"][1]
+    # Waist up: the top only, below the face and down to the picture's bottom.
+    waist_up = answer[answer["query"] == 1]
+    assert set(waist_up["garment"]) == {"top"} and len(waist_up) == 3
+    left, top, right, bottom = waist_up["box"].iloc[0]
+    assert 0 <= left < right <= portrait.width and portrait.height * 0.4 < top < bottom
+    assert bottom <= portrait.height
     # A catalogue picture has no person: its answer is the plain one, whole.
-    flat = answer[answer["query"] == 1]
+    flat = answer[answer["query"] == 2]
     plain = pd.DataFrame(recommender.recommend(
         pd.DataFrame({"image": [_b64(item["image"])]}), {"k": 3}))
     assert list(flat["garment"]) == ["whole"] * 3
     assert list(flat["product_id"]) == list(plain["product_id"])
     assert list(flat["box"].iloc[0]) == [0, 0, 28, 28]
-    product = answer[answer["query"] == 2]
+    product = answer[answer["query"] == 3]
     assert list(product["garment"]) == ["whole"] * 3 and product["box"].isna().all()
     # The request's category overrides the garment's.
-    shoes = pd.DataFrame(recommender.recommend(frame.iloc[:1], {"k": 2, "look": True,
-                                                                "category": "Sneaker"}))
+    shoes = pd.DataFrame(recommender.recommend(frame.iloc[1:2], {"k": 2, "look": True,
+                                                                 "category": "Sneaker"}))
     assert set(shoes["category"]) == {"Sneaker"}
 
 
