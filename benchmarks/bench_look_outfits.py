@@ -13,24 +13,28 @@ shape (the garment's own shape, with the bed, floor or wall it lay on), and ``fa
 central half only (the garment in his silhouette, its shape lost). The composite is saved as a
 JPEG, as a shopper's upload would be.
 
-Why it is fair: 5 folds as ``bench_photos_cv`` makes them (near-twins, cosine >= 0.85 of frozen
-Lite0 features, in one fold; stratified by category; seed 0). Each fold's photos of the
-categories ``look.garments`` maps to a garment are that fold's queries, against a catalogue of
-the other folds (every category). A fold has fewer bottoms and shoes than tops, so its outfits
-number its tops and reuse its bottoms and shoes in turn (each with other tops, on either photo).
-Relevant = the garment photo's category. Look on and look off answer the same composite:
+Why it is fair: 5 folds made the way ``bench_photos_cv`` makes them (near-twins, cosine >= 0.85
+of frozen Lite0 features, in one fold; stratified by category; seed 0; from ``products.csv``'s
+order, so not the same assignment as that benchmark's, which reads the Delta table). Each fold's
+photos of the categories ``look.garments`` maps to a garment are that fold's queries, against a
+catalogue of the other folds (every category). A fold has fewer bottoms and shoes than tops, so
+its outfits number its tops and reuse its bottoms and shoes in turn (each time with another
+top, on a photo drawn at random). Relevant = the garment photo's category. Look on and look off
+answer the same composite:
 
 * ``look_off``: the whole composite, one list, any category; each garment is scored on it (a
   shopper without look sees one list for the whole outfit);
 * ``look_on``: the detector's crop of that garment on white, among its ``look.garments``
-  categories, as REST answers it (the whole picture when no person is found: the
-  ``found`` counts say how often);
+  categories, as REST answers it: the whole picture, any category, when no person is found; no
+  answer (a miss) when the person is found but not that garment (``answered_of_outfits``);
 * ``look_on_any_category``: the same crop, any category (the crop's own effect);
-* ``garment_photo``: the plain photo of each query garment (the ceiling).
+* ``garment_photo`` / ``garment_photo_garment_categories``: each outfit's garment photographed
+  alone, any category / among its garment's categories (the ceilings of the two above, weighted
+  as the outfits are).
 
 Recall@k and MAP@R count a lookalike relevant when it has the garment's category, so a garment
 mapped to one category (``shoes: [Shoes]``) scores 1 with look on by construction. So each
-condition also has ``agreement_at_10``: the share of the garment photo's own 10 lookalikes among
+look condition also has ``agreement_at_10``: the share of the garment photo's own 10 lookalikes among
 its garment's categories (what the shopper would get for that garment photographed alone) that
 the answer lists too; it also measures which shoes come back, not only that they are shoes.
 
@@ -38,7 +42,8 @@ What it cannot say: one person in one pose; neither paint is a garment worn (the
 keeps its background, the fabric paint loses its shape: the same handicap for look on and off).
 Vectors: frozen EfficientNet-Lite ImageNet features (``--variant``, ``--size``; the strongest
 simple method of ``bench_photos_cv``), so the figure is about the crop, not one trained model.
-Mean +- standard error over the folds.
+Mean +- standard error over the folds; ``recall_at_1_by_category`` pools the folds' queries
+(hits / queries per category).
 
 ``--rest N``: also serve a small Fashion-MNIST catalogue (N images per split, an untrained
 model packaged with ``look.enabled``) and time outfit queries over REST, one client, with
@@ -73,7 +78,7 @@ PERSONS = ("standing-close.jpg", "standing-room.jpg")
 PAINTS = {"photo": 1.0, "fabric": 0.5}
 # Painted first to last: later garments cover earlier ones where their boxes overlap.
 PAINT_ORDER = ("shoes", "bottom", "top")
-# Near-twins and folds as bench_photos_cv makes them.
+# Near-twins and folds, made the way bench_photos_cv makes them.
 TWIN_THRESHOLD, FOLDS, SEED = 0.85, 5, 0
 METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "map_at_r")
 
@@ -158,6 +163,7 @@ def main(argv=None) -> int:
     from lookalike.look.regions import region_input
     from lookalike.preprocessing import checked_picture, to_model_input
 
+    begun = time.perf_counter()
     photos = Path(args.photos)
     if not (photos / "products.csv").exists():
         raise SystemExit(f"bench_look_outfits: no clothing photos at {photos} (../shared is not "
@@ -194,7 +200,7 @@ def main(argv=None) -> int:
             return out / np.linalg.norm(out, axis=1, keepdims=True)
         return embed
 
-    # Near-twins and folds as bench_photos_cv makes them: frozen Lite0 at 224 px.
+    # Near-twins and folds, made the way bench_photos_cv makes them: frozen Lite0 at 224 px.
     twins = twin_groups(network("lite0", 224)([to_model_input(d, 224, 3) for d in data]),
                         TWIN_THRESHOLD)
     fold = stratified_group_folds(labels, twins, FOLDS, SEED)
@@ -212,63 +218,113 @@ def main(argv=None) -> int:
 
     chosen = [int(f) for f in args.folds.split(",") if f] or list(range(FOLDS))
     per_fold: dict = {}   # condition -> garment -> [fold scores]
+    by_category: dict = {}  # condition -> garment -> category -> [Recall@1 hits, queries]
     counts = {g: {"queries": 0, "distinct_photos": 0} for g in GARMENTS}
-    found_counts: dict = {p: {g: 0 for g in GARMENTS} for p in PAINTS}
+    answered: dict = {p: {"all_three": 0, "no_person": 0, **{g: 0 for g in GARMENTS}}
+                      for p in PAINTS}
     detect_ms: list[float] = []
     uploads: list[bytes] = []
 
-    def record(condition: str, garment: str, value: dict) -> None:
-        per_fold.setdefault(condition, {}).setdefault(garment, []).append(value)
+    def record(condition: str, garment: str, truth: np.ndarray, groups) -> None:
+        """Score one condition from ``groups`` of (outfit indices, vectors or None for no
+        answer, catalogue rows searched, reference lists): Recall@k, MAP@R and agreement are
+        means over queries, so the groups pool by their sizes; a garment without an answer
+        scores 0 (REST gives none when it finds the person but not that garment)."""
+        total, pooled = 0, {}
+        tally = by_category.setdefault(condition, {}).setdefault(garment, {})
+        for index, answers, rows_, reference in groups:
+            if not len(index):
+                continue
+            if answers is None:
+                value = dict.fromkeys([*METRICS, "agreement_at_10"], 0.0)
+                top1 = np.array([None] * len(index))
+            else:
+                value = scores(answers, truth[index], rows_)
+                if reference is not None:
+                    value["agreement_at_10"] = agreement(
+                        nearest(answers, vectors, np.flatnonzero(rows_), 10), reference)
+                top1 = labels[nearest(answers, vectors, np.flatnonzero(rows_), 1)[:, 0]]
+            for m, v in value.items():
+                pooled[m] = pooled.get(m, 0.0) + v * len(index)
+            total += len(index)
+            for category, hit in zip(truth[index], top1 == truth[index]):
+                tally.setdefault(str(category), [0, 0])
+                tally[str(category)][0] += int(hit)
+                tally[str(category)][1] += 1
+        per_fold.setdefault(condition, {}).setdefault(garment, []).append(
+            {m: round(v / total, 4) for m, v in pooled.items()})
 
     for f in chosen:
+        rng = np.random.default_rng(SEED + f)
         in_catalogue = fold != f
         queries = {g: np.flatnonzero((fold == f) & np.isin(labels, look.garments[g]))
                    for g in GARMENTS}
         outfit_rows = outfits(queries)
-        for g in GARMENTS:
+        worn = [g for g in GARMENTS if len(queries[g])]
+        # Which photo each outfit is painted on: at random, so a reused bottom or shoe lands
+        # on either (a turn-by-turn choice would tie it to one when its count is even).
+        on_person = rng.integers(len(people), size=len(outfit_rows))
+        everyone = np.arange(len(outfit_rows))
+        for g in worn:
             counts[g]["queries"] += len(outfit_rows)
             counts[g]["distinct_photos"] += len(queries[g])
-            record("garment_photo", g, scores(vectors[queries[g]], labels[queries[g]],
-                                              in_catalogue))
+            truth = labels[[o[g] for o in outfit_rows]]
+            photos_ = vectors[[o[g] for o in outfit_rows]]
+            of_garment = in_catalogue & np.isin(labels, look.garments[g])
+            # The ceiling, weighted as the outfits are: each garment photo alone.
+            record("garment_photo", g, truth, [(everyone, photos_, in_catalogue, None)])
+            record("garment_photo_garment_categories", g, truth,
+                   [(everyone, photos_, of_garment, None)])
         for paint_name, centre in PAINTS.items():
-            whole, crops = [], {g: [] for g in GARMENTS}
+            whole, crops = [], {g: {} for g in worn}
+            no_person = []
             for j, outfit in enumerate(outfit_rows):
-                _, person, mask, boxes = people[j % len(people)]
+                _, person, mask, boxes = people[on_person[j]]
                 upload = composite(person, mask, [
                     (boxes[g], Image.open(io.BytesIO(data[outfit[g]])), centre)
                     for g in PAINT_ORDER if g in outfit])
                 uploads.append(upload)
                 whole.append(to_model_input(upload, size, 3))
-                tic = time.perf_counter()
                 seen = picture(upload)
+                tic = time.perf_counter()
                 result = detector.find(seen)
                 detect_ms.append((time.perf_counter() - tic) * 1000)
-                regions = {r.garment: r for r in (result.regions if result else ())}
-                for g in GARMENTS:
-                    if g in regions:
-                        found_counts[paint_name][g] += 1
-                        crops[g].append(region_input(seen, regions[g], result.mask, size, 3))
-                    else:   # REST answers the whole picture when it finds no person
-                        crops[g].append(whole[-1])
+                if result is None:       # REST answers the whole picture, any category
+                    no_person.append(j)
+                    answered[paint_name]["no_person"] += 1
+                    continue
+                regions = {r.garment: r for r in result.regions}
+                answered[paint_name]["all_three"] += set(GARMENTS) <= set(regions)
+                for g in worn:
+                    if g in regions:     # else REST has no answer for g
+                        answered[paint_name][g] += 1
+                        crops[g][j] = region_input(seen, regions[g], result.mask, size, 3)
             whole_vectors = embed(whole)
-            for g in GARMENTS:
+            no_person = np.array(no_person, dtype=int)
+            for g in worn:
                 truth = labels[[o[g] for o in outfit_rows]]
-                crop_vectors = embed(crops[g])
                 of_garment = in_catalogue & np.isin(labels, look.garments[g])
                 reference = nearest(vectors[[o[g] for o in outfit_rows]], vectors,
                                     np.flatnonzero(of_garment), 10)
-                for condition, answer, rows_ in (
-                        ("look_off", whole_vectors, in_catalogue),
-                        ("look_on", crop_vectors, of_garment),
-                        ("look_on_any_category", crop_vectors, in_catalogue)):
-                    record(f"{paint_name}/{condition}", g, {
-                        **scores(answer, truth, rows_),
-                        "agreement_at_10": agreement(
-                            nearest(answer, vectors, np.flatnonzero(rows_), 10), reference)})
+                cropped = np.array(sorted(crops[g]), dtype=int)
+                unanswered = np.setdiff1d(everyone, np.concatenate([cropped, no_person]))
+                crop_vectors = (embed([crops[g][j] for j in cropped]) if len(cropped)
+                                else np.zeros((0, whole_vectors.shape[1])))
+                fallback = (no_person, whole_vectors[no_person], in_catalogue,
+                            reference[no_person])
+                missing = (unanswered, None, None, None)
+                record(f"{paint_name}/look_off", g, truth,
+                       [(everyone, whole_vectors, in_catalogue, reference)])
+                record(f"{paint_name}/look_on", g, truth,
+                       [(cropped, crop_vectors, of_garment, reference[cropped]), fallback,
+                        missing])
+                record(f"{paint_name}/look_on_any_category", g, truth,
+                       [(cropped, crop_vectors, in_catalogue, reference[cropped]), fallback,
+                        missing])
             print(f"[bench] fold {f} {paint_name}: "
                   + " ".join(f"{g} on {per_fold[f'{paint_name}/look_on'][g][-1]['recall_at_1']}"
                              f" off {per_fold[f'{paint_name}/look_off'][g][-1]['recall_at_1']}"
-                             for g in GARMENTS), file=sys.stderr, flush=True)
+                             for g in worn), file=sys.stderr, flush=True)
 
     out: dict = {
         "benchmark": "look_outfits",
@@ -282,13 +338,18 @@ def main(argv=None) -> int:
         "vectors": f"frozen efficientnet_{args.variant} {size} px",
         "embed_images_per_second": round(embed_rate, 1),
         "detector_p50_ms": round(float(np.median(detect_ms)), 1),
-        "found": {p: {g: f"{n}/{counts[g]['queries']}" for g, n in c.items()}
-                  for p, c in found_counts.items()},
+        "answered_of_outfits": {p: {**c, "outfits": counts[GARMENTS[0]]["queries"]}
+                                for p, c in answered.items()},
+        "recall_at_1_by_category": {
+            condition: {g: {c: f"{hits}/{n}" for c, (hits, n) in sorted(tally.items())}
+                        for g, tally in by_garment.items()}
+            for condition, by_garment in by_category.items()},
         "per_fold": per_fold,
         "summary": {condition: {g: summarise(v) for g, v in by_garment.items()}
                     for condition, by_garment in per_fold.items()},
         "command": "python -m benchmarks.bench_look_outfits " + " ".join(
             argv if argv is not None else sys.argv[1:])}
+    out["wall_seconds_before_rest"] = round(time.perf_counter() - begun, 1)
     for condition, by_garment in out["summary"].items():
         print(f"[bench] {condition}: " + "  ".join(
             f"{g} R@1 {s['recall_at_1'][0]}+-{s['recall_at_1'][1]}"

@@ -25,7 +25,8 @@ def _recommender(packaged_model, tmp_path, **look):
     local = mlflow.artifacts.download_artifacts(packaged_model.model_uri,
                                                 dst_path=str(tmp_path / "model"))
     artifacts = packaged_artifacts(local)
-    # The fixture's serving limits are tiny (500 x 500 px); a 512 x 600 portrait needs more.
+    # The fixture's serving limits are tiny (500 x 500 px); the person photos (512 x 600,
+    # 413 x 684) need more.
     settings = packaged_model.settings.replace(
         look={"enabled": True, **look},
         serving={"max_pixels": 1_000_000, "max_decode_bytes": 5_000_000,
@@ -90,6 +91,19 @@ def test_a_person_is_answered_per_garment_and_a_catalogue_picture_whole(packaged
         left, top, right, bottom = boxes[garment]
         assert 0 <= left < right <= standing.width and 0 <= top < bottom <= standing.height
     assert boxes["top"][1] < boxes["bottom"][1] < boxes["shoes"][1]
+    # In the original's pixels: the detector's boxes on its 640 px view (look.max_side), scaled
+    # back (684 / 640: 20-40 px more at the lower edges, beyond the tolerance).
+    from lookalike.look import make_detector
+    from lookalike.look.regions import scaled_box
+
+    view = standing.copy()
+    view.thumbnail((640, 640))
+    found = make_detector("mediapipe_pose", packaged_model.settings.look.as_limits()).find(view)
+    for region in found.regions:
+        expected = scaled_box(region.box, standing.width / view.width,
+                              standing.height / view.height)
+        assert max(abs(a - b) for a, b in zip(boxes[region.garment], expected)) <= 8, (
+            region.garment, boxes[region.garment], expected)
     # Waist up: the top only, below the face and down to the picture's bottom.
     waist_up = answer[answer["query"] == 1]
     assert set(waist_up["garment"]) == {"top"} and len(waist_up) == 3
