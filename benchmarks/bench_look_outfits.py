@@ -2,8 +2,9 @@
 with ``look`` on and off, and the REST latency of a photo query with and without it.
 
 The evaluation set is made, not shipped: **the shared clothing photos composited onto a real
-person, inside his person mask**. The person is in two CC0 full-body photos
-(``tests/data/people``, from IBM's yogait repository: standing close up, and small in a room).
+person, inside his person mask**. The person is in two full-body photos (``tests/data/people``,
+from IBM's yogait repository, CC0 by its statement: see that folder's README; standing close
+up, and small in a room).
 The detector finds his top, bottom and shoes regions and his mask once per photo. Each outfit
 takes three held-out garment photos, one per garment, and paints each over his pixels inside
 its region where the mask says person (shoes first, then bottom, then top, so the top covers
@@ -33,10 +34,11 @@ answer the same composite:
   as the outfits are).
 
 Recall@k and MAP@R count a lookalike relevant when it has the garment's category, so a garment
-mapped to one category (``shoes: [Shoes]``) scores 1 with look on by construction. So each
-look condition also has ``agreement_at_10``: the share of the garment photo's own 10 lookalikes among
-its garment's categories (what the shopper would get for that garment photographed alone) that
-the answer lists too; it also measures which shoes come back, not only that they are shoes.
+mapped to one category (``shoes: [Shoes]``) scores 1 with look on by construction (but for an
+outfit whose person is not found, answered whole). So each look condition also has
+``agreement_at_10``: the share of the garment photo's own 10 lookalikes among its garment's
+categories (what the shopper would get for that garment photographed alone) that the answer
+lists too; it also measures which shoes come back, not only that they are shoes.
 
 What it cannot say: one person in one pose; neither paint is a garment worn (the photo paint
 keeps its background, the fabric paint loses its shape: the same handicap for look on and off).
@@ -46,8 +48,9 @@ Mean +- standard error over the folds; ``recall_at_1_by_category`` pools the fol
 (hits / queries per category).
 
 ``--rest N``: also serve a small Fashion-MNIST catalogue (N images per split, an untrained
-model packaged with ``look.enabled``) and time outfit queries over REST, one client, with
-``look`` true and false: the detector's and the three crops' cost as a shopper meets it.
+model packaged with ``look.enabled``) and time outfit queries over REST (the first 16
+composites, fold 0's whole-photo paint), one client, with ``look`` true and false: the
+detector's and the three crops' cost as a shopper meets it.
 Needs the ``[look]`` extra.
 
     .venv/bin/python -m benchmarks.bench_look_outfits --rest 100
@@ -176,6 +179,10 @@ def main(argv=None) -> int:
         return checked_picture(data, look.max_side, serving.max_image_bytes, serving.max_pixels,
                                settings.catalogue.allowed_formats, serving.max_decode_bytes)
 
+    missing = [name for name in PERSONS if not (PEOPLE / name).is_file()]
+    if missing:
+        raise SystemExit(f"bench_look_outfits: {missing} absent from {PEOPLE} (its README says "
+                         "why they may be, and what to put there)")
     people = []
     for name in PERSONS:
         person = picture((PEOPLE / name).read_bytes())
@@ -214,9 +221,13 @@ def main(argv=None) -> int:
         report = retrieval_metrics(queries, query_labels, vectors[catalogue_rows],
                                    labels[catalogue_rows], k_values=(1, 5, 10),
                                    distance="cosine")
+        # record() pools groups by their sizes: every query must have been scored.
+        assert report.n_skipped == 0, f"{report.n_skipped} queries without a relevant item"
         return {m: round(v, 4) for m, v in report.as_flat_dict().items() if m in METRICS}
 
     chosen = [int(f) for f in args.folds.split(",") if f] or list(range(FOLDS))
+    if not set(chosen) <= set(range(FOLDS)):
+        raise SystemExit(f"bench_look_outfits: --folds must be among 0..{FOLDS - 1}")
     per_fold: dict = {}   # condition -> garment -> [fold scores]
     by_category: dict = {}  # condition -> garment -> category -> [Recall@1 hits, queries]
     counts = {g: {"queries": 0, "distinct_photos": 0} for g in GARMENTS}
@@ -235,11 +246,11 @@ def main(argv=None) -> int:
         for index, answers, rows_, reference in groups:
             if not len(index):
                 continue
-            if answers is None:
+            if answers is None:   # no answer: a miss
                 value = dict.fromkeys([*METRICS, "agreement_at_10"], 0.0)
                 top1 = np.array([None] * len(index))
             else:
-                value = scores(answers, truth[index], rows_)
+                value = scores(answers, truth[index], rows_)   # rows_: a boolean mask
                 if reference is not None:
                     value["agreement_at_10"] = agreement(
                         nearest(answers, vectors, np.flatnonzero(rows_), 10), reference)
@@ -283,7 +294,8 @@ def main(argv=None) -> int:
                 upload = composite(person, mask, [
                     (boxes[g], Image.open(io.BytesIO(data[outfit[g]])), centre)
                     for g in PAINT_ORDER if g in outfit])
-                uploads.append(upload)
+                if len(uploads) < 16:   # what --rest sends
+                    uploads.append(upload)
                 whole.append(to_model_input(upload, size, 3))
                 seen = picture(upload)
                 tic = time.perf_counter()
@@ -330,7 +342,7 @@ def main(argv=None) -> int:
         "benchmark": "look_outfits",
         "persons": {name: {g: list(b) for g, b in boxes.items()}
                     for name, _, _, boxes in people},
-        "person_source": "tests/data/people (CC0, IBM/yogait)",
+        "person_source": "tests/data/people (IBM/yogait; CC0 by its statement, see README)",
         "folds": chosen, "of_folds": FOLDS, "seed": SEED, "twin_threshold": TWIN_THRESHOLD,
         "garment_categories": {g: list(look.garments[g]) for g in GARMENTS},
         "unmapped_categories": sorted(set(labels.tolist()) - set(garment_of)),
