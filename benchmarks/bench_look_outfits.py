@@ -130,9 +130,13 @@ def summarise(per_fold: list[dict]) -> dict:
 
 
 def nearest(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` nearest of ``rows`` (indices into unit ``vectors``) to each unit query."""
-    sims = queries @ vectors[rows].T
-    return rows[np.argsort(-sims, axis=1, kind="stable")[:, :k]]
+    """The ``k`` nearest of ``rows`` (indices into ``vectors``) to each query, by cosine: the
+    project's exact search (:func:`lookalike.vectors.exact_knn`)."""
+    from lookalike.vectors import exact_knn, prepare
+
+    _, found = exact_knn(prepare(queries, "cosine"), prepare(vectors[rows], "cosine"), k,
+                         "cosine")
+    return rows[found]
 
 
 def agreement(answers: np.ndarray, reference: np.ndarray) -> float:
