@@ -7,8 +7,8 @@ Run: .venv/bin/python -m benchmarks.bench_look [--photos DIR]
 Each photo is decoded as serving decodes it for ``look: true``
 (:func:`lookalike.preprocessing.checked_picture`, at most ``look.max_side`` px) and given to
 the detector. The person photos: Grace Hopper's public-domain portrait that matplotlib ships
-(waist up), and a man standing head to shoes (``tests/data/people``, CC0). Needs the ``[look]``
-extra; prints one JSON line.
+(waist up), and a man standing head to shoes (``tests/data/people``, CC0 by its source's
+statement: see that folder's README). Needs the ``[look]`` extra; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-photos"
-FULL_BODY = Path(__file__).resolve().parents[1] / "tests" / "data" / "people" / "standing-close.jpg"
 
 
 def main() -> None:
@@ -32,6 +31,7 @@ def main() -> None:
 
     import matplotlib
 
+    from benchmarks.bench_look_outfits import PEOPLE, PERSONS
     from lookalike.config import load_settings
     from lookalike.look import make_detector
     from lookalike.preprocessing import checked_picture
@@ -44,13 +44,14 @@ def main() -> None:
         return checked_picture(data, look.max_side, serving.max_image_bytes, serving.max_pixels,
                                settings.catalogue.allowed_formats, serving.max_decode_bytes)
 
+    full_body = PEOPLE / PERSONS[0]
     people = {"waist_up": (Path(matplotlib.get_data_path()) / "sample_data"
                            / "grace_hopper.jpg").read_bytes(),
-              "full_body": FULL_BODY.read_bytes() if FULL_BODY.is_file() else None}
+              "full_body": full_body.read_bytes() if full_body.is_file() else None}
     person_photos = {}
     for name, photo in people.items():
         if photo is None:   # tests/data/people/README.md says why it may be absent
-            person_photos[name] = {"absent": str(FULL_BODY)}
+            person_photos[name] = {"absent": str(full_body)}
             continue
         person_ms, garments = [], None
         for _ in range(args.repeats):
