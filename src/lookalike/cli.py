@@ -27,9 +27,13 @@ def _job_run(value: str) -> str:
     return value
 
 
+RUN_ID_HELP = "training run (default: latest finished one; champion: the champion's)"
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", help="settings profile: conf/<profile>.yaml (quick, full)")
+    common.add_argument("--profile",
+                        help="settings profile: conf/<profile>.yaml (quick, full, photos)")
     common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one setting, e.g. --set training.epochs=2")
     common.add_argument("--job-run", type=_job_run, metavar="ID",
@@ -56,17 +60,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="ignore the latest tuning result, train with configured values")
 
     evaluate = add("evaluate", help="retrieval metrics of a training run")
-    evaluate.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
+    evaluate.add_argument("--run-id", help=RUN_ID_HELP)
 
     embed = add("embed", help="embed new/changed products into Delta")
-    embed.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
+    embed.add_argument("--run-id", help=RUN_ID_HELP)
 
     index = add("build-index", help="build the ANN index from embeddings")
-    index.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
+    index.add_argument("--run-id", help=RUN_ID_HELP)
 
     package = add("package", help="log pyfunc (model + index), register, "
                                                   "alias challenger")
-    package.add_argument("--run-id", help="training run (default: latest finished one; champion: the champion's)")
+    package.add_argument("--run-id", help=RUN_ID_HELP)
 
     validate = add("validate", help="check a packaged version before promotion")
     validate.add_argument("--version", help="model version (default: the challenger)")
@@ -109,11 +113,20 @@ def _overrides(pairs: Sequence[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"config error: --set expects SECTION.KEY=VALUE, got {pair!r}")
         key, raw = pair.split("=", 1)
-        node = result
         parts = key.split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"config error: --set expects SECTION.KEY=VALUE, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw  # as the environment's values: the typed check then names the key
+        node = result
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"config error: --set {pair!r}: "
+                                  f"'{'.'.join(parts[:depth + 1])}' was set to a value above")
+        node[parts[-1]] = value
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import numpy as np
@@ -132,5 +133,9 @@ def test_names_and_values_reach_sql_quoted(spark, base_settings, monkeypatch):
         assert spark.sql(f"SELECT {sql_string(value)} AS v").collect()[0]["v"] == value
     assert quote_identifier("we`ird") == "`we``ird`"
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
-    odd = base_settings.replace(catalogue={"catalog": "c", "database": "shop`; DROP"})
+    # The settings refuse such a name at load; the quoting still holds without them.
+    with pytest.raises(ConfigError, match="'catalogue.database'.*is not a name"):
+        base_settings.replace(catalogue={"catalog": "c", "database": "shop`; DROP"})
+    odd = dataclasses.replace(base_settings, catalogue=dataclasses.replace(
+        base_settings.catalogue, catalog="c", database="shop`; DROP"))
     assert catalogue_table(odd, "products").name == "`c`.`shop``; DROP`.`products`"

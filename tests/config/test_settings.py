@@ -1,6 +1,7 @@
 """Settings: profiles, environment overrides, and errors that name the bad key."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -28,7 +29,8 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     assert settings.training.epochs == 7
     assert settings.index.backend == "exact"
     assert settings.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert str(catalogue_table(settings, "products")).startswith(str(tmp_path.resolve() / "warehouse"))
+    warehouse = str(tmp_path.resolve() / "warehouse")
+    assert str(catalogue_table(settings, "products")).startswith(warehouse)
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -48,6 +50,29 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     ({"training": {"finetune_blend": 0.5}}, "training.finetune_blend"),
     ({"training": {"finetune_blend": 0.5}, "model": {"pretrained_weights": ""}},
      "training.finetune_blend"),
+    # Found by an audit: accepted, then failing late, obscurely, or not at all.
+    ({"model": {"proxy_weight": float("inf")}}, "model.proxy_weight"),
+    ({"registry": {"promotion_tolerance": float("inf")}}, "registry.promotion_tolerance"),
+    ({"catalogue": {"embeddings_table": "products"}}, "catalogue.products_table"),
+    ({"catalogue": {"products_table": "../../tmp/x"}}, "catalogue.products_table"),
+    ({"catalogue": {"database": ".."}}, "catalogue.database"),
+    ({"catalogue": {"catalog": "a.b"}}, "catalogue.catalog"),
+    ({"model": {"backbone": "efficientnet_lite1"}}, "image.channels"),
+    ({"model": {"pretrained_weights": "imagenet"}}, "model.pretrained_weights"),
+    ({"model": {"backbone": "mobilenet_v2", "pretrained_weights": "imagenet"}},
+     "image.channels"),
+    ({"training": {"examples_per_class": 1}}, "training.examples_per_class"),
+    ({"training": {"seed": -1}}, "training.seed"),
+    ({"serving": {"timeout_seconds": 0}}, "serving.timeout_seconds"),
+    ({"serving": {"max_k": 0}}, "serving.max_k"),
+    ({"evaluation": {"plot_queries": -1}}, "evaluation.plot_queries"),
+    ({"registry": {"promotion_metric": "test_a_map_at_r"}}, "registry.promotion_metric"),
+    ({"spark": {"driver_memory": "lots"}}, "spark.driver_memory"),
+    ({"deploy": {"workload_type": "HUGE"}}, "deploy.workload_type"),
+    ({"deploy": {"endpoint_name": "bad name!"}}, "deploy.endpoint_name"),
+    ({"home": " "}, "home"),
+    ({"tuning": {"search_space_file": "nope.yaml"}}, "tuning.search_space_file"),
+    ({"tuning": {"exclude_from_training": ["epochs"]}}, "tuning.exclude_from_training"),
 ])
 def test_bad_value_names_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"'{key}"):
@@ -57,6 +82,48 @@ def test_bad_value_names_the_key(overrides, key):
 def test_unknown_profile_lists_choices():
     with pytest.raises(ConfigError, match="unknown profile 'nope'.*quick"):
         load_settings("nope", environ={})
+    # Profiles are names of conf/*.yaml, never paths or the search spaces.
+    for name in ("search_space", "../conf/quick"):
+        with pytest.raises(ConfigError, match="unknown profile"):
+            load_settings(name, environ={})
+
+
+def test_the_profile_label_comes_only_from_the_profile_chosen():
+    """Relabelling base values as another profile would also key tuned parameters to it."""
+    with pytest.raises(ConfigError, match="'profile': set by overrides"):
+        load_settings(overrides={"profile": "full"}, environ={})
+    with pytest.raises(ConfigError, match="'profile': set by environment"):
+        load_settings(environ={"LOOKALIKE__PROFILE": "full"})
+    assert load_settings(environ={"LOOKALIKE_PROFILE": "full"}).profile == "full"
+
+
+def test_a_search_space_naming_no_setting_fails_at_load(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rat: {loguniform: [0.001, 0.01]}\n")
+    with pytest.raises(ConfigError, match=r"\['learning_rat'\] are not model or training"):
+        load_settings(overrides={"tuning": {"search_space_file": str(space)}}, environ={})
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (["training.epochs=[1"], "'training.epochs': expected an integer, got '[1'"),
+    (["training=3", "training.epochs=2"], "'training' was set to a value above"),
+    (["training..epochs=2"], "expects SECTION.KEY=VALUE"),
+])
+def test_set_values_that_are_not_yaml_name_the_key(pairs, message):
+    from lookalike.cli import _overrides
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(overrides=_overrides(pairs), environ={})
+
+
+def test_backbones_declare_what_they_take():
+    from lookalike.learning.backbones import get_backbone
+
+    lite = get_backbone("efficientnet_lite1")
+    assert (lite.channels, lite.pretrained) == ((3,), True)
+    assert not get_backbone("compact_cnn").pretrained
+    photos = load_settings("photos", environ={})   # Lite1, ImageNet, RGB: consistent
+    assert photos.image.channels == 3 and photos.model.pretrained_weights == "imagenet"
 
 
 def test_bad_environment_value_fails_at_start(capsys, monkeypatch):

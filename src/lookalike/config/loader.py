@@ -10,6 +10,7 @@ Every value is type-checked when loaded, so a wrong value fails at start with th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import typing
 from pathlib import Path
@@ -38,19 +39,52 @@ def load_settings(profile: str | None = None, overrides: dict[str, Any] | None =
     directory = conf_dir()
     data = _read_yaml(directory / "base.yaml")
     profile = profile or environ.get("LOOKALIKE_PROFILE") or "base"
+    choices = profile_names(directory)
+    if profile not in choices:  # a name, never a path or the search space's file
+        raise ConfigError(f"config error at 'profile': unknown profile {profile!r}; "
+                          f"choose one of {choices}")
     if profile != "base":
-        path = directory / f"{profile}.yaml"
-        if not path.exists():
-            choices = sorted(p.stem for p in directory.glob("*.yaml")
-                             if p.stem != "base" and not p.stem.startswith("search_space"))
-            raise ConfigError(f"config error at 'profile': unknown profile {profile!r}; "
-                              f"choose one of {['base', *choices]}")
-        data = deep_merge(data, _read_yaml(path))
+        data = deep_merge(data, _read_yaml(directory / f"{profile}.yaml"))
+    layers = [("environment", _environment_overrides(environ)), ("overrides", overrides or {})]
+    for source, layer in layers:
+        # The profile names the files the values came from (and keys tuned parameters):
+        # changing the label alone would make base values pass for the profile's.
+        if "profile" in layer:
+            raise ConfigError(f"config error at 'profile': set by {source}; choose a profile "
+                              "with --profile or LOOKALIKE_PROFILE instead")
+        data = deep_merge(data, layer)
     data["profile"] = profile
-    data = deep_merge(data, _environment_overrides(environ))
-    if overrides:
-        data = deep_merge(data, overrides)
-    return settings_from_dict(data)
+    settings = settings_from_dict(data)
+    check_search_space(settings)
+    return settings
+
+
+def profile_names(directory: Path | None = None) -> list[str]:
+    """``base`` and every ``conf/<name>.yaml`` that is a profile (not a search space)."""
+    directory = conf_dir() if directory is None else directory
+    return ["base", *sorted(p.stem for p in directory.glob("*.yaml")
+                            if p.stem != "base" and not p.stem.startswith("search_space"))]
+
+
+def check_search_space(settings: Settings) -> None:
+    """The tuning search space exists and names only model/training settings, and
+    ``tuning.exclude_from_training`` names only searched ones: at start, not after Spark has
+    started and every trial has failed in a worker."""
+    key = "tuning.search_space_file"
+    path = conf_dir() / settings.tuning.search_space_file
+    if not path.is_file():
+        raise ConfigError(f"config error at '{key}': no such file {str(path)!r}")
+    space = load_search_space(settings)
+    known = ({f.name for f in dataclasses.fields(settings.model)}
+             | {f.name for f in dataclasses.fields(settings.training)})
+    unknown = sorted(set(space) - known)
+    if unknown:
+        raise ConfigError(f"config error in {path}: {unknown} are not model or training "
+                          "settings")
+    stray = sorted(set(settings.tuning.exclude_from_training) - set(space))
+    if stray:
+        raise ConfigError(f"config error at 'tuning.exclude_from_training': {stray} are not "
+                          f"in the search space {path.name} ({sorted(space)})")
 
 
 def load_search_space(settings: Settings) -> dict[str, Any]:

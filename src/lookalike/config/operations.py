@@ -3,6 +3,7 @@ deployment to a Databricks serving endpoint, MLflow (see :mod:`lookalike.config.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from lookalike.config.schema import require
@@ -72,7 +73,10 @@ class ServingSettings:
         require(self.max_answer_images >= 1, f"{key}.max_answer_images", "must be >= 1")
         require(self.engine in ("tflite", "tensorflow"), f"{key}.engine",
                 "must be 'tflite' or 'tensorflow'")
+        require(self.max_k > 0, f"{key}.max_k", "must be > 0")
         require(0 < self.default_k <= self.max_k, f"{key}.default_k", "must be in (0, max_k]")
+        # MLflow's request timeout: 0 would answer every request, /ping too, with 504.
+        require(self.timeout_seconds > 0, f"{key}.timeout_seconds", "must be > 0")
         require(self.max_batch > 0, f"{key}.max_batch", "must be > 0")
         require(self.max_image_bytes > 0, f"{key}.max_image_bytes", "must be > 0")
         require(self.max_pixels > 0, f"{key}.max_pixels", "must be > 0")
@@ -127,6 +131,9 @@ class RegistrySettings:
     def validate(self, key: str) -> None:
         require(bool(self.model_name), f"{key}.model_name", "must not be empty")
         require(self.promotion_tolerance >= 0, f"{key}.promotion_tolerance", "must be >= 0")
+        # Promotion chooses a model: on validation data, never on the test split.
+        require(not self.promotion_metric.startswith("test_"), f"{key}.promotion_metric",
+                f"{self.promotion_metric!r} is a test-split figure; choose a val_ metric")
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,12 @@ class DeploySettings:
     query_principals: tuple[str, ...]
 
     def validate(self, key: str) -> None:
-        require(bool(self.endpoint_name), f"{key}.endpoint_name", "must not be empty")
+        # Databricks' rules, checked before a deploy call fails on them.
+        require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", self.endpoint_name))
+                and not self.endpoint_name.startswith("databricks-"), f"{key}.endpoint_name",
+                f"{self.endpoint_name!r}: letters, digits, - and _, at most 63, not databricks-*")
+        require(bool(re.fullmatch(r"CPU|(MULTI)?GPU_[A-Z0-9_]+", self.workload_type)),
+                f"{key}.workload_type", f"{self.workload_type!r}: CPU, or a GPU_* type")
         require(self.workload_size in ("Small", "Medium", "Large"), f"{key}.workload_size",
                 "must be Small, Medium or Large")
         require(self.wait_seconds >= 0, f"{key}.wait_seconds", "must be >= 0")

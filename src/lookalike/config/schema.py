@@ -4,6 +4,7 @@ refused with the key named (``config error at 'training.learning_rate': expected
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -84,6 +85,10 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config error at '{key}': expected a number, got {value!r}")
+        # YAML's .inf and .nan: no setting means "unbounded" (an infinite tolerance would
+        # switch the promotion gate off unnoticed).
+        if not math.isfinite(value):
+            raise ConfigError(f"config error at '{key}': expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ class SparkSettings:
 
     def validate(self, key: str) -> None:
         require(self.shuffle_partitions > 0, f"{key}.shuffle_partitions", "must be > 0")
+        # The JVM's -Xmx syntax, checked here rather than as a JVM that will not start.
+        require(bool(re.fullmatch(r"[1-9][0-9]*[kKmMgGtT]?", self.driver_memory)),
+                f"{key}.driver_memory", f"{self.driver_memory!r} is not a size like 6g or 4096m")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,11 @@ class SplitSettings:
         for name in ("train", "val", "test"):
             require(0.0 <= getattr(self, name) <= 1.0, f"{key}.{name}", "must be in [0, 1]")
         require(abs(self.train + self.val + self.test - 1.0) < 1e-6, key, "fractions must sum to 1")
+
+
+# A catalogue/database/table name: one identifier, no dots, slashes or quotes.
+IDENTIFIER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+TABLE_KEYS = ("products_table", "rejects_table", "embeddings_table", "neighbours_table")
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,19 @@ class CatalogueSettings:
     def validate(self, key: str) -> None:
         require(self.table_mode in ("auto", "path", "managed"), f"{key}.table_mode",
                 "must be 'auto', 'path' or 'managed'")
-        require(bool(self.database), f"{key}.database", "must not be empty")
+        names = {"database": self.database, **{n: getattr(self, n) for n in TABLE_KEYS}}
+        if self.catalog:
+            names["catalog"] = self.catalog
+        for name, value in names.items():
+            # One name each, never a path: path tables are folders under the warehouse, and a
+            # dot would split a managed table's catalog.schema.table reference.
+            require(bool(IDENTIFIER.fullmatch(value)), f"{key}.{name}",
+                    f"{value!r} is not a name (letters, digits, _ and -)")
+        tables = [getattr(self, n) for n in TABLE_KEYS]
+        # Two tables of one name would be one table: create_table would add the embeddings'
+        # columns to the products table, for good.
+        require(len(set(tables)) == len(tables), f"{key}.{TABLE_KEYS[0]}",
+                f"the four table names must differ, got {tables}")
         self.split.validate(f"{key}.split")
         require(0.0 < self.fashion_mnist_val_fraction < 1.0, f"{key}.fashion_mnist_val_fraction",
                  "must be in (0, 1)")
@@ -214,6 +235,10 @@ class TrainingSettings:
         for name in ("epochs", "steps_per_epoch", "classes_per_batch", "examples_per_class",
                      "processes", "max_in_memory_bytes", "max_decoded_bytes"):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        # A batch needs two photos of a label for a positive pair: with one, the
+        # Multi-Similarity loss has nothing to pull together and the model learns nothing.
+        require(self.examples_per_class >= 2, f"{key}.examples_per_class", "must be >= 2")
+        require(0 <= self.seed < 2 ** 32, f"{key}.seed", "must be in [0, 2**32) (numpy's range)")
         require(self.label in ("auto", "category", "group"), f"{key}.label",
                 "must be auto, category or group")
         require(self.precision in PRECISIONS, f"{key}.precision",
@@ -244,6 +269,7 @@ class EvaluationSettings:
         require(len(self.k_values) > 0 and all(k > 0 for k in self.k_values),
                  f"{key}.k_values", "must be a non-empty list of positive integers")
         require(self.max_queries > 0, f"{key}.max_queries", "must be > 0")
+        require(self.plot_queries >= 1, f"{key}.plot_queries", "must be >= 1")
         require(self.baseline_max_queries >= 0, f"{key}.baseline_max_queries",
                 "must be >= 0 (0: as many as the model's)")
 
@@ -359,6 +385,8 @@ class Settings:
     mlflow: MlflowSettings
 
     def validate(self) -> None:
+        require(bool(self.home.strip()), "home", "must not be empty (it would be the current "
+                "folder)")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
@@ -368,6 +396,17 @@ class Settings:
         require(self.training.warmup_epochs == 0 or self.tuning.epochs >= 2, "tuning.epochs",
                 "must be >= 2 when training.warmup_epochs > 0: a trial needs an epoch of "
                 "head-only training and one of fine-tuning")
+        from lookalike.learning.backbones import get_backbone
+
+        backbone, channels = get_backbone(self.model.backbone), self.image.channels
+        require(channels in backbone.channels, "image.channels",
+                f"{backbone.name} takes image.channels {list(backbone.channels)}, not {channels}")
+        if self.model.pretrained_weights:
+            require(backbone.pretrained, "model.pretrained_weights",
+                    f"{backbone.name} loads no pretrained weights (set null, or choose a "
+                    "backbone that does)")
+            require(channels == 3, "image.channels", "pretrained (ImageNet) weights take RGB "
+                    "images: must be 3")
         require(self.training.finetune_blend == 1.0 or bool(self.model.pretrained_weights),
                 "training.finetune_blend", "must be 1 without model.pretrained_weights: it blends "
                 "the trained backbone with its pretrained weights")

@@ -375,7 +375,10 @@ def petastorm_dataset(spec: DataSpec, settings: Settings, rank: int = 0, size: i
         # Rows were filtered to the training categories when the converter was made.
         stream = raw.unbatch().map(lambda row: (decode(row.image), tf.cast(row.label, tf.int32)),
                             num_parallel_calls=tf.data.AUTOTUNE)
-        yield balanced_batches(stream, spec.image_shape, t.classes_per_batch,
+        # Capped as the memory path caps it: a batch of more groups than there are classes
+        # only repeats classes, at the memory cost of the larger batch.
+        yield balanced_batches(stream, spec.image_shape,
+                               min(t.classes_per_batch, len(spec.train_label_ids)),
                                t.examples_per_class, seed=t.seed + rank)
 
 

