@@ -9,7 +9,8 @@ into ``--folds`` folds that are:
   near-twin is a photo whose frozen EfficientNet-Lite0 (224 px) features have cosine
   >= ``--twin-threshold`` with another's (same shoot, same bed or wall); twins are linked
   transitively (union-find). ``naive_folds`` scores the strongest frozen method on folds that
-  ignore twins, to show what leaking them would add;
+  ignore twins, to show what leaking them would add; ``--naive-folds`` runs everything,
+  fine-tuning included, on those folds instead (the same figure for the fine-tuned model);
 * **stratified** by category (each group's categories dealt round-robin over the folds), seeded.
 
 Each fold's photos are the queries; the other folds are the catalogue, and for the fine-tuned
@@ -20,13 +21,18 @@ model also its training set. Relevant = same category. Methods:
   training (``--frozen``: ``variant:size`` pairs); ``..._flip``: the mean of the image's and
   its mirror image's vectors (flip test-time augmentation);
 * ``finetuned_<head|features>[_flip]``: the ``--profile`` recipe (its defaults: untuned, as
-  ``lookalike train --no-tuned``) trained on the other folds, both vectors of one model;
+  ``lookalike train --no-tuned-params``) trained on the other folds, both vectors of one model;
   ``finetuned_features_blend<share>`` (``--blends``): the same training saved at another
   ``training.finetune_blend`` (WiSE-FT: pretrained + share x (trained - pretrained));
   ``finetuned_ensemble_w<w>`` (``--ensembles``): an output-space ensemble, the fine-tuned
   features (the profile's share) concatenated with the frozen features of the same backbone
   and size, weighted so that cosine = w x fine-tuned cosine + (1 - w) x frozen cosine (serving
-  it would run two backbones).
+  it would run two backbones);
+* ``..._dba<n>_qe<n>_a<alpha>`` (``--expansions``): the strongest frozen method and the
+  fine-tuned features with the catalogue's vectors database-side augmented (DBA: each plus its
+  n nearest catalogue vectors, weighted by cosine^alpha) and each query expanded with its n
+  nearest of that catalogue (alpha-QE): the classic re-ranking of instance retrieval, free at
+  query time but for a second search.
 
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
@@ -77,6 +83,30 @@ def fold_score(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int
     report = retrieval_metrics(queries, labels[q], catalogue, labels[c], k_values=(1, 5, 10),
                                distance="cosine")
     return {m: round(v, 4) for m, v in report.as_flat_dict().items() if m in METRICS}
+
+
+def smoothed(x: np.ndarray, base: np.ndarray, n: int, alpha: float, x_in_base: bool
+             ) -> np.ndarray:
+    """Each row of ``x`` plus its ``n`` nearest rows of ``base`` weighted by cosine^alpha,
+    normalised (alpha-QE / DBA, Radenovic et al., TPAMI 2019); ``x_in_base``: skip the row
+    itself, its nearest."""
+    from lookalike.vectors import exact_knn
+
+    if n <= 0:
+        return x
+    d, i = exact_knn(x, base, n + int(x_in_base), "cosine")
+    d, i = (d[:, 1:], i[:, 1:]) if x_in_base else (d, i)
+    weights = np.clip(1.0 - d, 0.0, None) ** alpha
+    return l2_normalise(x + np.einsum("qn,qnd->qd", weights, base[i]))
+
+
+def expansion(dba: int, qe: int, alpha: float):
+    """A fold transform: the catalogue database-side augmented (DBA, ``dba`` neighbours), then
+    each query expanded with its ``qe`` nearest of that catalogue (alpha-QE)."""
+    def transform(x, catalogue):
+        augmented = smoothed(catalogue, catalogue, dba, alpha, True)
+        return augmented if x is catalogue else smoothed(x, augmented, qe, alpha, False)
+    return transform
 
 
 def fold_scores(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, k: int,
@@ -210,6 +240,9 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--twin-threshold", type=float, default=0.85)
+    parser.add_argument("--naive-folds", action="store_true",
+                        help="folds that ignore near-twins, for every method (what leaking "
+                             "them adds; compare with a run without this option)")
     parser.add_argument("--frozen", default="lite0:160,lite0:224,lite1:240,lite2:260",
                         help="variant:size pairs of frozen ImageNet features to score")
     parser.add_argument("--skip-finetune", action="store_true")
@@ -220,7 +253,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ensembles", default="",
                         help="also score output-space ensembles of the fine-tuned and the frozen "
                              "features at these weights of the fine-tuned cosine (e.g. 0.5,0.7)")
+    parser.add_argument("--expansions", default="",
+                        help="also score query expansion and database-side augmentation of the "
+                             "strongest frozen method and the fine-tuned features, as "
+                             "DBA:QE:ALPHA neighbours and weight exponent (e.g. 0:2:3,5:5:3)")
     args = parser.parse_args(argv)
+    expansions = [tuple(float(v) for v in e.split(":")) for e in args.expansions.split(",") if e]
 
     from benchmarks.common import bench_settings
     from lookalike.catalogue.ingest import ingest_folder
@@ -250,7 +288,8 @@ def main(argv=None) -> int:
                  "seed": args.seed, "twin_threshold": args.twin_threshold,
                  "protocol": "k-fold, group- and near-twin-aware, stratified by category; each "
                              "fold's photos query the other folds; relevant = same category",
-                 "command": "python -m benchmarks.bench_photos_cv " + " ".join(argv or sys.argv[1:])}
+                 "command": ("python -m benchmarks.bench_photos_cv "
+                             + " ".join(argv or sys.argv[1:]))}
 
     # Near-twins, from frozen Lite0 features at 224 px (computed for the methods anyway).
     twin_plain, _, _ = frozen_vectors(everything.x, "lite0", 224, cache)
@@ -261,6 +300,9 @@ def main(argv=None) -> int:
                     "twin_groups": int(np.sum(sizes > 1)), "largest_group": int(sizes.max())}
     fold = stratified_group_folds(labels, components, k, args.seed)
     naive = stratified_group_folds(labels, np.arange(len(labels)), k, args.seed)
+    if args.naive_folds:
+        fold = naive
+    out["folds_keep_twins_together"] = not args.naive_folds
     out["fold_sizes"] = np.bincount(fold, minlength=k).tolist()
     say = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
     say(f"{len(labels)} photos, {out['twins']}, folds {out['fold_sizes']}")
@@ -285,6 +327,10 @@ def main(argv=None) -> int:
     variant, size = strongest.split("_")[1:3]
     plain, mirrored, _ = frozen_vectors(everything.x, variant, int(size), cache)
     vectors = l2_normalise(plain + mirrored) if strongest.endswith("_flip") else plain
+    for dba, qe, alpha in expansions:
+        name = f"{strongest}_dba{dba:g}_qe{qe:g}_a{alpha:g}"
+        methods[name] = fold_scores(vectors, labels, fold, k, expansion(int(dba), int(qe), alpha))
+        say(f"{name}: {summarise(methods[name])}")
     out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k)),
                           "note": "the same method on folds that ignore near-twins: what "
                                   "leaking them into the catalogue adds"}
@@ -321,6 +367,10 @@ def main(argv=None) -> int:
             for name, vectors in vec.items():
                 tuned.setdefault(f"finetuned_{name}", []).append(
                     fold_score(vectors, labels, fold, f))
+            for dba, qe, alpha in expansions:
+                tuned.setdefault(f"finetuned_features_dba{dba:g}_qe{qe:g}_a{alpha:g}", []).append(
+                    fold_score(vec["features"], labels, fold, f,
+                               expansion(int(dba), int(qe), alpha)))
             say(f"fold {f}: {timing} head {tuned['finetuned_head'][-1]} "
                 f"features {tuned['finetuned_features'][-1]}")
         methods.update(tuned)

@@ -4,6 +4,8 @@ Each entry is the command BENCHMARKS.md quotes; results go to ``benchmarks/resul
 (written only when the benchmark exits 0, so a failed run never overwrites a good figure).
 Everything stays on loopback. On 2 cores the whole set takes about two hours, most of it the
 training benchmark; ``--only NAME`` (repeatable) runs a subset, ``--list`` shows the names.
+First, ``benchmarks.machine`` probes how fast the host is (results/machine.json); every result
+carries that probe under ``machine``.
 
 The serving and index-on-real-embeddings benchmarks use the home the embedding benchmark
 prepares (``--package``: an embedded, indexed and registered model), so the order matters.
@@ -87,7 +89,9 @@ def last_json_line(text: str) -> dict:
     raise ValueError("no JSON object in the benchmark's output")
 
 
-def run(name: str, module_args: list[str]) -> dict:
+def run(name: str, module_args: list[str], machine: dict | None = None) -> dict:
+    """Run one benchmark; its result, with ``machine`` (the probe of this run: how fast the
+    host was, benchmarks.machine) under the key ``machine``, goes to results/<name>.json."""
     print(f"[benchmarks] {name}: python -m {' '.join(module_args)}", file=sys.stderr, flush=True)
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", *module_args], stdout=subprocess.PIPE,
@@ -96,6 +100,8 @@ def run(name: str, module_args: list[str]) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"benchmark {name} failed with exit code {done.returncode}")
     result = last_json_line(done.stdout)
+    if machine is not None:
+        result.setdefault("machine", machine)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"[benchmarks] {name}: done in {seconds:.0f}s -> benchmarks/results/{name}.json",
@@ -117,12 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.only) - {name for name, _ in steps}
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; see --list")
+    # The host's speed now, beside every result: timings of two runs compare only when their
+    # probes agree (a VM's host can change across a restart; BENCHMARKS.md, "Machine").
+    try:
+        machine = run("machine", ["benchmarks.machine"])
+    except (RuntimeError, ValueError) as error:
+        print(f"[benchmarks] machine: {error}; results go without the probe", file=sys.stderr)
+        machine = None
     failed = []
     for name, module_args in steps:
         if args.only and name not in args.only:
             continue
         try:
-            run(name, module_args)
+            run(name, module_args, machine)
         except (RuntimeError, ValueError) as error:
             print(f"[benchmarks] {name}: {error}", file=sys.stderr, flush=True)
             failed.append(name)
