@@ -107,3 +107,13 @@ def test_the_package_pins_mlflow_by_its_module_and_types_empty_text_columns(pack
     assert f"mlflow=={mlflow.__version__}" in open(requirements).read().split()
     outputs = {c.name for c in get_model_info(uri).signature.outputs.inputs}
     assert {"product_id", "category", "title"} <= outputs
+
+
+def test_a_garment_naming_no_catalogue_category_is_reported():
+    """look.garments accepts any names (a catalogue may lack some); one that matches none of
+    the catalogue's would answer from any category: packaging says so."""
+    from lookalike.serving.package import unmatched_garments
+
+    garments = {"top": ["T-shirt", "Shirt"], "bottom": ["Pantz"], "shoes": []}
+    assert unmatched_garments(garments, ["Shirt", "Pants", "Shoes"]) == ["bottom"]
+    assert unmatched_garments(garments, []) == ["bottom", "top"]

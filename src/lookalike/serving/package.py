@@ -19,6 +19,7 @@ from typing import Iterator
 import pandas as pd
 
 from lookalike.config import Settings
+from lookalike.console import say
 from lookalike.index import IndexManifest, IndexProvenance
 from lookalike.registry import BASED_ON_TAG, CHALLENGER, NO_CHAMPION, champion, register_version
 
@@ -71,6 +72,13 @@ def write_products_folder(settings: Settings, run_id: str, provenance: IndexProv
                             for r in rows.toLocalIterator()), directory)
 
 
+def unmatched_garments(garments: dict, categories) -> list[str]:
+    """Garments of ``look.garments`` none of whose categories the catalogue has: their
+    lookalikes would come from any category (a typo such as ``T-shirt`` for ``T-Shirt``)."""
+    have = set(categories)
+    return sorted(g for g, wanted in garments.items() if wanted and not have & set(wanted))
+
+
 def package_and_register(settings: Settings, run_id: str | None = None,
                          tags: dict | None = None) -> dict:
     """Log, register and alias-as-challenger the pyfunc of training run ``run_id`` (default:
@@ -79,12 +87,17 @@ def package_and_register(settings: Settings, run_id: str | None = None,
     import mlflow
 
     from lookalike.index.build import index_dir
-    from lookalike.learning.artifacts import convert_once, resolve_model
+    from lookalike.learning.artifacts import convert_once, read_info, resolve_model
     from lookalike.serving.pyfunc import log_lookalike_model
     from lookalike.tracking import KIND_TAG, configure_mlflow
 
     configure_mlflow(settings)
     run_id, model_dir = resolve_model(settings, run_id)
+    unmatched = (unmatched_garments(settings.look.garments, read_info(model_dir)["categories"])
+                 if settings.look.enabled else [])
+    if unmatched:
+        say("package", f"look.garments: {unmatched} name none of the catalogue's categories: "
+            "their lookalikes come from any category (a spelling mistake?)")
     if settings.serving.engine == "tflite":
         convert_once(model_dir)
     training = mlflow.get_run(run_id)
@@ -130,5 +143,7 @@ def package_and_register(settings: Settings, run_id: str | None = None,
               "package_run_id": package_run, "training_run_id": run_id,
               "index_size": manifest.count, "products": n_products,
               "delta_version": meta.products_version}
+    if unmatched:
+        result["look_garments_unmatched"] = unmatched
     log.info("package_and_register: %s", result)
     return result
