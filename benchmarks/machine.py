@@ -1,10 +1,10 @@
 """The machine a benchmark ran on, and how fast it was that hour: a probe beside every result.
 
-Run: .venv/bin/python -m benchmarks.machine   (about 15 s; prints one JSON object)
+Run: .venv/bin/python -m benchmarks.machine   (about 20 s; prints one JSON object)
 
 Timing figures move with the host, not only with the code. On 2026-12-01 this 2-core VM was
 restarted at 09:12 and came back on a host where the same TensorFlow inference ran about 4 x
-slower than that morning (frozen EfficientNet-Lite1 at 240 px: 11.5-13 images/s against
+slower than that morning (frozen EfficientNet-Lite1 at 240 px: 11.5-15 images/s against
 46-56), while Spark's ingest ran 1.7 x slower: the afternoon's timings could only be called
 "not comparable" after the fact. The probe measures the three kinds of work the benchmarks
 time, in a few seconds, so two timings are compared only when their probes agree
@@ -53,7 +53,7 @@ def cpu_info(cpuinfo: str | None = None) -> dict:
             "isa": [name for name in ISA if name in flags] if flags else None}
 
 
-def _best_rate(work, units: float, seconds: float, min_repeats: int = 3) -> float:
+def _median_rate(work, units: float, seconds: float, min_repeats: int = 3) -> float:
     """Units per second of ``work()``, the median of at least ``min_repeats`` timed calls made
     within about ``seconds`` (after one untimed warm-up call)."""
     work()
@@ -71,7 +71,7 @@ def numpy_gemm_gflops(n: int = 1024, seconds: float = 1.0) -> float:
 
     rng = np.random.default_rng(0)
     a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
-    return round(_best_rate(lambda: a @ b, 2 * n ** 3 / 1e9, seconds), 1)
+    return round(_median_rate(lambda: a @ b, 2 * n ** 3 / 1e9, seconds), 1)
 
 
 def python_loop_mops(n: int = 2_000_000, seconds: float = 1.0) -> float:
@@ -81,7 +81,7 @@ def python_loop_mops(n: int = 2_000_000, seconds: float = 1.0) -> float:
         for i in range(n):
             total += i & 7
         return total
-    return round(_best_rate(loop, n / 1e6, seconds), 2)
+    return round(_median_rate(loop, n / 1e6, seconds), 2)
 
 
 def tf_images_per_s(variant: str = "lite1", size: int = 240, batch: int = 32,
@@ -97,7 +97,7 @@ def tf_images_per_s(variant: str = "lite1", size: int = 240, batch: int = 32,
 
     net = lite_features(variant, (size, size, 3), "imagenet")
     x = np.random.default_rng(0).random((batch, size, size, 3), dtype=np.float32)
-    return round(_best_rate(lambda: net(x, training=False), batch, seconds), 1)
+    return round(_median_rate(lambda: net(x, training=False), batch, seconds), 1)
 
 
 def probe(tensorflow: bool = True) -> dict:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-tensorflow", action="store_true",
-                        help="skip the TensorFlow probe (about 10 s of the 15)")
+                        help="skip the TensorFlow probe (most of its time)")
     args = parser.parse_args(argv)
     print(json.dumps({"benchmark": "machine", **probe(not args.no_tensorflow)}))
     return 0

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; see --list")
     # The host's speed now, beside every result: timings of two runs compare only when their
-    # probes agree (a VM's host can change across a restart; BENCHMARKS.md, "Machine").
+    # probes agree (a VM's host can change across a restart: the top of BENCHMARKS.md).
     try:
         machine = run("machine", ["benchmarks.machine"])
     except (RuntimeError, ValueError) as error:

@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from lookalike.config import ConfigError, Settings, load_settings
+from lookalike.config.schema import set_path
 from lookalike.console import quiet_environment, quiet_libraries, say
 
 
@@ -120,13 +121,7 @@ def _overrides(pairs: Sequence[str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw  # as the environment's values: the typed check then names the key
-        node = result
-        for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"config error: --set {pair!r}: "
-                                  f"'{'.'.join(parts[:depth + 1])}' was set to a value above")
-        node[parts[-1]] = value
+        set_path(result, parts, value, "--set")
     return result
 
 

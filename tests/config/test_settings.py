@@ -54,11 +54,13 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     ({"model": {"proxy_weight": float("inf")}}, "model.proxy_weight"),
     ({"registry": {"promotion_tolerance": float("inf")}}, "registry.promotion_tolerance"),
     ({"catalogue": {"embeddings_table": "products"}}, "catalogue.products_table"),
+    ({"catalogue": {"embeddings_table": "Products"}}, "catalogue.products_table"),
+    ({"training": {"learning_rate": 10 ** 400}}, "training.learning_rate"),
     ({"catalogue": {"products_table": "../../tmp/x"}}, "catalogue.products_table"),
     ({"catalogue": {"database": ".."}}, "catalogue.database"),
     ({"catalogue": {"catalog": "a.b"}}, "catalogue.catalog"),
     ({"model": {"backbone": "efficientnet_lite1"}}, "image.channels"),
-    ({"model": {"pretrained_weights": "imagenet"}}, "model.pretrained_weights"),
+    ({"model": {"pretrained_weights": "imagenet"}}, "model.pretrained_weights"),  # compact CNN
     ({"model": {"backbone": "mobilenet_v2", "pretrained_weights": "imagenet"}},
      "image.channels"),
     ({"training": {"examples_per_class": 1}}, "training.examples_per_class"),
@@ -97,6 +99,20 @@ def test_the_profile_label_comes_only_from_the_profile_chosen():
     assert load_settings(environ={"LOOKALIKE_PROFILE": "full"}).profile == "full"
 
 
+def test_names_a_workspace_gives_are_accepted():
+    """The bundle's dev schema and endpoint carry the user's short name, which the Databricks
+    CLI leaves in any script; UC catalogs may hold hyphens."""
+    settings = load_settings(overrides={
+        "catalogue": {"catalog": "prod-shop", "database": "dev_józef_lookalike"},
+        "deploy": {"endpoint_name": "lookalike-dev-józef"}}, environ={})
+    assert settings.catalogue.database == "dev_józef_lookalike"
+
+
+def test_an_environment_key_under_a_value_names_it():
+    with pytest.raises(ConfigError, match="'training': the environment sets it to a value"):
+        load_settings(environ={"LOOKALIKE__TRAINING": "3", "LOOKALIKE__TRAINING__EPOCHS": "2"})
+
+
 def test_a_search_space_naming_no_setting_fails_at_load(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("learning_rat: {loguniform: [0.001, 0.01]}\n")
@@ -106,7 +122,7 @@ def test_a_search_space_naming_no_setting_fails_at_load(tmp_path):
 
 @pytest.mark.parametrize("pairs, message", [
     (["training.epochs=[1"], "'training.epochs': expected an integer, got '[1'"),
-    (["training=3", "training.epochs=2"], "'training' was set to a value above"),
+    (["training=3", "training.epochs=2"], "'training': --set sets it to a value and a key"),
     (["training..epochs=2"], "expects SECTION.KEY=VALUE"),
 ])
 def test_set_values_that_are_not_yaml_name_the_key(pairs, message):
@@ -124,6 +140,20 @@ def test_backbones_declare_what_they_take():
     assert not get_backbone("compact_cnn").pretrained
     photos = load_settings("photos", environ={})   # Lite1, ImageNet, RGB: consistent
     assert photos.image.channels == 3 and photos.model.pretrained_weights == "imagenet"
+
+
+def test_a_plugin_backbone_that_does_not_declare_its_weights_is_not_second_guessed(tmp_path):
+    """Registered the two-argument way (before backbones declared what they take): its own
+    weights file, even for grey images, is its business."""
+    from lookalike.learning.backbones import register_backbone
+
+    register_backbone("undeclared_net", "a plug-in")(lambda shape, width, settings: None)
+    weights = tmp_path / "grey.h5"
+    weights.write_bytes(b"")
+    settings = load_settings(overrides={"model": {"backbone": "undeclared_net",
+                                                  "pretrained_weights": str(weights)}},
+                             environ={})
+    assert settings.image.channels == 1
 
 
 def test_bad_environment_value_fails_at_start(capsys, monkeypatch):

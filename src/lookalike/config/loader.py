@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lookalike.config.schema import ConfigError, deep_merge  # noqa: F401 (re-exported)
+from lookalike.config.schema import ConfigError, deep_merge, set_path  # noqa: F401
 from lookalike.config.settings import Settings, settings_from_dict  # noqa: F401 (re-exported)
 
 ENV_PREFIX = "LOOKALIKE__"
@@ -115,11 +115,8 @@ def _environment_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        node = result
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
         if keys:
-            node[keys[-1]] = value
+            set_path(result, keys, value, "the environment")
     return result
 
 

@@ -169,7 +169,7 @@ class DeploySettings:
 
     def validate(self, key: str) -> None:
         # Databricks' rules, checked before a deploy call fails on them.
-        require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", self.endpoint_name))
+        require(bool(re.fullmatch(r"[^\W_][\w-]{0,62}", self.endpoint_name))
                 and not self.endpoint_name.startswith("databricks-"), f"{key}.endpoint_name",
                 f"{self.endpoint_name!r}: letters, digits, - and _, at most 63, not databricks-*")
         require(bool(re.fullmatch(r"CPU|(MULTI)?GPU_[A-Z0-9_]+", self.workload_type)),

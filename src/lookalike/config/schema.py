@@ -87,14 +87,30 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config error at '{key}': expected a number, got {value!r}")
         # YAML's .inf and .nan: no setting means "unbounded" (an infinite tolerance would
         # switch the promotion gate off unnoticed).
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float's range
+            value = math.inf
         if not math.isfinite(value):
             raise ConfigError(f"config error at '{key}': expected a finite number, got {value!r}")
-        return float(value)
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"config error at '{key}': expected a string, got {value!r}")
         return value
     return value
+
+
+def set_path(tree: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
+    """``tree[k1][k2]... = value``, making the mappings on the way; a key already set to a
+    value, not a mapping, is an error that names it (``source``: where the pair came from)."""
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config error at '{'.'.join(keys[:depth + 1])}': {source} sets "
+                              "it to a value and a key under it")
+    node[keys[-1]] = value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

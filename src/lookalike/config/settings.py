@@ -59,8 +59,9 @@ class SplitSettings:
         require(abs(self.train + self.val + self.test - 1.0) < 1e-6, key, "fractions must sum to 1")
 
 
-# A catalogue/database/table name: one identifier, no dots, slashes or quotes.
-IDENTIFIER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+# A catalogue/database/table name: one identifier (letters of any script, as Unity Catalog and
+# the Databricks CLI's short user names have them, digits, _ and -), no dots, slashes, quotes.
+IDENTIFIER = re.compile(r"\w[\w-]*")
 TABLE_KEYS = ("products_table", "rejects_table", "embeddings_table", "neighbours_table")
 
 
@@ -101,9 +102,9 @@ class CatalogueSettings:
             require(bool(IDENTIFIER.fullmatch(value)), f"{key}.{name}",
                     f"{value!r} is not a name (letters, digits, _ and -)")
         tables = [getattr(self, n) for n in TABLE_KEYS]
-        # Two tables of one name would be one table: create_table would add the embeddings'
-        # columns to the products table, for good.
-        require(len(set(tables)) == len(tables), f"{key}.{TABLE_KEYS[0]}",
+        # Two tables of one name would be one table (Unity Catalog ignores case): create_table
+        # would add the embeddings' columns to the products table, for good.
+        require(len({t.lower() for t in tables}) == len(tables), f"{key}.{TABLE_KEYS[0]}",
                 f"the four table names must differ, got {tables}")
         self.split.validate(f"{key}.split")
         require(0.0 < self.fashion_mnist_val_fraction < 1.0, f"{key}.fashion_mnist_val_fraction",
@@ -402,11 +403,12 @@ class Settings:
         require(channels in backbone.channels, "image.channels",
                 f"{backbone.name} takes image.channels {list(backbone.channels)}, not {channels}")
         if self.model.pretrained_weights:
-            require(backbone.pretrained, "model.pretrained_weights",
+            require(backbone.pretrained is not False, "model.pretrained_weights",
                     f"{backbone.name} loads no pretrained weights (set null, or choose a "
                     "backbone that does)")
-            require(channels == 3, "image.channels", "pretrained (ImageNet) weights take RGB "
-                    "images: must be 3")
+            require(backbone.pretrained is None or channels == 3, "image.channels",
+                    "the built-in backbones' pretrained (ImageNet) weights take RGB images: "
+                    "must be 3")
         require(self.training.finetune_blend == 1.0 or bool(self.model.pretrained_weights),
                 "training.finetune_blend", "must be 1 without model.pretrained_weights: it blends "
                 "the trained backbone with its pretrained weights")

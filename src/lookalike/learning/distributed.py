@@ -129,7 +129,9 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     result: dict[str, Any] = {
         "rank": rank, "size": size, "initial_epoch": initial_epoch, "epochs": t.epochs,
         "history": history, "probe_loss_before": before, "probe_loss_after": after,
-        "shard_digest": digest, "images": timer.steps * t.classes_per_batch * t.examples_per_class,
+        # Batches hold at most as many classes as training sees (lookalike.learning.data).
+        "shard_digest": digest, "images": (timer.steps * t.examples_per_class
+                                           * min(t.classes_per_batch, len(spec.train_label_ids))),
         "seconds": timer.seconds,
     }
     if rank == 0:

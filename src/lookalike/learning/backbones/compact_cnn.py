@@ -14,7 +14,8 @@ if TYPE_CHECKING:  # annotations only: the settings import this registry
 _BN_MOMENTUM = 0.9
 
 
-@register_backbone("compact_cnn", "VGG-style CNN with BatchNorm for small (e.g. 28x28 grey) images")
+@register_backbone("compact_cnn", "VGG-style CNN with BatchNorm for small (e.g. 28x28 grey) images",
+                   pretrained=False)
 def _compact_cnn(input_shape: tuple[int, int, int], width: int, settings: Settings):
     """Three blocks of 2 x (conv3x3 -> BN -> ReLU) + pooling, widths w, 2w, 4w; 8w features.
 

@@ -14,14 +14,15 @@ class Backbone:
     """A feature extractor: ``builder(input_shape, width, settings) -> keras.Model`` (2-D out).
 
     ``channels``: the ``image.channels`` it takes; ``pretrained``: whether it loads
-    ``model.pretrained_weights`` (the settings refuse weights for one that would ignore them).
+    ``model.pretrained_weights`` (False: the settings refuse weights it would ignore; None, a
+    backbone that does not say: not checked).
     """
 
     name: str
     builder: Callable[..., Any]
     description: str
     channels: tuple[int, ...] = (1, 3)
-    pretrained: bool = False
+    pretrained: bool | None = None
 
 
 _BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -30,7 +31,7 @@ get_backbone = _BACKBONES.get
 
 
 def register_backbone(name: str, description: str, channels: tuple[int, ...] = (1, 3),
-                      pretrained: bool = False):
+                      pretrained: bool | None = None):
     """Decorator: register ``builder`` under ``name`` (replacing an earlier one of that name)."""
     def wrap(builder):
         _BACKBONES.add(name, Backbone(name, builder, description, tuple(channels), pretrained))
