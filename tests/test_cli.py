@@ -31,6 +31,29 @@ def test_bad_setting_stops_with_exit_2_and_names_the_key(capsys):
     assert "config error at 'embedding.batch_size'" in capsys.readouterr().err
 
 
+def test_commands_run_too_early_say_what_to_run_first(tmp_path):
+    """A newcomer's wrong order gets one line saying what to do, no traceback, a failing exit
+    code (found by running each command on an empty home)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOOKALIKE_HOME": str(tmp_path / "home")}
+
+    def run(*argv):
+        done = subprocess.run([sys.executable, "-m", "lookalike.cli", *argv], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        return done.returncode, done.stderr
+
+    code, err = run("ingest", "--source", "folder")        # refused before Spark starts
+    assert code == 2 and "needs a PATH" in err
+    code, err = run("promote")
+    assert code == 1 and "no 'challenger' alias: run `lookalike package` first" in err
+    code, err = run("serve")                               # before a server that can only fail
+    assert code == 1 and "no 'champion' yet" in err
+
+
 def test_job_run_ids_are_checked_before_they_reach_a_search_filter():
     assert cli.parse(["embed", "--job-run", "123456"]).job_run == "123456"
     assert cli.parse(["app-sample"]).command in cli.COMMANDS

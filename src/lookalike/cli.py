@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from lookalike.config import ConfigError, Settings, load_settings
 from lookalike.config.schema import set_path
+from lookalike.errors import UsageError
 from lookalike.console import quiet_environment, quiet_libraries, say
 
 
@@ -132,8 +133,6 @@ def _ingest(args, settings: Settings) -> dict:
     spark = get_spark(settings)
     if args.source == "fashion-mnist":
         return ingest_fashion_mnist(spark, settings).__dict__
-    if not args.path:
-        raise SystemExit("lookalike ingest --source folder needs a PATH")
     return ingest_folder(spark, settings, args.path, args.metadata).__dict__
 
 
@@ -195,12 +194,14 @@ def _run_id(args, settings: Settings) -> str | None:
 
 
 def _require_champion(args, settings: Settings) -> None:
-    """In a job (``--job-run``) no champion yet means nothing to refresh: skip, don't fail."""
-    from lookalike.registry import champion
+    """In a job (``--job-run``) no champion yet means nothing to refresh: skip, don't fail;
+    at a terminal it is an error that says how to make one."""
+    from lookalike.registry import champion, require_champion
 
     if args.job_run and champion(settings) is None:
         raise Skipped(f"{settings.registry.model_name} has no champion yet: the weekly "
                       "retrain makes the first one")
+    require_champion(settings)
 
 
 def _version(args, settings: Settings) -> str | None:
@@ -251,8 +252,11 @@ def _app_sample(args, settings: Settings):
 
 
 def _serve(args, settings: Settings):
+    from lookalike.registry import require_champion
     from lookalike.serving.server import serve
 
+    if not args.model_uri:
+        require_champion(settings)  # before a server starts that can only fail
     return serve(settings, model_uri=args.model_uri, port=args.port)
 
 
@@ -287,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Spark workers, tuning trials and Horovod ranks inherit the quiet environment.
     quiet_environment()
     args = parse(argv)
+    if args.command == "ingest" and args.source == "folder" and not args.path:
+        print("lookalike: ingest --source folder needs a PATH (a folder of images: "
+              "PATH/<category>/<image>, or any layout with --metadata CSV)", file=sys.stderr)
+        return 2
     try:
         settings = load_settings(args.profile, _overrides(args.set))
     except ConfigError as error:
@@ -303,9 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Skipped as skipped:
         say(args.command, f"skipped: {skipped}")
         result = {"skipped": str(skipped)}
+    except (UsageError, FileNotFoundError) as error:
+        # Wrong order or a wrong name: what to do, in one line (the traceback is for bugs).
+        say(args.command, f"error: {error}")
+        return 1
     if result is not None:
         # One JSON line on stdout: what schedulers and scripts parse.
         print(json.dumps(result, default=str, sort_keys=False))
+    if args.command == "serve" and int(result.get("returncode") or 0) > 0:
+        return int(result["returncode"])  # the server failed (not a Ctrl-C)
     if args.command == "validate" and "passed" in result and not result["passed"]:
         # A failed gate fails the job task: promotion does not run and the failure is notified.
         say("validate", f"version {result['version']} failed validation: {result['checks']}")

@@ -23,6 +23,7 @@ import logging
 import math
 
 from lookalike.config import Settings
+from lookalike.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,13 @@ def model_version(settings: Settings, version: str | int | None, default_alias: 
     if version is None:
         found = _alias(client, name, default_alias)
         if found is None:
-            raise ValueError(f"registered model {name!r} has no '{default_alias}' alias: "
+            raise UsageError(f"registered model {name!r} has no '{default_alias}' alias: "
                              "run `lookalike package` first")
         return found
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as error:
-        raise ValueError(f"registered model {name!r} has no version {version}") from error
+        raise UsageError(f"registered model {name!r} has no version {version}") from error
 
 
 def version_of_job_run(settings: Settings, job_run: str, newest: int = 50):
@@ -114,13 +115,20 @@ def champion(settings: Settings):
     return _alias(mlflow.MlflowClient(), settings.registry.model_name, CHAMPION)
 
 
-def champion_training_run(settings: Settings) -> str:
-    """The training run of the champion (its ``training_run`` tag)."""
+def require_champion(settings: Settings):
+    """The champion's ModelVersion; before the first promotion, a :class:`UsageError` that
+    says how to make one."""
     current = champion(settings)
     if current is None:
-        raise ValueError(f"registered model {settings.registry.model_name!r} has no "
+        raise UsageError(f"registered model {settings.registry.model_name!r} has no "
                          f"'{CHAMPION}' yet: train, package and promote a first version (the "
                          "weekly retrain job, or `lookalike pipeline`)")
+    return current
+
+
+def champion_training_run(settings: Settings) -> str:
+    """The training run of the champion (its ``training_run`` tag)."""
+    current = require_champion(settings)
     run_id = current.tags.get("training_run")
     if not run_id:
         raise ValueError(f"champion v{current.version} has no 'training_run' tag")

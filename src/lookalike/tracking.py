@@ -16,6 +16,7 @@ import os
 import posixpath
 
 from lookalike.config import Settings
+from lookalike.errors import UsageError
 from lookalike.runtime import on_databricks
 
 KIND_TAG = "lookalike.kind"
@@ -96,7 +97,8 @@ def latest_run(settings: Settings, kind: str, extra_filter: str = ""):
 
 
 def require_run(settings: Settings, kind: str, run_id: str | None):
-    """The run ``run_id`` (checked to be of ``kind``), or the latest of that kind; clear error if none."""
+    """The run ``run_id`` (checked to be of ``kind``), or the latest of that kind; a clear
+    error if none."""
     import mlflow
 
     if run_id:
@@ -104,14 +106,14 @@ def require_run(settings: Settings, kind: str, run_id: str | None):
         try:
             run = mlflow.get_run(run_id)
         except mlflow.exceptions.MlflowException as error:
-            raise ValueError(f"no MLflow run with id {run_id!r}") from error
+            raise UsageError(f"no MLflow run with id {run_id!r}") from error
         if run.data.tags.get(KIND_TAG) != kind:
-            raise ValueError(f"run {run_id} is a {run.data.tags.get(KIND_TAG)!r} run, "
+            raise UsageError(f"run {run_id} is a {run.data.tags.get(KIND_TAG)!r} run, "
                              f"not a {kind!r} run")
         return run
     run = latest_run(settings, kind)
     if run is None:
-        raise ValueError(f"no finished {kind!r} run yet: run `lookalike {kind}` first")
+        raise UsageError(f"no finished {kind!r} run yet: run `lookalike {kind}` first")
     return run
 
 

@@ -44,10 +44,13 @@ def _shop_folder(root: Path) -> Path:
     return root
 
 
-def test_folder_ingest_rejects_exactly_the_bad_files(spark, settings, tmp_path):
+def test_folder_ingest_rejects_exactly_the_bad_files(spark, settings, tmp_path, capsys):
     settings = settings.replace(catalogue={"max_pixels": 4_000_000})
     summary = ingest_folder(spark, settings, str(_shop_folder(tmp_path / "shop")))
     assert (summary.inserted, summary.rejected, summary.unchanged) == (7, 5, 0)
+    # Said on the terminal too, with where the rest is.
+    said = capsys.readouterr().err
+    assert "[ingest] 5 rejected (" in said and ", ...); every file and reason: table" in said
 
     rejects = (catalogue_table(settings, "rejects").read(spark).toPandas())
     by_file = {Path(uri).name: reason for uri, reason in zip(rejects.source_uri, rejects.reason)}
@@ -134,6 +137,24 @@ def test_metadata_csv_sets_category_title_and_rejects_unlisted(spark, settings, 
     assert rows.loc["SKU-1", ["category", "title"]].tolist() == ["Sneaker", "Red runner"]
     reasons = catalogue_table(settings, "rejects").read(spark).toPandas()
     assert reasons.reason.tolist() == ["no_product_id"]
+
+
+def test_an_empty_or_missing_folder_is_refused_and_deletes_nothing(spark, settings, tmp_path):
+    """A folder ingest is a full snapshot: an empty folder (a Volume not mounted) would have
+    deleted every product ingested from it."""
+    from lookalike.errors import UsageError
+
+    shop = tmp_path / "shop" / "hats"
+    shop.mkdir(parents=True)
+    (shop / "h1.png").write_bytes(_image(1))
+    assert ingest_folder(spark, settings, str(tmp_path / "shop")).inserted == 1
+    (shop / "h1.png").unlink()
+    version = catalogue_table(settings, "products").version(spark)
+    with pytest.raises(UsageError, match="no files under .*nothing ingested"):
+        ingest_folder(spark, settings, str(tmp_path / "shop"))
+    with pytest.raises(UsageError, match="does not exist"):
+        ingest_folder(spark, settings, str(tmp_path / "nowhere"))
+    assert catalogue_table(settings, "products").version(spark) == version
 
 
 def test_metadata_csv_with_wrong_schema_is_refused_before_writing(spark, settings, tmp_path):

@@ -19,6 +19,8 @@ import pandas as pd
 
 from lookalike.catalogue.tables import CatalogueTable, catalogue_table, ensure_tables
 from lookalike.config import Settings
+from lookalike.console import say
+from lookalike.errors import UsageError
 from lookalike.preprocessing import ImageRejected, inspect_image
 
 _VALIDATED_SCHEMA = (
@@ -190,6 +192,12 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
              .merge(rejects.alias("s"), "t.source_uri = s.source_uri AND t.reason = s.reason")
              .whenNotMatchedInsertAll()
              .execute())
+            # Said, not only recorded: a shop should not need a query to learn why.
+            examples = [f"{r['source_uri'].rsplit('/', 1)[-1]}: {r['reason']}"
+                        for r in bad.select("source_uri", "reason").limit(3).collect()]
+            say("ingest", f"{rejected} rejected ({'; '.join(examples)}"
+                f"{', ...' if rejected > len(examples) else ''}); every file and reason: "
+                f"table {rejects_table}")
         return IngestSummary(source=source, inserted=counts.get("insert", 0),
                              updated=counts.get("update", 0),
                              unchanged=counts.get("unchanged", 0), rejected=rejected,
@@ -270,10 +278,15 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
 
     root = Path(local_path(folder)).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise UsageError(f"image folder {folder} does not exist")
     # The CSV first: a wrong one is refused before anything is listed or written.
     metadata = read_metadata_csv(metadata_csv) if metadata_csv else None
     listing = list_folder(root)
+    if not listing.files and not listing.rejects:
+        # The folder is a full snapshot: with nothing in it (a Volume not mounted, a wrong
+        # path) every product ingested from it would be deleted.
+        raise UsageError(f"no files under {folder}: nothing ingested (expected "
+                         "<folder>/<category>/<image>, or any layout with --metadata CSV)")
     by_relative = {path.relative_to(root).as_posix(): path for path in listing.files}
     rejects = list(listing.rejects)
     skipped = set()

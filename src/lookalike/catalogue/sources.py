@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lookalike.errors import UsageError
 from lookalike.preprocessing import array_to_png
 
 FASHION_MNIST_CLASSES = (
@@ -111,21 +112,26 @@ def fashion_mnist_rows(folder: Path, limit_per_split: int | None = None) -> pd.D
 def read_metadata_csv(path: str) -> pd.DataFrame:
     """Read a metadata CSV with columns product_id, category, path and optional title and
     group_id (photos of one product share a group_id; each photo is still its own row)."""
-    metadata = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not os.path.isfile(path):
+        raise UsageError(f"metadata CSV {path} does not exist")
+    try:
+        metadata = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' ParserError is a ValueError
+        raise UsageError(f"metadata CSV {path} is not a readable CSV ({error})") from None
     required = {"product_id", "category", "path"}
     missing = required - set(metadata.columns)
     if missing:
-        raise ValueError(f"metadata CSV {path} is missing columns {sorted(missing)}; "
-                         f"expected product_id, category, title (optional), path")
+        raise UsageError(f"metadata CSV {path} is missing columns {sorted(missing)}; expected "
+                         "product_id, category, path, and optionally title and group_id")
     for optional in ("title", "group_id"):
         if optional not in metadata.columns:
             metadata[optional] = ""
     duplicated = metadata["product_id"][metadata["product_id"].duplicated()].unique()
     if len(duplicated):
-        raise ValueError(f"metadata CSV {path} repeats product_id {list(duplicated[:5])}")
+        raise UsageError(f"metadata CSV {path} repeats product_id {list(duplicated[:5])}")
     empty = metadata[(metadata["product_id"] == "") | (metadata["category"] == "")]
     if len(empty):
-        raise ValueError(f"metadata CSV {path}: rows {list(empty.index[:5])} have an empty "
+        raise UsageError(f"metadata CSV {path}: rows {list(empty.index[:5])} have an empty "
                          f"product_id or category")
     return metadata[["product_id", "category", "title", "group_id", "path"]]
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.config import Settings
+from lookalike.errors import UsageError
 
 PRODUCTS_SCHEMA = (
     "product_id STRING NOT NULL, category STRING NOT NULL, title STRING, image BINARY NOT NULL, "
@@ -228,6 +229,16 @@ def ensure_tables(spark, settings: Settings) -> None:
     create_table(spark, catalogue_table(settings, "rejects"), REJECTS_SCHEMA)
 
 
+def products_version(spark, settings: Settings) -> int:
+    """The products table's latest version; before the first ingest, a :class:`UsageError`
+    that says what to run (not Delta's "is not a Delta table")."""
+    table = catalogue_table(settings, "products")
+    if not table.exists(spark):
+        raise UsageError(f"no products yet (no table {table}): run `lookalike ingest --source "
+                         "fashion-mnist` or `lookalike ingest --source folder PATH` first")
+    return table.version(spark)
+
+
 def read_products(spark, settings: Settings, splits: tuple[str, ...] | None = None,
                   version: int | None = None):
     """The products table (optionally at a past version, optionally some splits) and its version.
@@ -238,7 +249,7 @@ def read_products(spark, settings: Settings, splits: tuple[str, ...] | None = No
 
     table = catalogue_table(settings, "products")
     if version is None:
-        version = table.version(spark)
+        version = products_version(spark, settings)
     frame = table.read(spark, versionAsOf=version)
     if splits:
         unknown = set(splits) - set(SPLITS)

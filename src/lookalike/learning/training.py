@@ -134,9 +134,9 @@ def train_and_log(settings: Settings, processes: int | None = None,
 
     configure_mlflow(settings)
     spark = get_spark(settings)
-    from lookalike.catalogue.tables import catalogue_table
+    from lookalike.catalogue.tables import products_version as latest_products_version
 
-    products_version = catalogue_table(settings, "products").version(spark)
+    products_version = latest_products_version(spark, settings)
     params, source = resolve_params(settings, params_run_id, use_tuned, products_version)
     tuned = apply_params(settings, params)
     processes = int(processes or settings.training.processes)

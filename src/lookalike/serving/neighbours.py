@@ -14,6 +14,7 @@ from typing import Iterator
 import pandas as pd
 
 from lookalike.config import Settings
+from lookalike.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def write_neighbours(settings: Settings, model_uri: str | None = None, k: int | 
 
     configure_mlflow(settings)
     model_uri = model_uri or default_model_uri(settings)
-    k = int(k or settings.serving.default_k)
+    k = int(settings.serving.default_k if k is None else k)
     if not 0 < k <= settings.serving.max_k:
-        raise ValueError(f"k must be in 1..{settings.serving.max_k}, got {k}")
+        raise UsageError(f"k must be in 1..{settings.serving.max_k} (serving.max_k), got {k}")
     local = Path(settings.home_path / "downloads" / "pyfunc" / uuid.uuid4().hex[:12])
     local.mkdir(parents=True, exist_ok=True)
     model_path = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(local)))
