@@ -268,7 +268,10 @@ def _pipeline(args, settings: Settings):
 
 def _demo(args, settings: Settings):
     from lookalike.pipeline.demo import run_demo
+    from lookalike.registry import require_champion
 
+    if args.no_pipeline:
+        require_champion(settings)  # only the servers: they need a champion to serve
     return run_demo(settings, run_pipeline_first=not args.no_pipeline, app_port=args.app_port)
 
 
@@ -311,15 +314,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Skipped as skipped:
         say(args.command, f"skipped: {skipped}")
         result = {"skipped": str(skipped)}
-    except (UsageError, FileNotFoundError) as error:
+    except UsageError as error:
         # Wrong order or a wrong name: what to do, in one line (the traceback is for bugs).
         say(args.command, f"error: {error}")
         return 1
     if result is not None:
         # One JSON line on stdout: what schedulers and scripts parse.
         print(json.dumps(result, default=str, sort_keys=False))
-    if args.command == "serve" and int(result.get("returncode") or 0) > 0:
-        return int(result["returncode"])  # the server failed (not a Ctrl-C)
+    if (args.command == "serve" and int(result.get("returncode") or 0) > 0
+            and not result.get("stopped_by_signal")):
+        return int(result["returncode"])  # the server failed on its own
     if args.command == "validate" and "passed" in result and not result["passed"]:
         # A failed gate fails the job task: promotion does not run and the failure is notified.
         say("validate", f"version {result['version']} failed validation: {result['checks']}")

@@ -83,6 +83,8 @@ def model_version(settings: Settings, version: str | int | None, default_alias: 
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         raise UsageError(f"registered model {name!r} has no version {version}") from error
 
 

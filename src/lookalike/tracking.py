@@ -106,6 +106,8 @@ def require_run(settings: Settings, kind: str, run_id: str | None):
         try:
             run = mlflow.get_run(run_id)
         except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # not "no such run" (the store unreachable, no permission): as it is
             raise UsageError(f"no MLflow run with id {run_id!r}") from error
         if run.data.tags.get(KIND_TAG) != kind:
             raise UsageError(f"run {run_id} is a {run.data.tags.get(KIND_TAG)!r} run, "
@@ -121,6 +123,6 @@ def job_run_training(settings: Settings, job_run: str) -> str:
     """The training run that Databricks job run ``job_run`` made (its ``train`` task)."""
     run = latest_run(settings, "train", f"tags.`{JOB_RUN_TAG}` = '{job_run}'")
     if run is None:
-        raise ValueError(f"job run {job_run} has no finished training run: did its train "
+        raise UsageError(f"job run {job_run} has no finished training run: did its train "
                          "task succeed?")
     return run.info.run_id

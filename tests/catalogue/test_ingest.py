@@ -139,18 +139,23 @@ def test_metadata_csv_sets_category_title_and_rejects_unlisted(spark, settings, 
     assert reasons.reason.tolist() == ["no_product_id"]
 
 
-def test_an_empty_or_missing_folder_is_refused_and_deletes_nothing(spark, settings, tmp_path):
-    """A folder ingest is a full snapshot: an empty folder (a Volume not mounted) would have
-    deleted every product ingested from it."""
+def test_an_emptied_or_missing_folder_is_refused_and_deletes_nothing(spark, settings, tmp_path):
+    """A folder ingest is a full snapshot: a folder emptied of files (a Volume not mounted,
+    only symbolic links) would have deleted every product ingested from it. Empty before
+    anything came from it (the prod nightly before the first upload): nothing to do, no
+    error."""
     from lookalike.errors import UsageError
 
     shop = tmp_path / "shop" / "hats"
     shop.mkdir(parents=True)
+    assert ingest_folder(spark, settings, str(tmp_path / "shop")).inserted == 0
     (shop / "h1.png").write_bytes(_image(1))
     assert ingest_folder(spark, settings, str(tmp_path / "shop")).inserted == 1
     (shop / "h1.png").unlink()
+    (shop / "link.png").symlink_to(tmp_path / "elsewhere.png")
     version = catalogue_table(settings, "products").version(spark)
-    with pytest.raises(UsageError, match="no files under .*nothing ingested"):
+    with pytest.raises(UsageError, match="no files under .*symbolic links: nothing ingested.*"
+                                         "deleted the 1 products"):
         ingest_folder(spark, settings, str(tmp_path / "shop"))
     with pytest.raises(UsageError, match="does not exist"):
         ingest_folder(spark, settings, str(tmp_path / "nowhere"))

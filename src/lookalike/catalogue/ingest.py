@@ -207,6 +207,18 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
         validated.unpersist()
 
 
+def _products_under(spark, settings: Settings, root: Path) -> int:
+    """How many products the table holds from files under ``root`` (0 before any ingest)."""
+    from pyspark.sql import functions as F
+
+    table = catalogue_table(settings, "products")
+    if not table.exists(spark):
+        return 0
+    prefix = local_path(str(root)).rstrip("/") + "/"
+    return table.read(spark).where(
+        _local_path_column(F.col("source_uri")).startswith(prefix)).count()
+
+
 def _delete_gone(spark, products: CatalogueTable, stored, good, bad, root: str) -> int:
     """Delete products under ``root`` that the snapshot no longer has; the count."""
     from pyspark.sql import functions as F
@@ -282,11 +294,18 @@ def ingest_folder(spark, settings: Settings, folder: str, metadata_csv: str | No
     # The CSV first: a wrong one is refused before anything is listed or written.
     metadata = read_metadata_csv(metadata_csv) if metadata_csv else None
     listing = list_folder(root)
-    if not listing.files and not listing.rejects:
-        # The folder is a full snapshot: with nothing in it (a Volume not mounted, a wrong
-        # path) every product ingested from it would be deleted.
-        raise UsageError(f"no files under {folder}: nothing ingested (expected "
-                         "<folder>/<category>/<image>, or any layout with --metadata CSV)")
+    if not listing.files:
+        # The folder is a full snapshot: with no file in it (a Volume not mounted, a wrong
+        # path, only symbolic links) every product ingested from it would be deleted.
+        unread = f"; {len(listing.rejects)} entries not read, e.g. symbolic links" \
+            if listing.rejects else ""
+        held = _products_under(spark, settings, root)
+        if held:
+            raise UsageError(f"no files under {folder}{unread}: nothing ingested. A folder "
+                             f"ingest is a full snapshot: it would have deleted the {held} "
+                             "products ingested from there")
+        say("ingest", f"no files under {folder}{unread}: nothing to ingest (expected "
+            "<folder>/<category>/<image>, or any layout with --metadata CSV)")
     by_relative = {path.relative_to(root).as_posix(): path for path in listing.files}
     rejects = list(listing.rejects)
     skipped = set()

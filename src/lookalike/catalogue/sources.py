@@ -112,7 +112,7 @@ def fashion_mnist_rows(folder: Path, limit_per_split: int | None = None) -> pd.D
 def read_metadata_csv(path: str) -> pd.DataFrame:
     """Read a metadata CSV with columns product_id, category, path and optional title and
     group_id (photos of one product share a group_id; each photo is still its own row)."""
-    if not os.path.isfile(path):
+    if "://" not in str(path) and not os.path.isfile(path):  # URLs: pandas reads them
         raise UsageError(f"metadata CSV {path} does not exist")
     try:
         metadata = pd.read_csv(path, dtype=str, keep_default_na=False)

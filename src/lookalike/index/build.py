@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.config import Settings
+from lookalike.errors import UsageError
 from lookalike.index.manifest import build_params
 from lookalike.index import (
     IndexManifest,
@@ -120,13 +121,13 @@ def build_index(settings: Settings, run_id: str | None = None, rebuild: bool = F
     table = catalogue_table(settings, "embeddings")
     path = str(table)
     if not table.exists(spark):
-        raise ValueError(f"no embeddings table {path}: run `lookalike embed` first")
+        raise UsageError(f"no embeddings table {path}: run `lookalike embed` first")
     version = table.version(spark)
     current = (table.read(spark, versionAsOf=version)
                .where(F.col("model_version") == run_id))
     history = embedding_history(spark, settings, run_id)
     if history is None:
-        raise ValueError(f"no embeddings of model version {run_id} in {path}: "
+        raise UsageError(f"no embeddings of model version {run_id} in {path}: "
                          f"run `lookalike embed --run-id {run_id}` first")
     directory = index_dir(settings, run_id)
     dim, distance = int(info["embedding_size"]), model_distance(info, settings)

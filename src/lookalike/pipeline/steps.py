@@ -14,6 +14,7 @@ from typing import Any
 from lookalike.catalogue.tables import catalogue_table
 from lookalike.config import Settings
 from lookalike.console import say
+from lookalike.errors import UsageError
 from lookalike.index import IndexManifest
 from lookalike.pipeline.engine import Context, Step, run_steps
 from lookalike.registry import CHAMPION
@@ -294,7 +295,7 @@ def run_pipeline(settings: Settings, force: bool = False, skip_tuning: bool = Fa
     products = catalogue_table(settings, "products")
     if (settings.catalogue.pipeline_ingest == "none" and products.path is not None
             and products.version_without_spark() is None):
-        raise ValueError(f"no catalogue at {products}: ingest yours first (`lookalike ingest "
+        raise UsageError(f"no catalogue at {products}: ingest yours first (`lookalike ingest "
                          f"--source folder PATH --metadata CSV --profile {settings.profile}`)")
     say("pipeline", f"profile {settings.profile}, home {settings.home_path}"
          + (", forced" if force else "") + (", skipping tuning" if skip_tuning else ""))

@@ -20,6 +20,7 @@ import pandas as pd
 
 from lookalike.config import Settings
 from lookalike.console import say
+from lookalike.errors import UsageError
 from lookalike.index import IndexManifest, IndexProvenance
 from lookalike.registry import BASED_ON_TAG, CHALLENGER, NO_CHAMPION, champion, register_version
 
@@ -103,13 +104,13 @@ def package_and_register(settings: Settings, run_id: str | None = None,
     training = mlflow.get_run(run_id)
     index_path = index_dir(settings, run_id)
     if not IndexManifest.exists(index_path):
-        raise ValueError(f"no index for training run {run_id} at {index_path}: run "
+        raise UsageError(f"no index for training run {run_id} at {index_path}: run "
                          f"`lookalike embed --run-id {run_id}` and `lookalike build-index` first")
     manifest = IndexManifest.read(index_path)
     meta = manifest.provenance
     if meta is None or meta.model_version != run_id:
         built_for = meta.model_version if meta else None
-        raise ValueError(f"index at {index_path} was built for model {built_for!r}, "
+        raise UsageError(f"index at {index_path} was built for model {built_for!r}, "
                          f"not {run_id!r}: rerun build-index")
     name = settings.registry.model_name
     scratch = Path(tempfile.mkdtemp(prefix="lookalike-package-"))

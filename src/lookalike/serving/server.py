@@ -135,8 +135,10 @@ def serve(settings: Settings, model_uri: str | None = None, port: int | None = N
     command = server_command(settings, model_uri, port)
     print(f"serving {model_uri} at {server_url(settings, port)} (Ctrl-C stops)", file=sys.stderr)
     process = subprocess.Popen(command, env=server_env(settings), start_new_session=True)
+    forwarded: list[int] = []
 
     def forward(signum, _frame):
+        forwarded.append(signum)
         try:
             os.killpg(process.pid, signum)
         except ProcessLookupError:
@@ -149,7 +151,9 @@ def serve(settings: Settings, model_uri: str | None = None, port: int | None = N
         for s, handler in previous.items():
             signal.signal(s, handler)
         stop_server(process)
-    return {"model_uri": model_uri, "url": server_url(settings, port), "returncode": code}
+    # After Ctrl-C mlflow's click exits 1 ("Aborted!"): a stop asked for is not a failure.
+    return {"model_uri": model_uri, "url": server_url(settings, port), "returncode": code,
+            "stopped_by_signal": bool(forwarded)}
 
 
 def post_json(url: str, payload: dict, timeout: float = 30.0) -> tuple[int, Any]:
