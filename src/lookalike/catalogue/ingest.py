@@ -207,25 +207,23 @@ def upsert_validated(spark, settings: Settings, validated, source: str,
         validated.unpersist()
 
 
-def _products_under(spark, settings: Settings, root: Path) -> int:
-    """How many products the table holds from files under ``root`` (0 before any ingest)."""
+def _under(frame, root: str):
+    """The rows of ``frame`` whose ``source_uri`` is a file under folder ``root``."""
     from pyspark.sql import functions as F
 
+    prefix = local_path(root).rstrip("/") + "/"
+    return frame.where(_local_path_column(F.col("source_uri")).startswith(prefix))
+
+
+def _products_under(spark, settings: Settings, root: Path) -> int:
+    """How many products the table holds from files under ``root`` (0 before any ingest)."""
     table = catalogue_table(settings, "products")
-    if not table.exists(spark):
-        return 0
-    prefix = local_path(str(root)).rstrip("/") + "/"
-    return table.read(spark).where(
-        _local_path_column(F.col("source_uri")).startswith(prefix)).count()
+    return _under(table.read(spark), str(root)).count() if table.exists(spark) else 0
 
 
 def _delete_gone(spark, products: CatalogueTable, stored, good, bad, root: str) -> int:
     """Delete products under ``root`` that the snapshot no longer has; the count."""
-    from pyspark.sql import functions as F
-
-    prefix = local_path(root).rstrip("/") + "/"
-    under_root = stored.where(_local_path_column(F.col("source_uri")).startswith(prefix))
-    gone = (under_root.select("product_id", "source_uri")
+    gone = (_under(stored, root).select("product_id", "source_uri")
             .join(good.select("product_id"), "product_id", "left_anti")
             .join(bad.select("source_uri"), "source_uri", "left_anti")
             .select("product_id").persist())
