@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 from lookalike.config import ConfigError, Settings, load_settings
 from lookalike.config.schema import set_path
-from lookalike.errors import UsageError
 from lookalike.console import quiet_environment, quiet_libraries, say
+from lookalike.errors import UsageError
 
 
 class Skipped(Exception):
@@ -198,10 +198,11 @@ def _require_champion(args, settings: Settings) -> None:
     at a terminal it is an error that says how to make one."""
     from lookalike.registry import champion, require_champion
 
-    if args.job_run and champion(settings) is None:
-        raise Skipped(f"{settings.registry.model_name} has no champion yet: the weekly "
-                      "retrain makes the first one")
-    require_champion(settings)
+    if champion(settings) is None:
+        if args.job_run:
+            raise Skipped(f"{settings.registry.model_name} has no champion yet: the weekly "
+                          "retrain makes the first one")
+        require_champion(settings)  # raises, saying how to make one
 
 
 def _version(args, settings: Settings) -> str | None:
