@@ -130,7 +130,8 @@ def test_metadata_csv_sets_category_title_and_rejects_unlisted(spark, settings, 
         (shop / name).write_bytes(_image(seed))
     csv = tmp_path / "meta.csv"
     pd.DataFrame({"product_id": ["SKU-1", "SKU-2"], "category": ["Sneaker", "Bag"],
-                  "title": ["Red runner", "Tote"], "path": ["a.png", "./b.png"]}).to_csv(csv, index=False)
+                  "title": ["Red runner", "Tote"], "path": ["a.png", "./b.png"]}
+                 ).to_csv(csv, index=False)
     summary = ingest_folder(spark, settings, str(shop), str(csv))
     assert (summary.inserted, summary.rejected) == (2, 1)
     rows = read_products(spark, settings)[0].toPandas().set_index("product_id")
@@ -278,8 +279,10 @@ def test_dbfs_volumes_and_file_uris_give_the_same_path(spark):
 
     from lookalike.catalogue.ingest import _local_path_column, local_path
 
-    uris = ["dbfs:/Volumes/main/shop/images/bags/b1.png", "file:/Volumes/main/shop/images/bags/b1.png",
-            "file:///Volumes/main/shop/images/bags/b1.png", "/Volumes/main/shop/images/bags/b1.png"]
+    uris = ["dbfs:/Volumes/main/shop/images/bags/b1.png",
+            "file:/Volumes/main/shop/images/bags/b1.png",
+            "file:///Volumes/main/shop/images/bags/b1.png",
+            "/Volumes/main/shop/images/bags/b1.png"]
     assert {local_path(u) for u in uris} == {"/Volumes/main/shop/images/bags/b1.png"}
     frame = spark.createDataFrame([(u,) for u in uris], "uri STRING")
     assert {r[0] for r in frame.select(_local_path_column(F.col("uri"))).collect()} == {

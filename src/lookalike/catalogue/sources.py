@@ -1,7 +1,8 @@
 """Where product images come from: the Fashion-MNIST IDX files, or a folder of image files.
 
 Each source yields candidate rows (product_id, category, title, image bytes, source uri,
-official split), or, for a folder, the list of files to read (:func:`list_folder`); validation and the Delta upsert happen in :mod:`lookalike.catalogue`.
+official split), or, for a folder, the list of files to read (:func:`list_folder`); validation
+and the Delta upsert happen in :mod:`lookalike.catalogue`.
 """
 
 from __future__ import annotations
