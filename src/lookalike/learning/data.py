@@ -351,6 +351,13 @@ def balanced_batches(dataset, image_shape: Sequence[int], classes_per_batch: int
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
+def batch_classes(spec: DataSpec, settings: Settings) -> int:
+    """Classes per streamed batch: ``training.classes_per_batch``, at most the classes training
+    sees (more groups than classes would only repeat classes, at the memory of a larger
+    batch; the memory path's sampler caps it the same way)."""
+    return min(settings.training.classes_per_batch, len(spec.train_label_ids))
+
+
 @contextlib.contextmanager
 def petastorm_dataset(spec: DataSpec, settings: Settings, rank: int = 0, size: int = 1):
     """Context manager: class-balanced tf.data batches streamed from ``rank``'s Petastorm shard."""
@@ -375,10 +382,7 @@ def petastorm_dataset(spec: DataSpec, settings: Settings, rank: int = 0, size: i
         # Rows were filtered to the training categories when the converter was made.
         stream = raw.unbatch().map(lambda row: (decode(row.image), tf.cast(row.label, tf.int32)),
                             num_parallel_calls=tf.data.AUTOTUNE)
-        # Capped as the memory path caps it: a batch of more groups than there are classes
-        # only repeats classes, at the memory cost of the larger batch.
-        yield balanced_batches(stream, spec.image_shape,
-                               min(t.classes_per_batch, len(spec.train_label_ids)),
+        yield balanced_batches(stream, spec.image_shape, batch_classes(spec, settings),
                                t.examples_per_class, seed=t.seed + rank)
 
 

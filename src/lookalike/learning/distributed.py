@@ -62,7 +62,7 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     import numpy as np
 
     from lookalike.config import settings_from_dict
-    from lookalike.learning.data import DataSpec, training_batches
+    from lookalike.learning.data import DataSpec, batch_classes, training_batches
     from lookalike.learning.model import backbone_of, blended_weights, make_loss
 
     settings = settings_from_dict(settings_dict)
@@ -129,9 +129,8 @@ def train_embedding(settings_dict: dict, spec_dict: dict, checkpoint_dir: str,
     result: dict[str, Any] = {
         "rank": rank, "size": size, "initial_epoch": initial_epoch, "epochs": t.epochs,
         "history": history, "probe_loss_before": before, "probe_loss_after": after,
-        # Batches hold at most as many classes as training sees (lookalike.learning.data).
-        "shard_digest": digest, "images": (timer.steps * t.examples_per_class
-                                           * min(t.classes_per_batch, len(spec.train_label_ids))),
+        "shard_digest": digest,
+        "images": timer.steps * batch_classes(spec, settings) * t.examples_per_class,
         "seconds": timer.seconds,
     }
     if rank == 0:
