@@ -46,6 +46,8 @@ def test_environment_overrides_home_and_single_keys(tmp_path):
     ({"catalogue": {"allowed_formats": ["JPEG", "PSD"]}}, "catalogue.allowed_formats"),
     ({"training": {"finetune_blend": 0.0}}, "training.finetune_blend"),
     ({"training": {"finetune_blend": 1.5}}, "training.finetune_blend"),
+    ({"training": {"finetune_depth": 0.0}}, "training.finetune_depth"),
+    ({"training": {"finetune_depth": 1.5}}, "training.finetune_depth"),
     # Blending needs a pretrained start point: base trains its compact CNN from scratch.
     ({"training": {"finetune_blend": 0.5}}, "training.finetune_blend"),
     ({"training": {"finetune_blend": 0.5}, "model": {"pretrained_weights": ""}},

@@ -122,6 +122,38 @@ def test_two_horovod_ranks_average_gradients(catalogue, spark, tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
 
 
+def test_finetune_depth_trains_only_the_top_of_the_backbone(catalogue, tmp_path):
+    """training.finetune_depth 0.5: after warm-up the top half of the backbone's weight layers
+    fine-tunes; every layer below keeps its pretrained weights (BatchNorm statistics too)."""
+    import dataclasses
+
+    from lookalike.learning.distributed import _built_model, train_embedding
+    from lookalike.learning.model import _sublayers, backbone_of, frozen_below
+
+    settings, spec = catalogue
+    lite = settings.replace(image={"size": 32, "channels": 3},
+                            model={"backbone": "efficientnet_lite0",
+                                   "pretrained_weights": "imagenet"},
+                            training={"epochs": 2, "steps_per_epoch": 2, "warmup_epochs": 1,
+                                      "learning_rate": 0.01, "finetune_depth": 0.5},
+                            tuning={"epochs": 2})
+    colour = dataclasses.replace(spec, image_shape=(32, 32, 3))
+    result = train_embedding(dataclasses.asdict(lite), colour.to_dict(), str(tmp_path))
+
+    model = _built_model(lite, colour)
+    leaves = [layer for layer in _sublayers(backbone_of(model))
+              if not getattr(layer, "layers", None)]
+    cut = frozen_below(leaves, 0.5)
+    assert 0 < cut < len(leaves) and frozen_below(leaves, 1.0) == 0
+    pretrained = [layer.get_weights() for layer in leaves]
+    model.load_weights(result["weights_path"]).expect_partial()
+    trained = [layer.get_weights() for layer in leaves]
+    moved = [i for i, (p, t) in enumerate(zip(pretrained, trained))
+             if any(not np.array_equal(a, b) for a, b in zip(p, t))]
+    assert moved and min(moved) >= cut                # only layers above the cut moved ...
+    assert len(moved) > (len(leaves) - cut) // 4      # ... and many of them did
+
+
 def test_an_epoch_is_split_across_ranks():
     from lookalike.learning.distributed import rank_steps
 

@@ -221,6 +221,9 @@ class TrainingSettings:
     warmup_epochs: int
     finetune_lr_scale: float
     freeze_batchnorm: bool
+    # After warm-up, only the top finetune_depth share of the backbone's weight layers trains
+    # (1: all of it); the layers below keep their pretrained weights and cost no gradients.
+    finetune_depth: float
     # Weight-space ensemble of a fine-tuned pretrained backbone (WiSE-FT, Wortsman et al.,
     # CVPR 2022): the saved backbone is pretrained + finetune_blend x (trained - pretrained).
     # 1 keeps the trained weights; lower keeps more of what the pretrained weights knew.
@@ -249,6 +252,7 @@ class TrainingSettings:
         require(0.0 < self.finetune_lr_scale <= 1.0, f"{key}.finetune_lr_scale",
                 "must be in (0, 1]")
         require(0.0 < self.finetune_blend <= 1.0, f"{key}.finetune_blend", "must be in (0, 1]")
+        require(0.0 < self.finetune_depth <= 1.0, f"{key}.finetune_depth", "must be in (0, 1]")
         require(0.0 < self.learning_rate < 1.0, f"{key}.learning_rate", "must be in (0, 1)")
         require(self.data_path in ("auto", "memory", "petastorm"), f"{key}.data_path",
                  "must be auto, memory or petastorm")

@@ -208,7 +208,7 @@ def _compile_phase(model, settings, size: int, hvd, backbone_trainable: bool, lr
     from lookalike.learning.model import compile_model, set_backbone_trainable
 
     t = settings.training
-    set_backbone_trainable(model, backbone_trainable, t.freeze_batchnorm)
+    set_backbone_trainable(model, backbone_trainable, t.freeze_batchnorm, t.finetune_depth)
     learning_rate: Any = t.learning_rate * lr_scale * size   # global batch = size x rank batch
     if t.cosine_decay:
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(

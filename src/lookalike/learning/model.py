@@ -172,18 +172,38 @@ def precision_policy(name: str):
         tf.keras.mixed_precision.set_global_policy(previous)
 
 
-def set_backbone_trainable(model, trainable: bool, freeze_batchnorm: bool) -> None:
+def set_backbone_trainable(model, trainable: bool, freeze_batchnorm: bool,
+                           depth: float = 1.0) -> None:
     """Freeze or unfreeze the backbone (recompile afterwards). With ``freeze_batchnorm`` its
     BatchNorm layers stay frozen, which in TF 2 also runs them in inference mode: pretrained
-    statistics survive small, few-class batches."""
+    statistics survive small, few-class batches. ``depth`` < 1 unfreezes only the top share
+    of the backbone (:func:`frozen_below`): the layers below keep their pretrained weights."""
     import tensorflow as tf
 
     net = backbone_of(model)
     net.trainable = trainable
-    if trainable and freeze_batchnorm:
-        for layer in _sublayers(net):
+    if not trainable:
+        return
+    leaves = [layer for layer in _sublayers(net) if not getattr(layer, "layers", None)]
+    for layer in leaves[:frozen_below(leaves, depth)]:
+        layer.trainable = False
+    if freeze_batchnorm:
+        for layer in leaves:
             if isinstance(layer, tf.keras.layers.BatchNormalization):
                 layer.trainable = False
+
+
+def frozen_below(leaves: list, depth: float) -> int:
+    """How many of the backbone's layers (input to output) stay frozen so that the top
+    ``depth`` share of its weight layers (convolutions, dense; BatchNorm not counted) trains:
+    0 for depth 1. Counting weight layers, not parameters, keeps the cut where the network's
+    depth is; the cheap-to-train late stages hold most of the parameters."""
+    import tensorflow as tf
+
+    weighted = [i for i, layer in enumerate(leaves) if layer.weights
+                and not isinstance(layer, tf.keras.layers.BatchNormalization)]
+    keep = max(1, round(len(weighted) * depth))  # any depth > 0 trains at least one layer
+    return 0 if keep >= len(weighted) else weighted[-keep]
 
 
 def backbone_of(model):
