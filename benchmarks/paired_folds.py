@@ -1,0 +1,66 @@
+"""A lever's cross-validated photo figures, paired fold by fold with another run's.
+
+Run: .venv/bin/python -m benchmarks.paired_folds LEVER.json [MORE.json ...] \
+        --against benchmarks/results/photos_cv.json
+
+``bench_photos_cv`` deals the photos into the same folds on every run (same photos, fold count
+and seed), so a lever run on some folds (``--only-folds``, possibly split over several runs) is
+compared with the reference run on those folds only: for each fine-tuned method both runs
+scored, the per-fold difference's mean and standard error, and both means. Prints one JSON
+object. Reads JSON only: no training, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.bench_photos_cv import METRICS
+from lookalike.learning.folds import mean_se
+
+
+def per_fold(result: dict) -> dict[str, dict[int, dict]]:
+    """{fine-tuned method: {fold: scores}} of one ``bench_photos_cv`` result."""
+    folds = result.get("finetune_folds") or []
+    return {name: dict(zip(folds, method["per_fold"]))
+            for name, method in result["methods"].items() if name.startswith("finetuned_")}
+
+
+def paired(levers: list[dict], against: dict) -> dict:
+    """Per method: the folds both scored, and mean ± se of lever - reference over them."""
+    lever: dict[str, dict[int, dict]] = {}
+    for result in levers:
+        for name, scores in per_fold(result).items():
+            lever.setdefault(name, {}).update(scores)
+    reference = per_fold(against)
+    out = {}
+    for name in sorted(set(lever) & set(reference)):
+        folds = sorted(set(lever[name]) & set(reference[name]))
+        if not folds:
+            continue
+        out[name] = {"folds": folds, **{m: {
+            "paired": mean_se([lever[name][f][m] - reference[name][f][m] for f in folds]),
+            "lever": mean_se([lever[name][f][m] for f in folds])[0],
+            "reference": mean_se([reference[name][f][m] for f in folds])[0]}
+            for m in METRICS}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("levers", nargs="+", help="bench_photos_cv result JSON files")
+    parser.add_argument("--against", required=True, help="the reference result JSON")
+    args = parser.parse_args(argv)
+    load = lambda path: json.loads(Path(path).read_text(encoding="utf-8"))  # noqa: E731
+    against = load(args.against)
+    if not per_fold(against):
+        raise SystemExit(f"{args.against} has no fine-tuned folds to pair with")
+    print(json.dumps({"against": args.against, "levers": args.levers,
+                      "paired": paired([load(p) for p in args.levers], against)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
