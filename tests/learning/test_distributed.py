@@ -56,26 +56,35 @@ def test_proxy_term_trains_resumes_and_exports_through_the_one_loop(catalogue, t
     assert vectors.shape[0] == 3 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
 
 
-def test_finetune_blend_saves_the_point_between_pretrained_and_trained(catalogue, tmp_path):
-    """training.finetune_blend (WiSE-FT): the final weights' backbone is pretrained + share x
-    (trained - pretrained), the epoch checkpoint keeps the trained weights, the head is as
-    trained."""
+def _lite_fine_tune(catalogue, tmp_path, **training):
+    """Lite0 at 32 px fine-tuned for 2 short epochs (1 of warm-up) with ``training`` settings:
+    (settings, data spec, train_embedding's result, a fresh model built the same way)."""
     import dataclasses
 
-    from lookalike.learning.distributed import _built_model, read_state, train_embedding
-    from lookalike.learning.model import backbone_of
+    from lookalike.learning.distributed import _built_model, train_embedding
 
     settings, spec = catalogue
     lite = settings.replace(image={"size": 32, "channels": 3},
                             model={"backbone": "efficientnet_lite0",
                                    "pretrained_weights": "imagenet"},
                             training={"epochs": 2, "steps_per_epoch": 2, "warmup_epochs": 1,
-                                      "learning_rate": 0.01, "finetune_blend": 0.25},
+                                      "learning_rate": 0.01, **training},
                             tuning={"epochs": 2})
     colour = dataclasses.replace(spec, image_shape=(32, 32, 3))
     result = train_embedding(dataclasses.asdict(lite), colour.to_dict(), str(tmp_path))
+    return lite, colour, result, _built_model(lite, colour)
 
-    model = _built_model(lite, colour)
+
+def test_finetune_blend_saves_the_point_between_pretrained_and_trained(catalogue, tmp_path):
+    """training.finetune_blend (WiSE-FT): the final weights' backbone is pretrained + share x
+    (trained - pretrained), the epoch checkpoint keeps the trained weights, the head is as
+    trained."""
+    import dataclasses
+
+    from lookalike.learning.distributed import read_state, train_embedding
+    from lookalike.learning.model import backbone_of
+
+    lite, colour, result, model = _lite_fine_tune(catalogue, tmp_path, finetune_blend=0.25)
 
     def weights(path=None):
         if path:
@@ -125,22 +134,9 @@ def test_two_horovod_ranks_average_gradients(catalogue, spark, tmp_path):
 def test_finetune_depth_trains_only_the_top_of_the_backbone(catalogue, tmp_path):
     """training.finetune_depth 0.5: after warm-up the top half of the backbone's weight layers
     fine-tunes; every layer below keeps its pretrained weights (BatchNorm statistics too)."""
-    import dataclasses
-
-    from lookalike.learning.distributed import _built_model, train_embedding
     from lookalike.learning.model import _sublayers, backbone_of, frozen_below
 
-    settings, spec = catalogue
-    lite = settings.replace(image={"size": 32, "channels": 3},
-                            model={"backbone": "efficientnet_lite0",
-                                   "pretrained_weights": "imagenet"},
-                            training={"epochs": 2, "steps_per_epoch": 2, "warmup_epochs": 1,
-                                      "learning_rate": 0.01, "finetune_depth": 0.5},
-                            tuning={"epochs": 2})
-    colour = dataclasses.replace(spec, image_shape=(32, 32, 3))
-    result = train_embedding(dataclasses.asdict(lite), colour.to_dict(), str(tmp_path))
-
-    model = _built_model(lite, colour)
+    _, _, result, model = _lite_fine_tune(catalogue, tmp_path, finetune_depth=0.5)
     leaves = [layer for layer in _sublayers(backbone_of(model))
               if not getattr(layer, "layers", None)]
     cut = frozen_below(leaves, 0.5)
