@@ -6,8 +6,11 @@ Run: .venv/bin/python -m benchmarks.paired_folds LEVER.json [MORE.json ...] \
 ``bench_photos_cv`` deals the photos into the same folds on every run (same photos, fold count
 and seed), so a lever run on some folds (``--only-folds``, possibly split over several runs) is
 compared with the reference run on those folds only: for each fine-tuned method both runs
-scored, the per-fold difference's mean and standard error, and both means. Prints one JSON
-object. Reads JSON only: no training, no TensorFlow.
+scored, the per-fold difference's mean and standard error, and both means. It also joins the
+lever's own folds (``joined``: mean ± se per method, and paired with the strongest frozen method,
+which every run scores on all folds), so a lever run split over several runs gives the same
+figures as one run of all folds. Prints one JSON object. Reads JSON only: no training, no
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -28,12 +31,33 @@ def per_fold(result: dict) -> dict[str, dict[int, dict]]:
             for name, method in result["methods"].items() if name.startswith("finetuned_")}
 
 
-def paired(levers: list[dict], against: dict) -> dict:
-    """Per method: the folds both scored, and mean ± se of lever - reference over them."""
+def joined_folds(levers: list[dict]) -> dict[str, dict[int, dict]]:
+    """{fine-tuned method: {fold: scores}} over several runs of one lever (split folds)."""
     lever: dict[str, dict[int, dict]] = {}
     for result in levers:
         for name, scores in per_fold(result).items():
             lever.setdefault(name, {}).update(scores)
+    return lever
+
+
+def joined(levers: list[dict]) -> dict:
+    """Per fine-tuned method of the lever: its folds, mean ± se, and paired with the strongest
+    frozen method on the same folds (what ``bench_photos_cv`` reports for one whole run)."""
+    frozen_name = levers[0]["strongest_frozen"]
+    frozen = levers[0]["methods"][frozen_name]["per_fold"]      # every fold, by fold number
+    out = {"strongest_frozen": frozen_name}
+    for name, scores in sorted(joined_folds(levers).items()):
+        folds = sorted(scores)
+        out[name] = {"folds": folds, **{m: {
+            "mean_se": mean_se([scores[f][m] for f in folds]),
+            "paired_vs_frozen": mean_se([scores[f][m] - frozen[f][m] for f in folds])}
+            for m in METRICS}}
+    return out
+
+
+def paired(levers: list[dict], against: dict) -> dict:
+    """Per method: the folds both scored, and mean ± se of lever - reference over them."""
+    lever = joined_folds(levers)
     reference = per_fold(against)
     out = {}
     for name in sorted(set(lever) & set(reference)):
@@ -57,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     against = load(args.against)
     if not per_fold(against):
         raise SystemExit(f"{args.against} has no fine-tuned folds to pair with")
+    levers = [load(p) for p in args.levers]
     print(json.dumps({"against": args.against, "levers": args.levers,
-                      "paired": paired([load(p) for p in args.levers], against)}, indent=1))
+                      "paired": paired(levers, against), "joined": joined(levers)}, indent=1))
     return 0
 
 

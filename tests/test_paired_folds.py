@@ -2,13 +2,13 @@
 
 import pytest
 
-from benchmarks.paired_folds import paired
+from benchmarks.paired_folds import joined, paired
 
 
 def result(folds, r1s, name="finetuned_features"):
     scores = [{"recall_at_1": r, "recall_at_5": r, "recall_at_10": r, "map_at_r": r}
               for r in r1s]
-    return {"finetune_folds": folds,
+    return {"finetune_folds": folds, "strongest_frozen": "frozen_lite1_240",
             "methods": {name: {"per_fold": scores}, "frozen_lite1_240": {"per_fold": scores}}}
 
 
@@ -26,3 +26,18 @@ def test_only_the_folds_both_runs_scored_are_paired_and_split_runs_join():
 def test_a_method_the_reference_lacks_is_left_out():
     reference = result([0, 1], [0.8, 0.8])
     assert paired([result([0, 1], [0.9, 0.9], name="finetuned_other")], reference) == {}
+
+
+def test_a_split_lever_run_joins_into_one_row_paired_with_the_strongest_frozen_method():
+    frozen = [{"recall_at_1": r, "recall_at_5": r, "recall_at_10": r, "map_at_r": r}
+              for r in [0.70, 0.60, 0.65, 0.70, 0.60]]          # scored on all folds by each run
+    first, second = result([0, 1], [0.83, 0.81]), result([3], [0.80])
+    for run in (first, second):
+        run["methods"]["frozen_lite1_240"]["per_fold"] = frozen
+    row = joined([first, second])
+    assert row["strongest_frozen"] == "frozen_lite1_240"
+    features = row["finetuned_features"]
+    assert features["folds"] == [0, 1, 3]
+    assert features["recall_at_1"]["mean_se"][0] == pytest.approx(0.8133, abs=1e-4)
+    # fold 3's frozen score is 0.70 (not fold 2's 0.65): +0.13, +0.21, +0.10
+    assert features["recall_at_1"]["paired_vs_frozen"][0] == pytest.approx(0.1467, abs=1e-4)
