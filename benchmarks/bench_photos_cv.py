@@ -36,7 +36,10 @@ model also its training set. Relevant = same category. Methods:
 
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
-strongest simple baseline, chosen by its own cross-validated Recall@1). Choices (which frozen
+strongest simple baseline, chosen by its own cross-validated Recall@1); ``per_category``: each
+category's figures pooled over the folds, for the strongest frozen method and the fine-tuned
+features, weakest Recall@10 first. A fine-tuned fold's vectors are saved beside its
+checkpoints: a rerun re-scores them without embedding again. Choices (which frozen
 method, which vector, flip or not) are made on these cross-validated means, never on a test
 split. Example (2 cores, about 70 minutes; ``--skip-finetune``: about 12)::
 
@@ -71,18 +74,42 @@ def summarise(per_fold: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- scoring
 
 
-def fold_score(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
-               transform=None) -> dict:
-    """Fold ``f``'s photos as queries against the other folds' catalogue."""
+def fold_report(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
+                transform=None):
+    """Fold ``f``'s photos as queries against the other folds' catalogue: the full
+    :class:`~lookalike.learning.metrics.RetrievalReport` (its ``per_class`` table too)."""
     from lookalike.learning.metrics import retrieval_metrics
 
     q, c = fold == f, fold != f
     queries, catalogue = vectors[q], vectors[c]
     if transform is not None:
         queries, catalogue = transform(queries, catalogue), transform(catalogue, catalogue)
-    report = retrieval_metrics(queries, labels[q], catalogue, labels[c], k_values=(1, 5, 10),
-                               distance="cosine")
+    return retrieval_metrics(queries, labels[q], catalogue, labels[c], k_values=(1, 5, 10),
+                             distance="cosine")
+
+
+def scores_of(report) -> dict:
     return {m: round(v, 4) for m, v in report.as_flat_dict().items() if m in METRICS}
+
+
+def fold_score(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
+               transform=None) -> dict:
+    return scores_of(fold_report(vectors, labels, fold, f, transform))
+
+
+def per_category(tables: list) -> dict:
+    """Each category's figures pooled over folds (every query counts once: the folds' per-class
+    means weighted by their queries), weakest Recall@10 first: where a list of ten misses."""
+    import pandas as pd
+
+    table = pd.concat(tables, ignore_index=True)
+    out = {}
+    for name, rows in table.groupby("class"):
+        n = rows["n_queries"].to_numpy()
+        out[str(name)] = {"n_queries": int(n.sum()),
+                          **{m: round(float(np.dot(rows[m].to_numpy(), n) / n.sum()), 4)
+                             for m in METRICS}}
+    return dict(sorted(out.items(), key=lambda kv: (kv[1]["recall_at_10"], kv[1]["recall_at_1"])))
 
 
 def smoothed(x: np.ndarray, base: np.ndarray, n: int, alpha: float, x_in_base: bool
@@ -168,7 +195,15 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     ``head``/``features`` (and ``..._mirror``, of the mirror images) of the model as the
     profile saves it (``training.finetune_blend`` applied), ``features_blend<share>`` for
     each other share in ``blends`` (the same training, another point between pretrained and
-    trained weights: no retraining); and timings."""
+    trained weights: no retraining); and timings. The vectors are saved in ``work``, so a
+    rerun with the same shares re-scores them (new scorings cost no embedding) and reports the
+    timings of the run that made them."""
+    share = settings.training.finetune_blend
+    shares = "-".join(f"{b:g}" for b in sorted({share, *blends}))
+    saved = work / f"vectors-blends-{shares}.npz"
+    if saved.exists():
+        return load_vectors(saved)
+
     import tensorflow as tf
 
     from lookalike.learning.data import DataSpec
@@ -192,7 +227,6 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     trained = backbone.get_weights()
     pretrained = (backbone_of(_built_model(settings, spec)).get_weights()
                   if settings.model.pretrained_weights else trained)
-    share = settings.training.finetune_blend
     # Both vectors of one model, unflipped (the mirror images are embedded below).
     head = embedding_network(model, settings.replace(
         model={"embedding_from": "head", "test_time_flip": False}))
@@ -225,7 +259,24 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
               "embed_images_per_second": round(2 * len(images) / embed_seconds, 1),
               "final_loss": round(float(result["history"].get("loss", [np.nan])[-1]), 4)}
     tf.keras.backend.clear_session()
+    save_vectors(saved, vectors, timing)
     return vectors, timing
+
+
+def save_vectors(path: Path, vectors: dict, timing: dict) -> None:
+    """A fold's vectors and the timings of the run that made them, written whole or not at all
+    (renamed into place: an interrupted run leaves no file to be trusted)."""
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as handle:
+        np.savez(handle, timing=json.dumps(timing), **vectors)
+    partial.rename(path)
+
+
+def load_vectors(path: Path) -> tuple[dict, dict]:
+    with np.load(path) as stored:
+        vectors = {name: stored[name] for name in stored.files if name != "timing"}
+        timing = json.loads(str(stored["timing"]))
+    return vectors, {**timing, "vectors_saved_by_an_earlier_run": True}
 
 
 # ----------------------------------------------------------------------------- main
@@ -331,6 +382,8 @@ def main(argv=None) -> int:
         name = f"{strongest}_dba{dba:g}_qe{qe:g}_a{alpha:g}"
         methods[name] = fold_scores(vectors, labels, fold, k, expansion(int(dba), int(qe), alpha))
         say(f"{name}: {summarise(methods[name])}")
+    out["per_category"] = {strongest: per_category(
+        [fold_report(vectors, labels, fold, f).per_class for f in range(k)])}
     out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k)),
                           "note": "the same method on folds that ignore near-twins: what "
                                   "leaking them into the catalogue adds"}
@@ -347,6 +400,7 @@ def main(argv=None) -> int:
         recipe = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
         timings = []
         tuned: dict[str, list[dict]] = {}
+        served_tables = []  # the served vector's per-category tables, a fold each
         weights = tuple(float(w) for w in args.ensembles.split(",") if w)
         if weights:  # the frozen features of the fine-tuned backbone, at its size
             same, _, _ = frozen_vectors(everything.x, settings.model.backbone.split("_")[-1],
@@ -365,8 +419,10 @@ def main(argv=None) -> int:
                 vec[f"ensemble_w{w:g}"] = np.concatenate(
                     [np.sqrt(w) * vec["features"], np.sqrt(1 - w) * same], axis=1)
             for name, vectors in vec.items():
-                tuned.setdefault(f"finetuned_{name}", []).append(
-                    fold_score(vectors, labels, fold, f))
+                report = fold_report(vectors, labels, fold, f)
+                tuned.setdefault(f"finetuned_{name}", []).append(scores_of(report))
+                if name == "features":
+                    served_tables.append(report.per_class)
             for dba, qe, alpha in expansions:
                 tuned.setdefault(f"finetuned_features_dba{dba:g}_qe{qe:g}_a{alpha:g}", []).append(
                     fold_score(vec["features"], labels, fold, f,
@@ -374,6 +430,9 @@ def main(argv=None) -> int:
             say(f"fold {f}: {timing} head {tuned['finetuned_head'][-1]} "
                 f"features {tuned['finetuned_features'][-1]}")
         methods.update(tuned)
+        out["per_category"]["finetuned_features"] = per_category(served_tables)
+        weakest = list(out["per_category"]["finetuned_features"].items())[:3]
+        say(f"weakest categories of the fine-tuned features (Recall@10): {weakest}")
         out["finetune_folds"] = chosen
         out["finetune_timing"] = timings
         base = [s for i, s in enumerate(methods[strongest]) if i in chosen]

@@ -1,0 +1,62 @@
+"""benchmarks/bench_photos_cv.py's scoring: per-category figures and saved fold vectors."""
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_photos_cv import (
+    fold_report,
+    fold_score,
+    load_vectors,
+    per_category,
+    save_vectors,
+)
+
+
+def two_categories():
+    """Two folds of coats and skirts; fold 1's skirts look like coats (one only faintly
+    like a skirt)."""
+    coat, skirt = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    vectors = np.stack([coat, coat, skirt, skirt,           # fold 0
+                        coat, coat, coat * 0.9 + skirt * 0.1, coat])   # fold 1
+    labels = np.array(["coat", "coat", "skirt", "skirt"] * 2)
+    fold = np.repeat([0, 1], 4)
+    return vectors, labels, fold
+
+
+def test_a_fold_scores_its_queries_against_the_other_folds():
+    vectors, labels, fold = two_categories()
+    # Fold 1's skirts are nearest to fold 0's coats: their Recall@1 is 0, the coats' 1.
+    assert fold_score(vectors, labels, fold, 1)["recall_at_1"] == pytest.approx(0.5)
+    table = fold_report(vectors, labels, fold, 1).per_class.set_index("class")
+    assert table.loc["skirt", "recall_at_1"] == 0.0 and table.loc["coat", "recall_at_1"] == 1.0
+
+
+def test_categories_pool_every_query_once_weakest_list_first():
+    vectors, labels, fold = two_categories()
+    pooled = per_category([fold_report(vectors, labels, fold, f).per_class for f in (0, 1)])
+    assert list(pooled) == ["skirt", "coat"]                  # skirts miss in fold 1
+    assert pooled["skirt"]["n_queries"] == 4
+    # Fold 0's two skirts find fold 1's faint skirt first (Recall@1 1); fold 1's two find fold
+    # 0's coats first and its skirts at rank 3 (Recall@1 0, @5 1): pooled 0.5 and 1.
+    assert pooled["skirt"]["recall_at_1"] == 0.5 and pooled["skirt"]["recall_at_5"] == 1.0
+    assert pooled["coat"]["recall_at_1"] == 1.0
+
+
+def test_per_category_weights_each_fold_by_its_queries():
+    import pandas as pd
+
+    row = lambda n, r: {"class": "dress", "n_queries": n, "recall_at_1": r,  # noqa: E731
+                        "recall_at_5": r, "recall_at_10": r, "map_at_r": r}
+    pooled = per_category([pd.DataFrame([row(2, 1.0)]), pd.DataFrame([row(6, 0.5)])])
+    assert pooled["dress"]["recall_at_1"] == pytest.approx(0.625)   # (2 + 3) / 8, not 0.75
+
+
+def test_saved_fold_vectors_come_back_whole_with_their_timings(tmp_path):
+    vectors = {"features": np.eye(3, dtype=np.float32), "head": np.ones((3, 2))}
+    path = tmp_path / "vectors-blends-0.8-1.npz"
+    save_vectors(path, vectors, {"train_seconds": 12.5})
+    assert not list(tmp_path.glob("*.partial"))
+    loaded, timing = load_vectors(path)
+    assert set(loaded) == {"features", "head"}
+    np.testing.assert_array_equal(loaded["features"], vectors["features"])
+    assert timing == {"train_seconds": 12.5, "vectors_saved_by_an_earlier_run": True}
