@@ -28,6 +28,8 @@ model also its training set. Relevant = same category. Methods:
   features (the profile's share) concatenated with the frozen features of the same backbone
   and size, weighted so that cosine = w x fine-tuned cosine + (1 - w) x frozen cosine (serving
   it would run two backbones);
+* ``..._centred`` (frozen methods and the fine-tuned features): every vector minus the fold
+  catalogue's mean, as the pixel baseline is: a transform an index could apply at no cost;
 * ``..._dba<n>_qe<n>_a<alpha>`` (``--expansions``): the strongest frozen method and the
   fine-tuned features with the catalogue's vectors database-side augmented (DBA: each plus its
   n nearest catalogue vectors, weighted by cosine^alpha) and each query expanded with its n
@@ -133,6 +135,25 @@ def expansion(dba: int, qe: int, alpha: float):
     def transform(x, catalogue):
         augmented = smoothed(catalogue, catalogue, dba, alpha, True)
         return augmented if x is catalogue else smoothed(x, augmented, qe, alpha, False)
+    return transform
+
+
+def centred(x: np.ndarray, catalogue: np.ndarray) -> np.ndarray:
+    """``x`` minus the fold catalogue's mean vector (the centred pixel baseline's transform),
+    unit length again: the direction every photo shares stops counting towards every cosine."""
+    from lookalike.learning.evaluation import PIXEL_BASELINES
+
+    return l2_normalise(PIXEL_BASELINES["centred_pixels"](x, catalogue))
+
+
+def chained(first, second):
+    """A fold transform: ``first``, then ``second`` on its output (queries and catalogue)."""
+    if first is None or second is None:
+        return first or second
+
+    def transform(x, catalogue):
+        moved = first(catalogue, catalogue)
+        return second(moved, moved) if x is catalogue else second(first(x, catalogue), moved)
     return transform
 
 
@@ -368,23 +389,27 @@ def main(argv=None) -> int:
         plain, mirrored, rate = frozen_vectors(everything.x, variant, int(size), cache)
         name = f"frozen_{variant}_{size}"
         rates[name] = round(rate, 1)
-        methods[name] = fold_scores(plain, labels, fold, k)
-        methods[name + "_flip"] = fold_scores(l2_normalise(plain + mirrored), labels, fold, k)
-        say(f"{name}: {summarise(methods[name])} flip {summarise(methods[name + '_flip'])}")
+        for suffix, vectors in (("", plain), ("_flip", l2_normalise(plain + mirrored))):
+            methods[name + suffix] = fold_scores(vectors, labels, fold, k)
+            methods[name + suffix + "_centred"] = fold_scores(vectors, labels, fold, k, centred)
+        say(f"{name}: {summarise(methods[name])} flip {summarise(methods[name + '_flip'])} "
+            f"centred {summarise(methods[name + '_centred'])}")
     out["frozen_embed_images_per_second"] = rates
     frozen = {n: v for n, v in methods.items() if n.startswith("frozen_")}
     strongest = max(frozen, key=lambda n: summarise(frozen[n])["recall_at_1"][0])
     out["strongest_frozen"] = strongest
     variant, size = strongest.split("_")[1:3]
     plain, mirrored, _ = frozen_vectors(everything.x, variant, int(size), cache)
-    vectors = l2_normalise(plain + mirrored) if strongest.endswith("_flip") else plain
+    vectors = l2_normalise(plain + mirrored) if "_flip" in strongest else plain
+    first = centred if strongest.endswith("_centred") else None
     for dba, qe, alpha in expansions:
         name = f"{strongest}_dba{dba:g}_qe{qe:g}_a{alpha:g}"
-        methods[name] = fold_scores(vectors, labels, fold, k, expansion(int(dba), int(qe), alpha))
+        methods[name] = fold_scores(vectors, labels, fold, k,
+                                    chained(first, expansion(int(dba), int(qe), alpha)))
         say(f"{name}: {summarise(methods[name])}")
     out["per_category"] = {strongest: per_category(
-        [fold_report(vectors, labels, fold, f).per_class for f in range(k)])}
-    out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k)),
+        [fold_report(vectors, labels, fold, f, first).per_class for f in range(k)])}
+    out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k, first)),
                           "note": "the same method on folds that ignore near-twins: what "
                                   "leaking them into the catalogue adds"}
 
@@ -423,6 +448,9 @@ def main(argv=None) -> int:
                 tuned.setdefault(f"finetuned_{name}", []).append(scores_of(report))
                 if name == "features":
                     served_tables.append(report.per_class)
+                if name.startswith("features"):
+                    tuned.setdefault(f"finetuned_{name}_centred", []).append(
+                        fold_score(vectors, labels, fold, f, centred))
             for dba, qe, alpha in expansions:
                 tuned.setdefault(f"finetuned_features_dba{dba:g}_qe{qe:g}_a{alpha:g}", []).append(
                     fold_score(vec["features"], labels, fold, f,

@@ -60,3 +60,25 @@ def test_saved_fold_vectors_come_back_whole_with_their_timings(tmp_path):
     assert set(loaded) == {"features", "head"}
     np.testing.assert_array_equal(loaded["features"], vectors["features"])
     assert timing == {"train_seconds": 12.5, "vectors_saved_by_an_earlier_run": True}
+
+
+def test_centring_removes_the_direction_every_photo_shares():
+    from benchmarks.bench_photos_cv import centred, chained, expansion
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 20)
+    vectors = np.eye(16)[np.repeat([1, 2, 3], 20)] + rng.normal(0, 0.6, (60, 16))
+    fold = np.tile([0, 1], 30)
+    shifted = vectors + 25.0 * np.eye(16)[0]          # a direction every photo has, swamping
+    score = lambda v, t=None: [fold_score(v, labels, fold, f, t) for f in (0, 1)]  # noqa: E731
+    # Plain cosine drowns in the shared direction; centred cosine does not see it at all.
+    assert score(shifted) != score(vectors)
+    assert score(shifted, centred) == score(vectors, centred)
+    catalogue = vectors[fold == 1]
+    moved = centred(catalogue, catalogue)
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(moved.mean(axis=0) @ moved.mean(axis=0), 0.0, atol=1e-2)
+    # Chained with DBA, the catalogue is centred first, then augmented.
+    dba = expansion(2, 0, 1.0)
+    np.testing.assert_allclose(chained(centred, dba)(catalogue, catalogue), dba(moved, moved), rtol=1e-5)
+    assert chained(None, dba) is dba and chained(centred, None) is centred
