@@ -39,8 +39,8 @@ model also its training set. Relevant = same category. Methods:
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
 strongest simple baseline, chosen by its own cross-validated Recall@1); ``per_category``: each
-category's figures pooled over the folds, for the strongest frozen method and the fine-tuned
-features, weakest Recall@10 first. A fine-tuned fold's vectors are saved beside its
+category's figures pooled over the folds (the fine-tuned ones, when fine-tuning ran: ``folds``),
+for the strongest frozen method and the fine-tuned features, weakest Recall@10 first. A fine-tuned fold's vectors are saved beside its
 checkpoints: a rerun re-scores them without embedding again. Choices (which frozen
 method, which vector, flip or not) are made on these cross-validated means, never on a test
 split. Example (2 cores, about 70 minutes; ``--skip-finetune``: about 12)::
@@ -218,10 +218,10 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     each other share in ``blends`` (the same training, another point between pretrained and
     trained weights: no retraining); and timings. The vectors are saved in ``work``, so a
     rerun with the same shares re-scores them (new scorings cost no embedding) and reports the
-    timings of the run that made them."""
+    timings of the run that made them. They do not know the code that made them: after a
+    change to embedding or preprocessing, delete ``work/vectors-*.npz`` (the checkpoints stay)."""
     share = settings.training.finetune_blend
-    shares = "-".join(f"{b:g}" for b in sorted({share, *blends}))
-    saved = work / f"vectors-blends-{shares}.npz"
+    saved = vectors_file(work, share, blends)
     if saved.exists():
         return load_vectors(saved)
 
@@ -278,10 +278,21 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     timing = {"train_seconds": round(train_seconds, 1),
               "train_images_per_second": round(result["images"] / max(result["seconds"], 1e-9), 1),
               "embed_images_per_second": round(2 * len(images) / embed_seconds, 1),
-              "final_loss": round(float(result["history"].get("loss", [np.nan])[-1]), 4)}
+              "final_loss": round(float(result["history"].get("loss", [np.nan])[-1]), 4),
+              # A rerun whose checkpoints were complete trains nothing: its timings say so.
+              "trained_in_this_run": bool(result["images"])}
+    if not result["images"]:
+        timing["final_loss"] = None
     tf.keras.backend.clear_session()
     save_vectors(saved, vectors, timing)
     return vectors, timing
+
+
+def vectors_file(work: Path, share: float, blends: tuple[float, ...]) -> Path:
+    """Where a fold's vectors are saved: named by the served share (``features``) and the
+    other shares scored, which the folder's recipe key leaves out on purpose."""
+    others = "-".join(f"{b:g}" for b in sorted(set(blends) - {share}))
+    return work / f"vectors-served{share:g}-blends{others or '-none'}.npz"
 
 
 def save_vectors(path: Path, vectors: dict, timing: dict) -> None:
@@ -407,8 +418,8 @@ def main(argv=None) -> int:
         methods[name] = fold_scores(vectors, labels, fold, k,
                                     chained(first, expansion(int(dba), int(qe), alpha)))
         say(f"{name}: {summarise(methods[name])}")
-    out["per_category"] = {strongest: per_category(
-        [fold_report(vectors, labels, fold, f, first).per_class for f in range(k)])}
+    strongest_tables = [fold_report(vectors, labels, fold, f, first).per_class for f in range(k)]
+    out["per_category"] = {"folds": list(range(k)), strongest: per_category(strongest_tables)}
     out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k, first)),
                           "note": "the same method on folds that ignore near-twins: what "
                                   "leaking them into the catalogue adds"}
@@ -458,7 +469,10 @@ def main(argv=None) -> int:
             say(f"fold {f}: {timing} head {tuned['finetuned_head'][-1]} "
                 f"features {tuned['finetuned_features'][-1]}")
         methods.update(tuned)
-        out["per_category"]["finetuned_features"] = per_category(served_tables)
+        # Both on the fine-tuned folds' queries, so that the two compare.
+        out["per_category"] = {"folds": chosen,
+                               strongest: per_category([strongest_tables[f] for f in chosen]),
+                               "finetuned_features": per_category(served_tables)}
         weakest = list(out["per_category"]["finetuned_features"].items())[:3]
         say(f"weakest categories of the fine-tuned features (Recall@10): {weakest}")
         out["finetune_folds"] = chosen

@@ -51,6 +51,26 @@ def test_per_category_weights_each_fold_by_its_queries():
     assert pooled["dress"]["recall_at_1"] == pytest.approx(0.625)   # (2 + 3) / 8, not 0.75
 
 
+def test_categories_are_ordered_by_their_list_of_ten_first():
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"class": "top", "n_queries": 4, "recall_at_1": 0.25, "recall_at_5": 1.0,
+         "recall_at_10": 1.0, "map_at_r": 0.3},
+        {"class": "skirt", "n_queries": 4, "recall_at_1": 0.75, "recall_at_5": 0.75,
+         "recall_at_10": 0.75, "map_at_r": 0.3}])
+    assert list(per_category([table])) == ["skirt", "top"]   # weaker Recall@10, better @1
+
+
+def test_a_fold_s_vectors_file_names_the_served_share_and_the_others(tmp_path):
+    from benchmarks.bench_photos_cv import vectors_file
+
+    # Served 0.8 scoring 1, and served 1 scoring 0.8: the same two shares, different vectors.
+    assert vectors_file(tmp_path, 0.8, (0.8, 1.0)) != vectors_file(tmp_path, 1.0, (0.8,))
+    assert vectors_file(tmp_path, 0.8, (1.0,)) == vectors_file(tmp_path, 0.8, (0.8, 1.0))
+    assert vectors_file(tmp_path, 0.8, ()).name == "vectors-served0.8-blends-none.npz"
+
+
 def test_saved_fold_vectors_come_back_whole_with_their_timings(tmp_path):
     vectors = {"features": np.eye(3, dtype=np.float32), "head": np.ones((3, 2))}
     path = tmp_path / "vectors-blends-0.8-1.npz"
@@ -78,7 +98,16 @@ def test_centring_removes_the_direction_every_photo_shares():
     moved = centred(catalogue, catalogue)
     np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(moved.mean(axis=0) @ moved.mean(axis=0), 0.0, atol=1e-2)
-    # Chained with DBA, the catalogue is centred first, then augmented.
-    dba = expansion(2, 0, 1.0)
-    np.testing.assert_allclose(chained(centred, dba)(catalogue, catalogue), dba(moved, moved), rtol=1e-5)
-    assert chained(None, dba) is dba and chained(centred, None) is centred
+    # Queries move by the catalogue's mean, not their own.
+    queries = vectors[fold == 0]
+    expected = queries - catalogue.mean(axis=0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(centred(queries, catalogue), expected, rtol=1e-5, atol=1e-6)
+    # Chained with DBA and QE: the catalogue is centred, then augmented; each query is
+    # centred, then expanded with its neighbours in that augmented catalogue.
+    both = expansion(2, 2, 1.0)
+    chain = chained(centred, both)
+    np.testing.assert_allclose(chain(catalogue, catalogue), both(moved, moved), rtol=1e-5)
+    np.testing.assert_allclose(chain(queries, catalogue), both(expected, moved), rtol=1e-4,
+                               atol=1e-6)
+    assert chained(None, both) is both and chained(centred, None) is centred
