@@ -34,16 +34,22 @@ model also its training set. Relevant = same category. Methods:
   fine-tuned features with the catalogue's vectors database-side augmented (DBA: each plus its
   n nearest catalogue vectors, weighted by cosine^alpha) and each query expanded with its n
   nearest of that catalogue (alpha-QE): the classic re-ranking of instance retrieval, free at
-  query time but for a second search.
+  query time but for a second search;
+* ``..._cap<n>`` (``--category-caps``) and ``..._vote<n>_t<T>_w<w>_p<p>``
+  (``--category-votes``): the strongest frozen method and the fine-tuned features with each
+  list ordered by the catalogue's categories: at most n of one category in the list of ten (a
+  hedge between look-alike categories), or every cosine plus w x the share its category gets
+  of the n nearest's vote. With them, ``precision_at_10``: the share of each list of ten that
+  is of the query's category, which Recall@10 does not see.
 
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
 strongest simple baseline, chosen by its own cross-validated Recall@1); ``per_category``: each
 category's figures pooled over the folds (the fine-tuned ones, when fine-tuning ran: ``folds``),
-for the strongest frozen method and the fine-tuned features, weakest Recall@10 first. A fine-tuned fold's vectors are saved beside its
-checkpoints: a rerun re-scores them without embedding again. Choices (which frozen
-method, which vector, flip or not) are made on these cross-validated means, never on a test
-split. Example (2 cores, about 70 minutes; ``--skip-finetune``: about 12)::
+for the strongest frozen method and the fine-tuned features, weakest Recall@10 first. A
+fine-tuned fold's vectors are saved beside its checkpoints: a rerun re-scores them without
+embedding again. Choices (which frozen method, which vector, flip or not) are made on these
+cross-validated means, never on a test split. Example (2 cores, about 70 minutes; ``--skip-finetune``: about 12)::
 
     .venv/bin/python -m benchmarks.bench_photos_cv --home /tmp/lookalike-photos-cv
 """
@@ -77,9 +83,11 @@ def summarise(per_fold: list[dict]) -> dict:
 
 
 def fold_report(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
-                transform=None):
+                transform=None, rule=None):
     """Fold ``f``'s photos as queries against the other folds' catalogue: the full
-    :class:`~lookalike.learning.metrics.RetrievalReport` (its ``per_class`` table too)."""
+    :class:`~lookalike.learning.metrics.RetrievalReport` (its ``per_class`` table too);
+    ``rule``: a list rule (:func:`category_cap`, :func:`category_vote`) that orders each list
+    with the catalogue's categories."""
     from lookalike.learning.metrics import retrieval_metrics
 
     q, c = fold == f, fold != f
@@ -87,7 +95,82 @@ def fold_report(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: in
     if transform is not None:
         queries, catalogue = transform(queries, catalogue), transform(catalogue, catalogue)
     return retrieval_metrics(queries, labels[q], catalogue, labels[c], k_values=(1, 5, 10),
-                             distance="cosine")
+                             distance="cosine",
+                             knn_func=None if rule is None else rule(labels[c]))
+
+
+def precision_at_10(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
+                    transform=None, rule=None) -> float:
+    """The share of each list of ten that is of the query's category, averaged: what Recall@10
+    does not see (a list that spends places on other categories can raise Recall@10 and
+    still show fewer lookalikes)."""
+    from lookalike.learning.metrics import exact_knn_func
+
+    q, c = fold == f, fold != f
+    queries, catalogue = vectors[q], vectors[c]
+    if transform is not None:
+        queries, catalogue = transform(queries, catalogue), transform(catalogue, catalogue)
+    knn = exact_knn_func() if rule is None else rule(labels[c])
+    top = knn(l2_normalise(queries), l2_normalise(catalogue), 10, "cosine")
+    return round(float(np.mean(labels[c][top] == labels[q][:, None])), 4)
+
+
+def category_cap(cap: int, head: int = 10):
+    """A list rule: at most ``cap`` items of one category among the first ``head`` (the next
+    nearest of another category takes the place); the rest in distance order. Hedges a list
+    between look-alike categories."""
+    def rule(catalogue_labels):
+        codes = np.unique(catalogue_labels, return_inverse=True)[1]
+
+        def knn(queries, catalogue, k, distance):
+            order = np.argsort(-(queries @ catalogue.T), axis=1, kind="stable")
+            out = np.empty((len(queries), min(k, catalogue.shape[0])), dtype=np.int64)
+            for i, row in enumerate(order):
+                taken, count = [], {}
+                for j in row:
+                    if count.get(codes[j], 0) < cap:
+                        taken.append(j)
+                        count[codes[j]] = count.get(codes[j], 0) + 1
+                        if len(taken) == head:
+                            break
+                rest = row[~np.isin(row, taken)]
+                out[i] = np.concatenate([taken, rest])[:out.shape[1]]
+            return out
+        return knn
+    return rule
+
+
+def category_vote(neighbours: int, temperature: float, weight: float, prior_power: float):
+    """A list rule: the query's category guessed by its ``neighbours`` nearest (votes
+    exp(cosine / ``temperature``), each category's divided by its catalogue count to the
+    ``prior_power``), then every item's cosine plus ``weight`` x its category's share of the
+    vote: lists kept to the likely category."""
+    def rule(catalogue_labels):
+        codes = np.unique(catalogue_labels, return_inverse=True)[1]
+        counts = np.bincount(codes).astype(np.float64)
+
+        def knn(queries, catalogue, k, distance):
+            similarity = queries @ catalogue.T
+            near = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours]
+            votes = np.zeros((len(queries), len(counts)))
+            np.add.at(votes, (np.arange(len(queries))[:, None], codes[near]),
+                      np.exp(np.take_along_axis(similarity, near, 1) / temperature))
+            votes /= counts ** prior_power
+            share = votes / votes.sum(axis=1, keepdims=True)
+            score = similarity + weight * share[:, codes]
+            return np.argsort(-score, axis=1, kind="stable")[:, :k]
+        return knn
+    return rule
+
+
+def list_rules(caps: str, votes: str) -> dict:
+    """``--category-caps`` / ``--category-votes`` as named list rules."""
+    rules = {f"cap{int(c)}": category_cap(int(c)) for c in caps.split(",") if c}
+    for spec in (v for v in votes.split(",") if v):
+        n, t, w, p = spec.split(":")
+        rules[f"vote{int(n)}_t{float(t):g}_w{float(w):g}_p{float(p):g}"] = category_vote(
+            int(n), float(t), float(w), float(p))
+    return rules
 
 
 def scores_of(report) -> dict:
@@ -95,8 +178,8 @@ def scores_of(report) -> dict:
 
 
 def fold_score(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
-               transform=None) -> dict:
-    return scores_of(fold_report(vectors, labels, fold, f, transform))
+               transform=None, rule=None) -> dict:
+    return scores_of(fold_report(vectors, labels, fold, f, transform, rule))
 
 
 def per_category(tables: list) -> dict:
@@ -158,8 +241,8 @@ def chained(first, second):
 
 
 def fold_scores(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, k: int,
-                transform=None) -> list[dict]:
-    return [fold_score(vectors, labels, fold, f, transform) for f in range(k)]
+                transform=None, rule=None) -> list[dict]:
+    return [fold_score(vectors, labels, fold, f, transform, rule) for f in range(k)]
 
 
 def embed_all(embed, images, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +423,16 @@ def main(argv=None) -> int:
                         help="also score query expansion and database-side augmentation of the "
                              "strongest frozen method and the fine-tuned features, as "
                              "DBA:QE:ALPHA neighbours and weight exponent (e.g. 0:2:3,5:5:3)")
+    parser.add_argument("--category-caps", default="",
+                        help="also score the strongest frozen method and the fine-tuned features "
+                             "with at most N items of one category in each list of ten (e.g. "
+                             "9,8)")
+    parser.add_argument("--category-votes", default="",
+                        help="also score them with each list moved towards the category its "
+                             "nearest vote for, as NEIGHBOURS:TEMPERATURE:WEIGHT:PRIOR_POWER "
+                             "(e.g. 10:0.1:0.1:0.5)")
     args = parser.parse_args(argv)
+    rules = list_rules(args.category_caps, args.category_votes)
     expansions = [tuple(float(v) for v in e.split(":")) for e in args.expansions.split(",") if e]
 
     from benchmarks.common import bench_settings
@@ -418,6 +510,14 @@ def main(argv=None) -> int:
         methods[name] = fold_scores(vectors, labels, fold, k,
                                     chained(first, expansion(int(dba), int(qe), alpha)))
         say(f"{name}: {summarise(methods[name])}")
+    precision: dict[str, list[float]] = {
+        strongest: [precision_at_10(vectors, labels, fold, f, first) for f in range(k)]}
+    for rule_name, rule in rules.items():
+        name = f"{strongest}_{rule_name}"
+        methods[name] = fold_scores(vectors, labels, fold, k, first, rule)
+        precision[name] = [precision_at_10(vectors, labels, fold, f, first, rule)
+                           for f in range(k)]
+        say(f"{name}: {summarise(methods[name])}")
     strongest_tables = [fold_report(vectors, labels, fold, f, first).per_class for f in range(k)]
     out["per_category"] = {"folds": list(range(k)), strongest: per_category(strongest_tables)}
     out["naive_folds"] = {strongest: summarise(fold_scores(vectors, labels, naive, k, first)),
@@ -466,6 +566,13 @@ def main(argv=None) -> int:
                 tuned.setdefault(f"finetuned_features_dba{dba:g}_qe{qe:g}_a{alpha:g}", []).append(
                     fold_score(vec["features"], labels, fold, f,
                                expansion(int(dba), int(qe), alpha)))
+            precision.setdefault("finetuned_features", []).append(
+                precision_at_10(vec["features"], labels, fold, f))
+            for rule_name, rule in rules.items():
+                tuned.setdefault(f"finetuned_features_{rule_name}", []).append(
+                    fold_score(vec["features"], labels, fold, f, rule=rule))
+                precision.setdefault(f"finetuned_features_{rule_name}", []).append(
+                    precision_at_10(vec["features"], labels, fold, f, rule=rule))
             say(f"fold {f}: {timing} head {tuned['finetuned_head'][-1]} "
                 f"features {tuned['finetuned_features'][-1]}")
         methods.update(tuned)
@@ -481,6 +588,9 @@ def main(argv=None) -> int:
         out["paired_vs_strongest_frozen"] = {
             name: {m: mean_se([a[m] - b[m] for a, b in zip(per_fold, base)]) for m in METRICS}
             for name, per_fold in tuned.items()}
+    if rules:  # the strongest frozen method's over every fold, the fine-tuned over theirs
+        out["precision_at_10"] = {name: {"mean_se": mean_se(per_fold), "per_fold": per_fold}
+                                  for name, per_fold in precision.items()}
     out["methods"] = {name: {"mean_se": summarise(per_fold), "per_fold": per_fold}
                       for name, per_fold in methods.items()}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -111,3 +111,71 @@ def test_centring_removes_the_direction_every_photo_shares():
     np.testing.assert_allclose(chain(queries, catalogue), both(expected, moved), rtol=1e-4,
                                atol=1e-6)
     assert chained(None, both) is both and chained(centred, None) is centred
+
+
+def coats_and_a_coat_like_skirt():
+    """Fold 0: twelve coats along one direction, two skirts along another; fold 1: two coats
+    and a skirt photographed like a coat (nearer every coat than either skirt)."""
+    rng = np.random.default_rng(1)
+    coat, skirt = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    coats = coat + rng.normal(0, 0.05, (12, 3))
+    vectors = np.vstack([coats, [skirt, skirt + [0.2, 0, 0]],
+                         [coat, coat + [0, 0, 0.1], coat + 0.3 * skirt]])
+    labels = np.array(["coat"] * 12 + ["skirt"] * 2 + ["coat", "coat", "skirt"])
+    fold = np.array([0] * 14 + [1, 1, 1])
+    return vectors, labels, fold
+
+
+def test_a_category_cap_spends_the_tenth_place_on_another_category():
+    from benchmarks.bench_photos_cv import category_cap, precision_at_10
+
+    vectors, labels, fold = coats_and_a_coat_like_skirt()
+    plain = fold_report(vectors, labels, fold, 1).per_class.set_index("class")
+    capped = fold_report(vectors, labels, fold, 1, rule=category_cap(9)).per_class.set_index(
+        "class")
+    # Ten coats answer the coat-like skirt: no skirt in its list until one coat gives way.
+    assert plain.loc["skirt", "recall_at_10"] == 0.0 and capped.loc["skirt", "recall_at_10"] == 1.0
+    # The price: each coat's list shows nine coats, not ten.
+    assert precision_at_10(vectors, labels, fold, 1) == pytest.approx(20 / 30, abs=1e-4)
+    assert precision_at_10(vectors, labels, fold, 1, rule=category_cap(9)) == pytest.approx(
+        19 / 30, abs=1e-4)   # 9 + 9 + 1 of 30
+    # The list is a reordering of the whole catalogue: nothing lost, nothing twice, and the
+    # first answer unchanged.
+    queries, catalogue = vectors[fold == 1], vectors[fold == 0]
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    order = category_cap(9)(labels[fold == 0])(unit(queries), unit(catalogue), 14, "cosine")
+    assert sorted(order[2].tolist()) == list(range(14))
+    nearest = np.argmax(unit(queries) @ unit(catalogue).T, axis=1)
+    np.testing.assert_array_equal(order[:, 0], nearest)
+    # After the first ten, the rest keep their distance order.
+    rest = order[2, 10:]
+    similarity = (unit(queries) @ unit(catalogue).T)[2, rest]
+    assert np.all(np.diff(similarity) <= 1e-12)
+
+
+def test_a_category_vote_moves_a_list_to_the_category_its_neighbours_agree_on():
+    from benchmarks.bench_photos_cv import category_vote
+
+    at = lambda degrees: np.stack([np.cos(np.radians(degrees)),  # noqa: E731
+                                   np.sin(np.radians(degrees))], axis=-1)
+    catalogue = at(np.array([8.0, 13.0, 14.0, 15.0, 90.0]))     # 2 degrees from the query,
+    cat_labels = np.array(["coat", "skirt", "skirt", "skirt", "skirt"])  # then 3, 4, 5
+    query = at(np.array([10.0]))
+    plain = np.argsort(-(query @ catalogue.T), axis=1)[0]
+    assert cat_labels[plain[0]] == "coat"               # the single nearest is a coat ...
+    voted = category_vote(4, 0.1, 1.0, 0.0)(cat_labels)(query, catalogue, 5, "cosine")[0]
+    assert cat_labels[voted[0]] == "skirt"              # ... its next three nearest agree
+    assert sorted(voted.tolist()) == list(range(5))
+    # Weight 0 is plain cosine; dividing by the category's count (prior_power 1) turns it back.
+    np.testing.assert_array_equal(
+        category_vote(4, 0.1, 0.0, 0.0)(cat_labels)(query, catalogue, 5, "cosine")[0], plain)
+    assert cat_labels[category_vote(4, 0.1, 1.0, 1.0)(cat_labels)(
+        query, catalogue, 5, "cosine")[0][0]] == "coat"
+
+
+def test_list_rules_are_named_by_their_settings():
+    from benchmarks.bench_photos_cv import list_rules
+
+    assert list(list_rules("9,8", "10:0.1:0.1:0.5")) == ["cap9", "cap8",
+                                                         "vote10_t0.1_w0.1_p0.5"]
+    assert list_rules("", "") == {}
