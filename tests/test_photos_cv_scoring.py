@@ -128,6 +128,7 @@ def coats_and_a_coat_like_skirt():
 
 def test_a_category_cap_spends_the_tenth_place_on_another_category():
     from benchmarks.bench_photos_cv import category_cap, precision_at_10
+    from lookalike.vectors import l2_normalise as unit
 
     vectors, labels, fold = coats_and_a_coat_like_skirt()
     plain = fold_report(vectors, labels, fold, 1).per_class.set_index("class")
@@ -142,7 +143,6 @@ def test_a_category_cap_spends_the_tenth_place_on_another_category():
     # The list is a reordering of the whole catalogue: nothing lost, nothing twice, and the
     # first answer unchanged.
     queries, catalogue = vectors[fold == 1], vectors[fold == 0]
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     order = category_cap(9)(labels[fold == 0])(unit(queries), unit(catalogue), 14, "cosine")
     assert sorted(order[2].tolist()) == list(range(14))
     nearest = np.argmax(unit(queries) @ unit(catalogue).T, axis=1)
