@@ -270,7 +270,7 @@ def frozen_vectors(images, variant: str, size: int, cache: Path
     plain, mirrored = embed_all(lambda x: net(x, training=False), images.at_size(size))
     rate = 2 * len(plain) / (time.perf_counter() - started)
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, plain=plain, mirrored=mirrored, rate=rate)
+    save_whole(path, plain=plain, mirrored=mirrored, rate=rate)
     return plain, mirrored, rate
 
 
@@ -378,13 +378,18 @@ def vectors_file(work: Path, share: float, blends: tuple[float, ...]) -> Path:
     return work / f"vectors-served{share:g}-blends{others or '-none'}.npz"
 
 
-def save_vectors(path: Path, vectors: dict, timing: dict) -> None:
-    """A fold's vectors and the timings of the run that made them, written whole or not at all
-    (renamed into place: an interrupted run leaves no file to be trusted)."""
+def save_whole(path: Path, **arrays) -> None:
+    """An ``.npz`` written whole or not at all (renamed into place: an interrupted run leaves
+    no cache file to be trusted)."""
     partial = path.with_suffix(".partial")
     with partial.open("wb") as handle:
-        np.savez(handle, timing=json.dumps(timing), **vectors)
+        np.savez(handle, **arrays)
     partial.rename(path)
+
+
+def save_vectors(path: Path, vectors: dict, timing: dict) -> None:
+    """A fold's vectors and the timings of the run that made them (:func:`save_whole`)."""
+    save_whole(path, timing=json.dumps(timing), **vectors)
 
 
 def load_vectors(path: Path) -> tuple[dict, dict]:
