@@ -82,6 +82,15 @@ def summarise(per_fold: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- scoring
 
 
+def fold_split(vectors: np.ndarray, fold: np.ndarray, f: int, transform=None):
+    """(queries, catalogue) of fold ``f``: its photos, and the other folds' (``transform``
+    applied to both, the catalogue's statistics only)."""
+    queries, catalogue = vectors[fold == f], vectors[fold != f]
+    if transform is None:
+        return queries, catalogue
+    return transform(queries, catalogue), transform(catalogue, catalogue)
+
+
 def fold_report(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
                 transform=None, rule=None):
     """Fold ``f``'s photos as queries against the other folds' catalogue: the full
@@ -90,13 +99,10 @@ def fold_report(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: in
     with the catalogue's categories."""
     from lookalike.learning.metrics import retrieval_metrics
 
-    q, c = fold == f, fold != f
-    queries, catalogue = vectors[q], vectors[c]
-    if transform is not None:
-        queries, catalogue = transform(queries, catalogue), transform(catalogue, catalogue)
-    return retrieval_metrics(queries, labels[q], catalogue, labels[c], k_values=(1, 5, 10),
-                             distance="cosine",
-                             knn_func=None if rule is None else rule(labels[c]))
+    queries, catalogue = fold_split(vectors, fold, f, transform)
+    c = labels[fold != f]
+    return retrieval_metrics(queries, labels[fold == f], catalogue, c, k_values=(1, 5, 10),
+                             distance="cosine", knn_func=None if rule is None else rule(c))
 
 
 def precision_at_10(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f: int,
@@ -104,25 +110,32 @@ def precision_at_10(vectors: np.ndarray, labels: np.ndarray, fold: np.ndarray, f
     """The share of each list of ten that is of the query's category, averaged: what Recall@10
     does not see (a list that spends places on other categories can raise Recall@10 and
     still show fewer lookalikes)."""
-    from lookalike.learning.metrics import exact_knn_func
+    from lookalike.learning.metrics import exact_knn_func, label_codes, relevance
+    from lookalike.vectors import prepare
 
-    q, c = fold == f, fold != f
-    queries, catalogue = vectors[q], vectors[c]
-    if transform is not None:
-        queries, catalogue = transform(queries, catalogue), transform(catalogue, catalogue)
-    knn = exact_knn_func() if rule is None else rule(labels[c])
-    top = knn(l2_normalise(queries), l2_normalise(catalogue), 10, "cosine")
-    return round(float(np.mean(labels[c][top] == labels[q][:, None])), 4)
+    queries, catalogue = fold_split(vectors, fold, f, transform)
+    _, q_codes, c_codes = label_codes(labels[fold == f], labels[fold != f])
+    knn = exact_knn_func() if rule is None else rule(labels[fold != f])
+    top = knn(prepare(queries, "cosine"), prepare(catalogue, "cosine"), 10, "cosine")
+    return round(float(relevance(top, q_codes, c_codes).mean()), 4)
+
+
+def _cosine_only(distance: str) -> None:
+    if distance != "cosine":
+        raise ValueError(f"list rules order by cosine, not {distance!r}")
 
 
 def category_cap(cap: int, head: int = 10):
     """A list rule: at most ``cap`` items of one category among the first ``head`` (the next
     nearest of another category takes the place); the rest in distance order. Hedges a list
     between look-alike categories."""
+    from lookalike.learning.metrics import label_codes
+
     def rule(catalogue_labels):
-        codes = np.unique(catalogue_labels, return_inverse=True)[1]
+        codes = label_codes([], catalogue_labels)[2]
 
         def knn(queries, catalogue, k, distance):
+            _cosine_only(distance)
             order = np.argsort(-(queries @ catalogue.T), axis=1, kind="stable")
             out = np.empty((len(queries), min(k, catalogue.shape[0])), dtype=np.int64)
             for i, row in enumerate(order):
@@ -140,23 +153,32 @@ def category_cap(cap: int, head: int = 10):
     return rule
 
 
+def vote_shares(similarity: np.ndarray, codes: np.ndarray, neighbours: int, temperature: float,
+                prior_power: float) -> np.ndarray:
+    """(queries, categories): each category's share of the vote of each query's
+    ``neighbours`` nearest, a vote weighing exp(cosine / ``temperature``) (computed stably),
+    each category's total divided by its catalogue count to the ``prior_power``."""
+    near = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours]
+    nearest = np.take_along_axis(similarity, near, 1).astype(np.float64)
+    votes = np.zeros((len(similarity), int(codes.max()) + 1))
+    np.add.at(votes, (np.arange(len(similarity))[:, None], codes[near]),
+              np.exp((nearest - nearest[:, :1]) / temperature))
+    votes /= np.bincount(codes, minlength=votes.shape[1]).clip(min=1) ** prior_power
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
 def category_vote(neighbours: int, temperature: float, weight: float, prior_power: float):
-    """A list rule: the query's category guessed by its ``neighbours`` nearest (votes
-    exp(cosine / ``temperature``), each category's divided by its catalogue count to the
-    ``prior_power``), then every item's cosine plus ``weight`` x its category's share of the
-    vote: lists kept to the likely category."""
+    """A list rule: every item's cosine plus ``weight`` x its category's share of the query's
+    ``neighbours`` nearest's vote (:func:`vote_shares`): lists kept to the likely category."""
+    from lookalike.learning.metrics import label_codes
+
     def rule(catalogue_labels):
-        codes = np.unique(catalogue_labels, return_inverse=True)[1]
-        counts = np.bincount(codes).astype(np.float64)
+        codes = label_codes([], catalogue_labels)[2]
 
         def knn(queries, catalogue, k, distance):
+            _cosine_only(distance)
             similarity = queries @ catalogue.T
-            near = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours]
-            votes = np.zeros((len(queries), len(counts)))
-            np.add.at(votes, (np.arange(len(queries))[:, None], codes[near]),
-                      np.exp(np.take_along_axis(similarity, near, 1) / temperature))
-            votes /= counts ** prior_power
-            share = votes / votes.sum(axis=1, keepdims=True)
+            share = vote_shares(similarity, codes, neighbours, temperature, prior_power)
             score = similarity + weight * share[:, codes]
             return np.argsort(-score, axis=1, kind="stable")[:, :k]
         return knn
@@ -381,7 +403,7 @@ def vectors_file(work: Path, share: float, blends: tuple[float, ...]) -> Path:
 def save_whole(path: Path, **arrays) -> None:
     """An ``.npz`` written whole or not at all (renamed into place: an interrupted run leaves
     no cache file to be trusted)."""
-    partial = path.with_suffix(".partial")
+    partial = path.with_suffix(f".partial{os.getpid()}")  # two runs on one cache: no clash
     with partial.open("wb") as handle:
         np.savez(handle, **arrays)
     partial.rename(path)

@@ -75,7 +75,7 @@ def test_saved_fold_vectors_come_back_whole_with_their_timings(tmp_path):
     vectors = {"features": np.eye(3, dtype=np.float32), "head": np.ones((3, 2))}
     path = tmp_path / "vectors-blends-0.8-1.npz"
     save_vectors(path, vectors, {"train_seconds": 12.5})
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial*"))
     loaded, timing = load_vectors(path)
     assert set(loaded) == {"features", "head"}
     np.testing.assert_array_equal(loaded["features"], vectors["features"])
@@ -151,6 +151,30 @@ def test_a_category_cap_spends_the_tenth_place_on_another_category():
     rest = order[2, 10:]
     similarity = (unit(queries) @ unit(catalogue).T)[2, rest]
     assert np.all(np.diff(similarity) <= 1e-12)
+    # Lists shorter than ten, and longer than the catalogue, as the exact search gives them.
+    cap = category_cap(9)(labels[fold == 0])
+    assert cap(unit(queries), unit(catalogue), 3, "cosine").shape == (3, 3)
+    assert cap(unit(queries), unit(catalogue), 50, "cosine").shape == (3, 14)
+    with pytest.raises(ValueError, match="cosine"):
+        cap(unit(queries), unit(catalogue), 3, "euclidean")
+
+
+def test_precision_at_10_is_cosine_after_the_fold_transform():
+    from benchmarks.bench_photos_cv import category_cap, centred, precision_at_10
+
+    vectors, labels, fold = coats_and_a_coat_like_skirt()
+    # Cosine: a skirt ten times as long is no nearer (a raw dot product would rank it first).
+    longer = vectors * np.where(labels == "skirt", 10.0, 1.0)[:, None]
+    for rule in (None, category_cap(9)):
+        assert precision_at_10(longer, labels, fold, 1, rule=rule) == precision_at_10(
+            vectors, labels, fold, 1, rule=rule)
+    # The transform is applied before the search: centred on the catalogue's mean (mostly
+    # coat), the coat-like skirt finds the skirts first.
+    moved = precision_at_10(vectors, labels, fold, 1, centred)
+    queries, catalogue = vectors[fold == 1], vectors[fold == 0]
+    by_hand = np.vstack([centred(catalogue, catalogue), centred(queries, catalogue)])
+    assert moved == precision_at_10(by_hand, labels, fold, 1)
+    assert moved != precision_at_10(vectors, labels, fold, 1)
 
 
 def test_a_category_vote_moves_a_list_to_the_category_its_neighbours_agree_on():
@@ -173,9 +197,37 @@ def test_a_category_vote_moves_a_list_to_the_category_its_neighbours_agree_on():
         query, catalogue, 5, "cosine")[0][0]] == "coat"
 
 
-def test_list_rules_are_named_by_their_settings():
-    from benchmarks.bench_photos_cv import list_rules
+def test_vote_shares_weigh_nearness_by_the_temperature_and_count_only_the_nearest():
+    from benchmarks.bench_photos_cv import vote_shares
 
-    assert list(list_rules("9,8", "10:0.1:0.1:0.5")) == ["cap9", "cap8",
-                                                         "vote10_t0.1_w0.1_p0.5"]
+    # One coat at cosine 1, three skirts at 0.5, then a hat beyond the four nearest.
+    similarity = np.array([[1.0, 0.5, 0.5, 0.5, 0.4]])
+    codes = np.array([0, 1, 1, 1, 2])
+    warm = vote_shares(similarity, codes, 4, 1.0, 0.0)[0]
+    coat = 1 / (1 + 3 * np.exp(-0.5))
+    np.testing.assert_allclose(warm, [coat, 1 - coat, 0.0])           # the hat has no vote
+    cold = vote_shares(similarity, codes, 4, 0.05, 0.0)[0]
+    assert cold[0] > 0.999                                            # the nearest decides
+    # Divided by catalogue counts (1 coat, 3 skirts) to the power 1: a vote per coat, per skirt.
+    fair = vote_shares(similarity, codes, 4, 1.0, 1.0)[0]
+    np.testing.assert_allclose(fair, [1 / (1 + np.exp(-0.5)), 1 - 1 / (1 + np.exp(-0.5)), 0.0])
+    # Temperatures far below what float32 exp(cosine / T) survives stay finite.
+    assert np.isfinite(vote_shares(similarity.astype(np.float32), codes, 4, 1e-4, 0.5)).all()
+
+
+def test_list_rules_are_named_by_their_settings_and_use_them():
+    from benchmarks.bench_photos_cv import category_vote, list_rules
+
+    rules = list_rules("9,8", "10:0.05:0.3:0.5")
+    assert list(rules) == ["cap9", "cap8", "vote10_t0.05_w0.3_p0.5"]
     assert list_rules("", "") == {}
+    rng = np.random.default_rng(3)
+    catalogue = rng.normal(size=(40, 4))
+    catalogue /= np.linalg.norm(catalogue, axis=1, keepdims=True)
+    queries, cat_labels = catalogue[:8] + rng.normal(0, 0.3, (8, 4)), rng.integers(0, 4, 40)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    lists = lambda rule: rule(cat_labels)(queries, catalogue, 20, "cosine")  # noqa: E731
+    np.testing.assert_array_equal(lists(rules["vote10_t0.05_w0.3_p0.5"]),
+                                  lists(category_vote(10, 0.05, 0.3, 0.5)))
+    assert (lists(rules["vote10_t0.05_w0.3_p0.5"]) != lists(category_vote(10, 0.3, 0.05, 0.5))
+            ).any()
