@@ -39,8 +39,10 @@ model also its training set. Relevant = same category. Methods:
   (``--category-votes``): the strongest frozen method and the fine-tuned features with each
   list ordered by the catalogue's categories: at most n of one category in the list of ten (a
   hedge between look-alike categories), or every cosine plus w x the share its category gets
-  of the n nearest's vote. With them, ``precision_at_10``: the share of each list of ten that
-  is of the query's category, which Recall@10 does not see.
+  of the n nearest's vote.
+
+``precision_at_10`` (the strongest frozen method, the fine-tuned features, each list rule): the
+share of each list of ten that is of the query's category, which Recall@10 does not see.
 
 Reported: mean +- standard error over folds of Recall@1/5/10 and MAP@R, and for each
 fine-tuned variant the paired per-fold difference to the strongest frozen method (the
@@ -615,9 +617,9 @@ def main(argv=None) -> int:
         out["paired_vs_strongest_frozen"] = {
             name: {m: mean_se([a[m] - b[m] for a, b in zip(per_fold, base)]) for m in METRICS}
             for name, per_fold in tuned.items()}
-    if rules:  # the strongest frozen method's over every fold, the fine-tuned over theirs
-        out["precision_at_10"] = {name: {"mean_se": mean_se(per_fold), "per_fold": per_fold}
-                                  for name, per_fold in precision.items()}
+    # The strongest frozen method's over every fold, the fine-tuned ones' over their folds.
+    out["precision_at_10"] = {name: {"mean_se": mean_se(per_fold), "per_fold": per_fold}
+                              for name, per_fold in precision.items()}
     out["methods"] = {name: {"mean_se": summarise(per_fold), "per_fold": per_fold}
                       for name, per_fold in methods.items()}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
