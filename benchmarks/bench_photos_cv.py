@@ -51,7 +51,8 @@ category's figures pooled over the folds (the fine-tuned ones, when fine-tuning 
 for the strongest frozen method and the fine-tuned features, weakest Recall@10 first. A
 fine-tuned fold's vectors are saved beside its checkpoints: a rerun re-scores them without
 embedding again. Choices (which frozen method, which vector, flip or not) are made on these
-cross-validated means, never on a test split. Example (2 cores, about 70 minutes; ``--skip-finetune``: about 12)::
+cross-validated means, never on a test split. Example (2 cores, about 70 minutes;
+``--skip-finetune``: about 12)::
 
     .venv/bin/python -m benchmarks.bench_photos_cv --home /tmp/lookalike-photos-cv
 """
