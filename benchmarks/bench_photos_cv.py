@@ -326,12 +326,18 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     each other share in ``blends`` (the same training, another point between pretrained and
     trained weights: no retraining); and timings. The vectors are saved in ``work``, so a
     rerun with the same shares re-scores them (new scorings cost no embedding) and reports the
-    timings of the run that made them. They do not know the code that made them: after a
-    change to embedding or preprocessing, delete ``work/vectors-*.npz`` (the checkpoints stay)."""
+    timings of the run that made them; a rerun with more shares embeds only the new ones
+    (:func:`earlier_vectors`). They do not know the code that made them: after a change to
+    embedding or preprocessing, delete ``work/vectors-*.npz`` (the checkpoints stay)."""
     share = settings.training.finetune_blend
     saved = vectors_file(work, share, blends)
     if saved.exists():
         return load_vectors(saved)
+    wanted = sorted(set(blends) - {share})
+    vectors, timing = earlier_vectors(work, share, wanted)
+    missing = [b for b in wanted if f"features_blend{b:g}" not in vectors]
+    if vectors and not missing:
+        return vectors, timing
 
     import tensorflow as tf
 
@@ -363,37 +369,41 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
         model={"embedding_from": "features", "test_time_flip": False}))
     both = tf.keras.Model(model.inputs, [head.outputs[0], features.outputs[0]])
     images = all_split.x.at_size(size)
-    backbone.set_weights(blended_weights(pretrained, trained, share))
-    started = time.perf_counter()
-    h, f = [], []
-    for start in range(0, len(images), 64):
-        x = np.asarray(images[start:start + 64])
-        for batch in (x, x[:, :, ::-1, :].copy()):
-            out = both(batch, training=False)
-            h.append(np.asarray(out[0]))
-            f.append(np.asarray(out[1]))
-    embed_seconds = time.perf_counter() - started
-    # Batches alternate plain / mirrored.
-    vectors = {"head": l2_normalise(np.concatenate(h[0::2])),
-               "head_mirror": l2_normalise(np.concatenate(h[1::2])),
-               "features": l2_normalise(np.concatenate(f[0::2])),
-               "features_mirror": l2_normalise(np.concatenate(f[1::2]))}
-    for other in sorted(set(blends) - {share}):
+    if not vectors:  # nothing saved for this share: the served model's vectors first
+        backbone.set_weights(blended_weights(pretrained, trained, share))
+        started = time.perf_counter()
+        h, f = [], []
+        for start in range(0, len(images), 64):
+            x = np.asarray(images[start:start + 64])
+            for batch in (x, x[:, :, ::-1, :].copy()):
+                out = both(batch, training=False)
+                h.append(np.asarray(out[0]))
+                f.append(np.asarray(out[1]))
+        embed_seconds = time.perf_counter() - started
+        # Batches alternate plain / mirrored.
+        vectors = {"head": l2_normalise(np.concatenate(h[0::2])),
+                   "head_mirror": l2_normalise(np.concatenate(h[1::2])),
+                   "features": l2_normalise(np.concatenate(f[0::2])),
+                   "features_mirror": l2_normalise(np.concatenate(f[1::2]))}
+        timing = {"train_seconds": round(train_seconds, 1),
+                  "train_images_per_second":
+                      round(result["images"] / max(result["seconds"], 1e-9), 1),
+                  "embed_images_per_second": round(2 * len(images) / embed_seconds, 1),
+                  "final_loss": round(float(result["history"].get("loss", [np.nan])[-1]), 4),
+                  # A rerun whose checkpoints were complete trains nothing: its timings say so.
+                  "trained_in_this_run": bool(result["images"])}
+        if not result["images"]:
+            timing["final_loss"] = None
+    for other in missing:
         backbone.set_weights(blended_weights(pretrained, trained, other))
         vectors[f"features_blend{other:g}"] = l2_normalise(np.concatenate(
             [np.asarray(features(np.asarray(images[i:i + 64]), training=False))
              for i in range(0, len(images), 64)]))
-    timing = {"train_seconds": round(train_seconds, 1),
-              "train_images_per_second": round(result["images"] / max(result["seconds"], 1e-9), 1),
-              "embed_images_per_second": round(2 * len(images) / embed_seconds, 1),
-              "final_loss": round(float(result["history"].get("loss", [np.nan])[-1]), 4),
-              # A rerun whose checkpoints were complete trains nothing: its timings say so.
-              "trained_in_this_run": bool(result["images"])}
-    if not result["images"]:
-        timing["final_loss"] = None
     tf.keras.backend.clear_session()
+    # Saved with the timings of the run that trained and embedded the served model.
+    reused = timing.pop("vectors_saved_by_an_earlier_run", False)
     save_vectors(saved, vectors, timing)
-    return vectors, timing
+    return vectors, {**timing, "vectors_saved_by_an_earlier_run": True} if reused else timing
 
 
 def vectors_file(work: Path, share: float, blends: tuple[float, ...]) -> Path:
@@ -401,6 +411,25 @@ def vectors_file(work: Path, share: float, blends: tuple[float, ...]) -> Path:
     other shares scored, which the folder's recipe key leaves out on purpose."""
     others = "-".join(f"{b:g}" for b in sorted(set(blends) - {share}))
     return work / f"vectors-served{share:g}-blends{others or '-none'}.npz"
+
+
+def earlier_vectors(work: Path, share: float, wanted: list[float]) -> tuple[dict, dict]:
+    """The vectors an earlier run saved for the served ``share`` (the file holding the most of
+    the ``wanted`` other shares), cut to the served model's vectors and the wanted shares, with
+    that run's timings; ``({}, {})`` when there is none. A run that adds a share then embeds
+    only that share."""
+    best: tuple[int, Path] | None = None
+    for path in sorted(work.glob(f"vectors-served{share:g}-blends*.npz")):
+        with np.load(path) as stored:
+            held = sum(f"features_blend{b:g}" in stored.files for b in wanted)
+        if best is None or held > best[0]:
+            best = (held, path)
+    if best is None:
+        return {}, {}
+    vectors, timing = load_vectors(best[1])
+    keep = {"head", "head_mirror", "features", "features_mirror"}
+    keep |= {f"features_blend{b:g}" for b in wanted}
+    return {name: v for name, v in vectors.items() if name in keep}, timing
 
 
 def save_whole(path: Path, **arrays) -> None:
