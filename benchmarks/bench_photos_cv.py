@@ -50,7 +50,7 @@ strongest simple baseline, chosen by its own cross-validated Recall@1); ``per_ca
 category's figures pooled over the folds (the fine-tuned ones, when fine-tuning ran: ``folds``),
 for the strongest frozen method and the fine-tuned features, weakest Recall@10 first. A
 fine-tuned fold's vectors are saved beside its checkpoints: a rerun re-scores them without
-embedding again. Choices (which frozen method, which vector, flip or not) are made on these
+embedding again (a new ``--blends`` share costs one embedding of the photos). Choices (which frozen method, which vector, flip or not) are made on these
 cross-validated means, never on a test split. Example (2 cores, about 70 minutes;
 ``--skip-finetune``: about 12)::
 
