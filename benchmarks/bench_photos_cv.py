@@ -50,8 +50,9 @@ strongest simple baseline, chosen by its own cross-validated Recall@1); ``per_ca
 category's figures pooled over the folds (the fine-tuned ones, when fine-tuning ran: ``folds``),
 for the strongest frozen method and the fine-tuned features, weakest Recall@10 first. A
 fine-tuned fold's vectors are saved beside its checkpoints: a rerun re-scores them without
-embedding again (a new ``--blends`` share costs one embedding of the photos). Choices (which frozen method, which vector, flip or not) are made on these
-cross-validated means, never on a test split. Example (2 cores, about 70 minutes;
+embedding again (a new ``--blends`` share costs one embedding of the photos). Choices (which
+frozen method, which vector, flip or not) are made on these cross-validated means, never on a
+test split. Example (2 cores, about 70 minutes;
 ``--skip-finetune``: about 12)::
 
     .venv/bin/python -m benchmarks.bench_photos_cv --home /tmp/lookalike-photos-cv
@@ -357,6 +358,8 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     result = train_embedding(dataclasses.asdict(unblended), spec.to_dict(), str(work / "ckpt"),
                              threads=os.cpu_count(), keep_model=True)
     train_seconds = time.perf_counter() - started
+    if result["images"]:  # trained again (checkpoints gone): no vector of another training
+        vectors, timing, missing = {}, {}, wanted
     model = result["model"]
     backbone = backbone_of(model)
     trained = backbone.get_weights()
@@ -402,6 +405,9 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     tf.keras.backend.clear_session()
     # Saved with the timings of the run that trained and embedded the served model.
     reused = timing.pop("vectors_saved_by_an_earlier_run", False)
+    if reused:
+        timing["shares_embedded_later"] = sorted(set(timing.get("shares_embedded_later", []))
+                                                 | set(missing))
     save_vectors(saved, vectors, timing)
     return vectors, {**timing, "vectors_saved_by_an_earlier_run": True} if reused else timing
 

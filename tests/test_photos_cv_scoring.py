@@ -86,17 +86,20 @@ def test_a_rerun_with_more_shares_reuses_the_file_holding_most_of_them(tmp_path)
     from benchmarks.bench_photos_cv import earlier_vectors, vectors_file
 
     base = {name: np.eye(2) for name in ("head", "head_mirror", "features", "features_mirror")}
-    save_vectors(vectors_file(tmp_path, 0.8, (1.0,)), {**base, "features_blend1": np.ones((2, 2))},
+    one = np.ones((2, 2))
+    save_vectors(vectors_file(tmp_path, 0.8, (0.5,)), {**base, "features_blend0.5": one},
                  {"train_seconds": 1.0})
-    save_vectors(vectors_file(tmp_path, 0.8, (0.5, 1.0)),
-                 {**base, "features_blend0.5": np.zeros((2, 2)), "features_blend1": np.ones((2, 2))},
-                 {"train_seconds": 2.0})
-    save_vectors(vectors_file(tmp_path, 1.0, (0.6, 0.7)),   # another served share: never used
-                 {**base, "features_blend0.6": np.ones((2, 2)), "features_blend0.7": np.ones((2, 2))},
+    # Sorts after the first file, and holds more of the shares asked for below.
+    save_vectors(vectors_file(tmp_path, 0.8, (0.6, 0.7, 1.0)),
+                 {**base, "features_blend0.6": one, "features_blend0.7": one,
+                  "features_blend1": one}, {"train_seconds": 2.0})
+    save_vectors(vectors_file(tmp_path, 1.0, (0.5, 0.6, 0.7)),   # another served share
+                 {**base, **{f"features_blend{b}": one for b in (0.5, 0.6, 0.7)}},
                  {"train_seconds": 3.0})
-    vectors, timing = earlier_vectors(tmp_path, 0.8, [0.5, 0.7])
-    assert timing["train_seconds"] == 2.0                    # the file holding 0.5
-    assert set(vectors) == set(base) | {"features_blend0.5"}  # 1 was not asked for; 0.7 is new
+    vectors, timing = earlier_vectors(tmp_path, 0.8, [0.5, 0.6, 0.7])
+    assert timing["train_seconds"] == 2.0
+    # 1 was not asked for; 0.5 is left for the caller to embed.
+    assert set(vectors) == set(base) | {"features_blend0.6", "features_blend0.7"}
     assert earlier_vectors(tmp_path, 0.6, [1.0]) == ({}, {})
 
 
