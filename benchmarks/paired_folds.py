@@ -9,7 +9,9 @@ compared with the reference run on those folds only: for each fine-tuned method 
 scored, the per-fold difference's mean and standard error, and both means. It also joins the
 lever's own folds (``joined``: mean ± se per method, and paired with the strongest frozen method,
 which every run scores on all folds), so a lever run split over several runs gives the same
-figures as one run of all folds. Prints one JSON object. Reads JSON only: no training, no
+figures as one run of all folds. ``--against`` is optional: without it only ``joined`` is
+printed. Runs dealt into other folds (``--naive-folds``, another seed or fold count) are refused:
+their fold numbers name other photos. Prints one JSON object. Reads JSON only: no training, no
 TensorFlow.
 """
 
@@ -22,6 +24,26 @@ from pathlib import Path
 
 from benchmarks.bench_photos_cv import METRICS
 from lookalike.learning.folds import mean_se
+
+# What deals the photos into folds: runs that differ in any of these hold other photos under the
+# same fold number, so pairing or joining them by fold would compare unlike with unlike.
+FOLD_KEYS = ("photos", "n_photos", "folds", "seed", "twin_threshold",
+             "folds_keep_twins_together", "fold_sizes")
+# Runs from before ``--naive-folds`` existed do not say; their folds always kept twins together.
+FOLD_DEFAULTS = {"folds_keep_twins_together": True}
+
+
+def fold_mismatch(results: dict[str, dict]) -> str | None:
+    """Why these runs (by name) were dealt into different folds, or None when they were not."""
+    (first, ref), *rest = results.items()
+    for name, result in rest:
+        for key in FOLD_KEYS:
+            mine, theirs = (run.get(key, FOLD_DEFAULTS.get(key)) for run in (result, ref))
+            if mine != theirs:
+                return (f"{name} and {first} were dealt into different folds ({key}: "
+                        f"{mine!r} against {theirs!r}); fold numbers would name different "
+                        "photos")
+    return None
 
 
 def per_fold(result: dict) -> dict[str, dict[int, dict]]:
@@ -75,15 +97,20 @@ def paired(levers: list[dict], against: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("levers", nargs="+", help="bench_photos_cv result JSON files")
-    parser.add_argument("--against", required=True, help="the reference result JSON")
+    parser.add_argument("--against", help="the reference result JSON (without it: joined only)")
     args = parser.parse_args(argv)
     load = lambda path: json.loads(Path(path).read_text(encoding="utf-8"))  # noqa: E731
-    against = load(args.against)
-    if not per_fold(against):
-        raise SystemExit(f"{args.against} has no fine-tuned folds to pair with")
-    levers = [load(p) for p in args.levers]
-    print(json.dumps({"against": args.against, "levers": args.levers,
-                      "paired": paired(levers, against), "joined": joined(levers)}, indent=1))
+    runs = {path: load(path) for path in [*args.levers, *([args.against] if args.against else [])]}
+    if (why := fold_mismatch(runs)) is not None:
+        raise SystemExit(why)
+    levers = [runs[p] for p in args.levers]
+    out: dict = {"against": args.against, "levers": args.levers}
+    if args.against:
+        against = runs[args.against]
+        if not per_fold(against):
+            raise SystemExit(f"{args.against} has no fine-tuned folds to pair with")
+        out["paired"] = paired(levers, against)
+    print(json.dumps({**out, "joined": joined(levers)}, indent=1))
     return 0
 
 

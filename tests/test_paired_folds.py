@@ -1,8 +1,10 @@
 """benchmarks/paired_folds.py: a lever's photo folds paired with the reference run's."""
 
+import json
+
 import pytest
 
-from benchmarks.paired_folds import joined, paired
+from benchmarks.paired_folds import joined, main, paired
 
 
 def result(folds, r1s, name="finetuned_features"):
@@ -41,3 +43,19 @@ def test_a_split_lever_run_joins_into_one_row_paired_with_the_strongest_frozen_m
     assert features["recall_at_1"]["mean_se"][0] == pytest.approx(0.8133, abs=1e-4)
     # fold 3's frozen score is 0.70 (not fold 2's 0.65): +0.13, +0.21, +0.10
     assert features["recall_at_1"]["paired_vs_frozen"][0] == pytest.approx(0.1467, abs=1e-4)
+
+
+def test_runs_dealt_into_other_folds_are_refused_not_paired(tmp_path, capsys):
+    aware = {**result([0, 1], [0.80, 0.82]), "folds_keep_twins_together": True,
+             "fold_sizes": [273, 258]}
+    naive = {**result([0, 1], [0.83, 0.81]), "folds_keep_twins_together": False,
+             "fold_sizes": [263, 263]}
+    (tmp_path / "aware.json").write_text(json.dumps(aware))
+    (tmp_path / "naive.json").write_text(json.dumps(naive))
+    with pytest.raises(SystemExit, match="folds_keep_twins_together"):
+        main([str(tmp_path / "naive.json"), "--against", str(tmp_path / "aware.json")])
+    with pytest.raises(SystemExit, match="different folds"):          # nor joined
+        main([str(tmp_path / "aware.json"), str(tmp_path / "naive.json")])
+    assert main([str(tmp_path / "naive.json")]) == 0                  # no reference: joined only
+    out = json.loads(capsys.readouterr().out)
+    assert "paired" not in out and out["joined"]["finetuned_features"]["folds"] == [0, 1]
