@@ -526,8 +526,10 @@ def main(argv=None) -> int:
     out: dict = {"photos": str(photos), "profile": args.profile, "cores": os.cpu_count(),
                  "n_photos": len(labels), "categories": len(categories), "folds": k,
                  "seed": args.seed, "twin_threshold": args.twin_threshold,
-                 "protocol": "k-fold, group- and near-twin-aware, stratified by category; each "
-                             "fold's photos query the other folds; relevant = same category",
+                 "protocol": ("k-fold, group-aware, "
+                              + ("near-twins ignored" if args.naive_folds else "near-twin-aware")
+                              + ", stratified by category; each fold's photos query the other "
+                                "folds; relevant = same category"),
                  "command": ("python -m benchmarks.bench_photos_cv "
                              + " ".join(argv or sys.argv[1:]))}
 

@@ -1,7 +1,7 @@
 """A lever's cross-validated photo figures, paired fold by fold with another run's.
 
 Run: .venv/bin/python -m benchmarks.paired_folds LEVER.json [MORE.json ...] \
-        --against benchmarks/results/photos_cv.json
+        [--against benchmarks/results/photos_cv.json]
 
 ``bench_photos_cv`` deals the photos into the same folds on every run (same photos, fold count
 and seed), so a lever run on some folds (``--only-folds``, possibly split over several runs) is
@@ -27,8 +27,9 @@ from lookalike.learning.folds import mean_se
 
 # What deals the photos into folds: runs that differ in any of these hold other photos under the
 # same fold number, so pairing or joining them by fold would compare unlike with unlike.
-FOLD_KEYS = ("photos", "n_photos", "folds", "seed", "twin_threshold",
-             "folds_keep_twins_together", "fold_sizes")
+# (Not the photos' path: the same folder mounted elsewhere deals the same folds.)
+FOLD_KEYS = ("n_photos", "folds", "seed", "twin_threshold", "folds_keep_twins_together",
+             "fold_sizes")
 # Runs from before ``--naive-folds`` existed do not say; their folds always kept twins together.
 FOLD_DEFAULTS = {"folds_keep_twins_together": True}
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.paired_folds import joined, main, paired
+from benchmarks.paired_folds import fold_mismatch, joined, main, paired
 
 
 def result(folds, r1s, name="finetuned_features"):
@@ -59,3 +59,11 @@ def test_runs_dealt_into_other_folds_are_refused_not_paired(tmp_path, capsys):
     assert main([str(tmp_path / "naive.json")]) == 0                  # no reference: joined only
     out = json.loads(capsys.readouterr().out)
     assert "paired" not in out and out["joined"]["finetuned_features"]["folds"] == [0, 1]
+
+
+def test_a_run_from_before_naive_folds_counts_as_keeping_twins_together():
+    old = result([0, 1], [0.80, 0.82])                        # no folds_keep_twins_together
+    aware = {**result([0, 1], [0.83, 0.81]), "folds_keep_twins_together": True}
+    naive = {**result([0, 1], [0.83, 0.81]), "folds_keep_twins_together": False}
+    assert fold_mismatch({"aware": aware, "old": old}) is None
+    assert "True against False" in fold_mismatch({"naive": naive, "old": old})
