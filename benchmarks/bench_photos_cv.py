@@ -22,6 +22,10 @@ model also its training set. Relevant = same category. Methods:
   its mirror image's vectors (flip test-time augmentation);
 * ``finetuned_<head|features>[_flip]``: the ``--profile`` recipe (its defaults: untuned, as
   ``lookalike train --no-tuned-params``) trained on the other folds, both vectors of one model;
+  with ``--tuned``, as ``lookalike pipeline`` would ship it with ``tuning.enabled``: the tune
+  step first searches the parameters on the other folds' photos alone (a ninth of them, dealt
+  as the folds are, scores the trials: :func:`inner_split`), then the recipe trains with the
+  best (``tuning``: each fold's search);
   ``finetuned_features_blend<share>`` (``--blends``): the same training saved at another
   ``training.finetune_blend`` (WiSE-FT: pretrained + share x (trained - pretrained));
   ``finetuned_ensemble_w<w>`` (``--ensembles``): an output-space ensemble, the fine-tuned
@@ -319,6 +323,88 @@ def write_fold_split(all_split, rows: np.ndarray, directory: Path) -> None:
     (directory / "done").write_text("ok")
 
 
+def fold_spec(settings, categories: tuple[str, ...], n_rows: int, directory: Path):
+    """The training spec of a split :func:`write_fold_split` wrote: every category trained."""
+    from lookalike.learning.data import DataSpec
+
+    size = settings.image.size
+    return DataSpec(mode="memory", categories=categories,
+                    train_label_ids=tuple(range(len(categories))), products_table="cv",
+                    products_version=0, num_rows=n_rows, image_shape=(size, size, 3),
+                    arrays_dir=str(directory), label_column="category")
+
+
+def inner_split(rows: np.ndarray, labels: np.ndarray, components: np.ndarray, seed: int,
+                parts: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's training ``rows`` split for tuning in the pipeline's proportions (train 0.8,
+    val 0.1: val is a ninth of what is not test), but dealt as the folds are: whole
+    ``components`` (products, and near-twins unless the folds ignore them), every category
+    spread. The pipeline's own split hashes each product: on these photos its val queries could
+    meet their near-twins in a trial's catalogue, so this is its tune step at its fairest.
+    (train rows, val rows)."""
+    inner = stratified_group_folds(labels[rows], components[rows], parts, seed)
+    return rows[inner != 0], rows[inner == 0]
+
+
+def tune_fold(settings, all_split, train_rows: np.ndarray, val_rows: np.ndarray,
+              categories: tuple[str, ...], work: Path, spark) -> dict:
+    """The pipeline's tune step (:func:`lookalike.learning.tuning.search`: the profile's trials,
+    search space and objective) on a fold's inner split; its summary is saved in ``work`` (keyed
+    by :func:`tuning_key`), so a rerun reuses it. Returns the search's parent run, best
+    validation MAP@R and parameters, its seconds, and the parameters training applies
+    (``trained_params``, recomputed from the settings of the run that reads it)."""
+    from lookalike.learning.params import trained_params
+    from lookalike.learning.tuning import search, tuning_plan
+
+    saved = work / "tuned.json"
+    if saved.exists():
+        out = json.loads(saved.read_text())
+        return {**out, "trained_params": trained_params(settings, out["best_params"]),
+                "tuned_by_an_earlier_run": True}
+    write_fold_split(all_split, train_rows, work / "train")
+    write_fold_split(all_split, val_rows, work / "val")
+    plan = tuning_plan(settings, categories)
+    if plan.train != categories:
+        raise SystemExit("bench_photos_cv --tuned: the profile holds categories out of tuning "
+                         f"({sorted(set(categories) - set(plan.train))}); folds train on all")
+    spec = fold_spec(settings, categories, len(train_rows), work / "train")
+    started = time.perf_counter()
+    result = search(settings, spec, str(work / "val"), plan, spark,
+                    tags={"lookalike.bench": "photos_cv"}, kind="bench_tune")
+    out = {"seconds": round(time.perf_counter() - started, 1), "run_id": result["run_id"],
+           "train_photos": len(train_rows), "val_photos": len(val_rows),
+           "val_categories": len(set(all_split.labels[val_rows].tolist())),
+           "best_val_map_at_r": round(result["best_val_map_at_r"], 4),
+           "trials": result["trials"], "parallelism": result["parallelism"],
+           "best_params": result["best_params"]}
+    saved.write_text(json.dumps(out, indent=2, sort_keys=True))
+    return {**out, "trained_params": trained_params(settings, out["best_params"])}
+
+
+def tuning_key(settings) -> str:
+    """What a fold's search depends on beyond the recipe: the tuning settings and the search
+    space (a rerun with more trials or another space searches again). Not ``tuning.enabled``:
+    ``--tuned`` searches what the pipeline would search with it on."""
+    from lookalike.config import load_search_space
+
+    tuning = dataclasses.asdict(settings.tuning)
+    tuning.pop("enabled")
+    keyed = {"tuning": tuning, "space": load_search_space(settings)}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:8]
+
+
+def recipe_key(settings) -> str:
+    """What a fold's checkpoints depend on: the recipe without ``training.finetune_blend``
+    (checkpoints hold the unblended training; every share is made from them)."""
+    keyed = json.loads(json.dumps({"image": dataclasses.asdict(settings.image),
+                                   "model": dataclasses.asdict(settings.model),
+                                   "training": dataclasses.asdict(settings.training)},
+                                  default=str))
+    keyed["training"].pop("finetune_blend")
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, ...],
                   work: Path, blends: tuple[float, ...] = ()) -> tuple[dict, dict]:
     """Train the profile's recipe on ``rows``. Returns the vectors of every photo, by name:
@@ -342,16 +428,11 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
 
     import tensorflow as tf
 
-    from lookalike.learning.data import DataSpec
     from lookalike.learning.distributed import _built_model, train_embedding
     from lookalike.learning.model import backbone_of, blended_weights, embedding_network
 
     write_fold_split(all_split, rows, work / "train")
-    size = settings.image.size
-    spec = DataSpec(mode="memory", categories=categories,
-                    train_label_ids=tuple(range(len(categories))), products_table="cv",
-                    products_version=0, num_rows=len(rows), image_shape=(size, size, 3),
-                    arrays_dir=str(work / "train"), label_column="category")
+    spec = fold_spec(settings, categories, len(rows), work / "train")
     # Trained unblended, so every share comes from one training (and one checkpoint folder).
     unblended = settings.replace(training={"finetune_blend": 1.0})
     started = time.perf_counter()
@@ -371,7 +452,7 @@ def finetune_fold(settings, all_split, rows: np.ndarray, categories: tuple[str, 
     features = embedding_network(model, settings.replace(
         model={"embedding_from": "features", "test_time_flip": False}))
     both = tf.keras.Model(model.inputs, [head.outputs[0], features.outputs[0]])
-    images = all_split.x.at_size(size)
+    images = all_split.x.at_size(settings.image.size)
     if not vectors:  # nothing saved for this share: the served model's vectors first
         backbone.set_weights(blended_weights(pretrained, trained, share))
         started = time.perf_counter()
@@ -477,6 +558,11 @@ def main(argv=None) -> int:
     parser.add_argument("--frozen", default="lite0:160,lite0:224,lite1:240,lite2:260",
                         help="variant:size pairs of frozen ImageNet features to score")
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--tuned", action="store_true",
+                        help="fine-tune each fold with the parameters the pipeline's tune step "
+                             "picks on that fold's training photos (a ninth of them, dealt as "
+                             "the folds are, scores the trials): what `lookalike pipeline` ships with "
+                             "tuning.enabled")
     parser.add_argument("--only-folds", default="", help="fine-tune only these folds (e.g. 0,1)")
     parser.add_argument("--blends", default="",
                         help="also score these training.finetune_blend shares (e.g. 0.5,0.7,1) "
@@ -497,6 +583,8 @@ def main(argv=None) -> int:
                              "nearest vote for, as NEIGHBOURS:TEMPERATURE:WEIGHT:PRIOR_POWER "
                              "(e.g. 10:0.1:0.1:0.5)")
     args = parser.parse_args(argv)
+    if args.tuned and args.skip_finetune:
+        parser.error("--tuned tunes the fine-tuning: it cannot go with --skip-finetune")
     rules = list_rules(args.category_caps, args.category_votes)
     expansions = [tuple(float(v) for v in e.split(":")) for e in args.expansions.split(",") if e]
 
@@ -505,6 +593,7 @@ def main(argv=None) -> int:
     from lookalike.console import quiet_libraries
     from lookalike.learning.data import load_split
     from lookalike.learning.evaluation import PIXEL_BASELINES, baseline_vectors
+    from lookalike.learning.params import apply_params
     from lookalike.spark import get_spark
 
     settings = bench_settings(args.profile, args.home, args.set)
@@ -597,11 +686,10 @@ def main(argv=None) -> int:
                                   "model": dataclasses.asdict(settings.model),
                                   "training": dataclasses.asdict(settings.training)}
         blends = tuple(float(b) for b in args.blends.split(",") if b)
-        # Checkpoints hold the unblended training: the blend is not part of their key.
-        keyed = json.loads(json.dumps(out["finetune_recipe"], default=str))
-        keyed["training"].pop("finetune_blend")
-        recipe = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+        recipe = recipe_key(settings)
         timings = []
+        tunings = []
+        dealt = np.arange(len(labels)) if args.naive_folds else components
         tuned: dict[str, list[dict]] = {}
         served_tables = []  # the served vector's per-category tables, a fold each
         weights = tuple(float(w) for w in args.ensembles.split(",") if w)
@@ -613,8 +701,19 @@ def main(argv=None) -> int:
             # Keyed by the recipe and the fold's rows: a rerun resumes a fold's checkpoints,
             # never another recipe's or another split's.
             members = hashlib.sha256(rows.tobytes()).hexdigest()[:8]
-            work = cache / f"fold-{f}-k{k}-s{args.seed}-{recipe}-{members}"
-            vec, timing = finetune_fold(settings, everything, rows, categories, work, blends)
+            trained = settings
+            if args.tuned:  # as the pipeline ships: tune, then train with the best parameters
+                inner_train, inner_val = inner_split(rows, labels, dealt, args.seed)
+                tuned_in = (cache / f"tune-{f}-k{k}-s{args.seed}-{recipe}-{tuning_key(settings)}"
+                                    f"-{members}")
+                tuning = tune_fold(settings, everything, inner_train, inner_val, categories,
+                                   tuned_in, spark)
+                tunings.append(tuning)
+                say(f"fold {f}: tuned in {tuning['seconds']} s, val MAP@R "
+                    f"{tuning['best_val_map_at_r']}, {tuning['trained_params']}")
+                trained = apply_params(settings, tuning["trained_params"])
+            work = cache / f"fold-{f}-k{k}-s{args.seed}-{recipe_key(trained)}-{members}"
+            vec, timing = finetune_fold(trained, everything, rows, categories, work, blends)
             timings.append(timing)
             for name in ("head", "features"):
                 vec[f"{name}_flip"] = l2_normalise(vec[name] + vec.pop(f"{name}_mirror"))
@@ -651,6 +750,9 @@ def main(argv=None) -> int:
         say(f"weakest categories of the fine-tuned features (Recall@10): {weakest}")
         out["finetune_folds"] = chosen
         out["finetune_timing"] = timings
+        if args.tuned:
+            out["tuning"] = {"inner_split": "a ninth of each fold's training photos, dealt "
+                                            "as the folds are (inner_split)", "per_fold": tunings}
         base = [s for i, s in enumerate(methods[strongest]) if i in chosen]
         out["paired_vs_strongest_frozen"] = {
             name: {m: mean_se([a[m] - b[m] for a, b in zip(per_fold, base)]) for m in METRICS}

@@ -6,6 +6,7 @@ import pytest
 from benchmarks.bench_photos_cv import (
     fold_report,
     fold_score,
+    inner_split,
     load_vectors,
     per_category,
     save_vectors,
@@ -252,3 +253,19 @@ def test_list_rules_are_named_by_their_settings_and_use_them():
                                   lists(category_vote(10, 0.05, 0.3, 0.5)))
     assert (lists(rules["vote10_t0.05_w0.3_p0.5"]) != lists(category_vote(10, 0.3, 0.05, 0.5))
             ).any()
+
+
+
+def test_tuning_s_inner_split_keeps_twins_together_and_stays_inside_the_fold():
+    # Near-twin pairs of 3 categories in blocks (10 coat, 5 skirt, 15 top pairs); the fold's
+    # training rows are all but the first 2 coat pairs.
+    pairs = np.repeat(["coat", "skirt", "top"], [10, 5, 15])
+    labels, components = np.repeat(pairs, 2), np.repeat(np.arange(len(pairs)), 2)
+    rows = np.arange(4, 60)
+    train, val = inner_split(rows, labels, components, seed=0, parts=4)
+    assert sorted(np.concatenate([train, val])) == list(rows)        # nothing from outside
+    assert not set(components[train]) & set(components[val])       # twins on one side
+    # Every category spread: a quarter of its pairs (8, 5, 15 pairs: 2, 1-2, 3-4) in val.
+    per_category = {c: int(np.sum(labels[val] == c)) // 2 for c in ("coat", "skirt", "top")}
+    assert per_category["coat"] == 2 and 1 <= per_category["skirt"] <= 2
+    assert 3 <= per_category["top"] <= 4

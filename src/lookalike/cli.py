@@ -137,9 +137,11 @@ def _ingest(args, settings: Settings) -> dict:
 
 
 def _tune(args, settings: Settings):
-    from lookalike.learning.tuning import tune
+    from lookalike.learning.tuning import TUNING_OFF, tune
     from lookalike.tracking import job_tags
 
+    if not settings.tuning.enabled:
+        raise Skipped(TUNING_OFF)
     return tune(settings, max_evals=args.max_evals, parallelism=args.parallelism,
                 tags=job_tags(args.job_run))
 

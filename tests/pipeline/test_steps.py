@@ -36,3 +36,53 @@ def test_the_photos_profile_uses_the_shops_catalogue_never_fashion_mnist(tmp_pat
     assert ingest.enabled(Context(settings=load_settings("quick"), outputs={})) is True
     with pytest.raises(ValueError, match="ingest yours first"):
         run_pipeline(photos)
+
+
+def test_a_profile_with_tuning_off_skips_tune_and_trains_its_own_values(tmp_path, monkeypatch):
+    """The photos profile's values are cross-validated: the pipeline, `lookalike tune` (the
+    weekly job's tune task) and training all leave them as they are."""
+    import json
+    import subprocess
+    import sys
+
+    from lookalike.config import load_settings
+    from lookalike.learning.training import resolve_params
+    from lookalike.learning.tuning import TUNING_OFF
+    from lookalike.pipeline.engine import Context
+
+    photos = load_settings("photos", {"home": str(tmp_path)})
+    assert photos.tuning.enabled is False
+    steps = {s.name: s for s in default_steps()}
+    # A tune run an earlier pipeline recorded (tuning on then) is not applied either.
+    recorded = {"ingest": {"table_version": 0}, "tune": {"run_id": "an-earlier-search"}}
+    ctx = Context(settings=photos, outputs=recorded)
+    assert steps["tune"].enabled(ctx) is False
+    assert steps["tune"].disabled_reason(ctx) == TUNING_OFF
+    assert steps["train"].inputs(ctx)["params_run_id"] is None
+    on = Context(settings=photos.replace(tuning={"enabled": True}), outputs=recorded)
+    assert steps["tune"].enabled(on) is True
+    assert steps["train"].inputs(on)["params_run_id"] == "an-earlier-search"
+    skipping = Context(settings=on.settings, outputs={}, skip_tuning=True)
+    assert steps["tune"].disabled_reason(skipping) == "--skip-tuning"
+    # Training ignores a search tuned for exactly these settings, and applies it when on.
+    import mlflow
+
+    from lookalike.learning.params import TUNING_KEY_TAG, tuning_key
+    from lookalike.tracking import KIND_TAG, configure_mlflow
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):   # restored after the test
+        monkeypatch.setenv(name, "")
+    configure_mlflow(photos)
+    with mlflow.start_run(tags={KIND_TAG: "tune", TUNING_KEY_TAG: tuning_key(photos, 0)}):
+        mlflow.log_dict({"learning_rate": 0.002}, "best_params.json")
+    assert resolve_params(photos, None, use_tuned=True, products_version=0) == ({}, None)
+    assert resolve_params(on.settings, None, True, 0)[0] == {"learning_rate": 0.002}
+    # The weekly job's tune task: succeeds, says why, searches nothing (a process of its own:
+    # the command line redirects its file descriptors).
+    home = tmp_path / "cli"
+    done = subprocess.run([sys.executable, "-m", "lookalike.cli", "tune", "--profile", "photos",
+                           "--set", f"home={home}"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"skipped": TUNING_OFF}
+    assert not (home / "mlflow.db").exists()

@@ -4,8 +4,9 @@ workspace to a served champion, every task of both jobs as a cluster runs it, fo
 dev: the nightly refresh first (before any champion: it ingests, exports the app's sample and
 skips the rest, successfully), then the weekly retrain (ingest, tune, train, evaluate, embed,
 index, package, validate, promote, deploy), then one query of the endpoint it configured.
-prod: the weekly retrain on a shop's photos uploaded to the images Volume (photos recipe,
-Horovod with one rank per GPU worker), then the nightly refresh on that champion.
+prod: the weekly retrain on a shop's photos uploaded to the images Volume (photos recipe, its
+values cross-validated, so its tune task skips; Horovod with one rank per GPU worker), then the
+nightly refresh on that champion.
 Sizes are shrunk by LOOKALIKE__* overrides (SCALE); everything else is the bundle's.
 """
 
@@ -16,6 +17,8 @@ import sys
 import pytest
 from bundle_model import APP_SERVICE_PRINCIPAL
 from rehearse import NOT_COVERED, Workspace, fashion_mnist_slice, file_server, shop_photos
+
+from lookalike.learning.tuning import TUNING_OFF
 
 # About 4 (dev) and 6 (prod) minutes alone on 2 quiet cores (BENCHMARKS.md): room for a
 # slower machine or a busy one.
@@ -39,17 +42,11 @@ PHOTOS_SCALE = {
     "LOOKALIKE__IMAGE__SIZE": "64",
     "LOOKALIKE__TRAINING__EPOCHS": "2",
     "LOOKALIKE__TRAINING__WARMUP_EPOCHS": "1",
-    # A trial of a fine-tuning profile has an epoch of each phase (tuning.trial_schedule).
-    "LOOKALIKE__TUNING__EPOCHS": "2",
     "LOOKALIKE__TRAINING__STEPS_PER_EPOCH": "2",
     "LOOKALIKE__TRAINING__CLASSES_PER_BATCH": "4",
     "LOOKALIKE__TRAINING__EXAMPLES_PER_CLASS": "4",
 }
 TUNE = {"max_evals": "2", "tune_parallelism": "2"}
-# prod: one trial (dev runs two in parallel): one covers what a fine-tuning profile's trial
-# does (tuning.trial_schedule); the second cost `make test` about 2 minutes of CPU (2,230 ->
-# 2,111 CPU-s, one run each, 2026-12-01).
-TUNE_ONE = {"max_evals": "1", "tune_parallelism": "1"}
 
 
 def _report(ws: Workspace) -> None:
@@ -135,8 +132,9 @@ def test_prod_trains_a_shops_photos_and_refreshes_nightly(workspace_factory):
         f"/Volumes/spark_catalog/{ws.bundle.resource_name('schemas', 'lookalike')}/images")
     assert images.is_dir(), "bundle deploy creates the images Volume"
     uploaded = shop_photos(images)
-    weekly = ws.run_job(WEEKLY, "2001", TUNE_ONE)
+    weekly = ws.run_job(WEEKLY, "2001")
     assert weekly["ingest"]["inserted"] == uploaded, weekly["ingest"]
+    assert weekly["tune"] == {"skipped": TUNING_OFF}, weekly["tune"]
     assert weekly["train"]["processes"] == 2, "one Horovod rank per GPU worker"
     assert weekly["promote"]["promoted"] is True, weekly["promote"]
     nightly = ws.run_job(DAILY, "2002")

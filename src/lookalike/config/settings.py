@@ -281,6 +281,9 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class TuningSettings:
+    # false: the tune step searches nothing and training applies no tuned parameters (a
+    # profile whose values were chosen by cross-validation, as the photos profile's are).
+    enabled: bool
     max_evals: int
     # 0 means one trial per local core.
     parallelism: int

@@ -1,5 +1,6 @@
 """Tuned parameters, shared by tuning (which finds them) and training (which applies them):
-how they apply to the settings, and the key that says which settings they are valid for."""
+how they apply to the settings, which of them training applies, and the key that says which
+settings they are valid for."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def apply_params(settings: Settings, params: dict[str, Any]) -> Settings:
         else:
             raise ValueError(f"tuned parameter {name!r} is neither a model nor a training setting")
     return settings.replace(model=model, training=training)
+
+
+def trained_params(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """The tuned parameters training applies: all but ``tuning.exclude_from_training``."""
+    skip = set(settings.tuning.exclude_from_training)
+    return {k: v for k, v in params.items() if k not in skip}
 
 
 def tuning_key(settings: Settings, products_version: int) -> str:

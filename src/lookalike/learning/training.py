@@ -28,7 +28,7 @@ from typing import Any
 
 from lookalike.config import Settings
 from lookalike.console import say
-from lookalike.learning.params import TUNING_KEY_TAG, apply_params, tuning_key
+from lookalike.learning.params import TUNING_KEY_TAG, apply_params, trained_params, tuning_key
 
 PARAMS_SOURCE_TAG = "lookalike.params_run_id"
 
@@ -47,25 +47,23 @@ def resolve_params(settings: Settings, params_run_id: str | None, use_tuned: boo
                    products_version: int | None = None) -> tuple[dict[str, Any], str | None]:
     """(parameters to apply, tuning run id they came from or None).
 
-    ``params_run_id`` is used as given. Otherwise (``use_tuned``) only the latest tuning run
-    with this profile, backbone, image geometry and ``products_version`` counts
-    (:func:`~lookalike.learning.params.tuning_key`): parameters tuned for another catalogue or
-    network are never applied in silence.
+    ``params_run_id`` is used as given. Otherwise (``use_tuned``, and ``tuning.enabled``) only
+    the latest tuning run with this profile, backbone, image geometry and ``products_version``
+    counts (:func:`~lookalike.learning.params.tuning_key`): parameters tuned for another
+    catalogue or network are never applied in silence.
     """
     from lookalike.tracking import latest_run, require_run
 
     if params_run_id:
         run = require_run(settings, "tune", params_run_id)
-    elif use_tuned and products_version is not None:
+    elif use_tuned and settings.tuning.enabled and products_version is not None:
         key = tuning_key(settings, products_version)
         run = latest_run(settings, "tune", f"tags.`{TUNING_KEY_TAG}` = '{key}'")
         if run is None:
             return {}, None
     else:
         return {}, None
-    params = load_best_params(run.info.run_id)
-    skip = set(settings.tuning.exclude_from_training)
-    return {k: v for k, v in params.items() if k not in skip}, run.info.run_id
+    return trained_params(settings, load_best_params(run.info.run_id)), run.info.run_id
 
 
 def checkpoint_root(settings: Settings) -> Path:

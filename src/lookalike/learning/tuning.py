@@ -11,7 +11,9 @@
   never ``evaluation.unseen_categories`` when protocol (b) is on.
 * Data: the train/val splits are decoded once on the driver side into ``.npy`` files under
   ``LOOKALIKE_HOME/cache/arrays`` (:mod:`lookalike.data`); each trial memory-maps them, so no
-  trial touches Delta. (Tuning therefore needs a catalogue that fits in memory.)
+  trial touches Delta. (Tuning therefore needs a catalogue that fits in memory.) The search
+  itself (:func:`search`) takes any such training data and validation folder: a
+  cross-validation benchmark tunes each fold on the fold's own photos.
 * Each trial trains ``tuning.epochs`` epochs with the trial's parameters (head-only warm-up
   and fine-tuning in the profile's proportions: :func:`trial_schedule`), using
   ``cores / parallelism`` threads (TensorFlow's and the scoring's) so parallel trials share
@@ -44,6 +46,9 @@ from lookalike.console import say
 from lookalike.learning.params import TUNING_KEY_TAG, tuning_key
 
 TRIAL_KIND = "tune_trial"
+# Why the tune step does nothing in a profile with ``tuning.enabled: false``.
+TUNING_OFF = ("tuning.enabled is false in this profile: training uses its own values "
+              "(--set tuning.enabled=true to search anyway)")
 BEST_TRIAL_TAG = "lookalike.best_trial_run_id"
 _INT_FIELDS = {"embedding_size", "width", "epochs", "steps_per_epoch", "classes_per_batch",
                "examples_per_class"}
@@ -238,25 +243,17 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
 
 def tune(settings: Settings, max_evals: int | None = None, parallelism: int | None = None,
          tags: dict | None = None) -> dict:
-    """Run the search and return ``{"run_id", "best_params", "best_val_map_at_r", ...}``."""
-    import mlflow
-    from hyperopt import SparkTrials, fmin, tpe
-
+    """Run the search on the catalogue's train and val splits and return ``{"run_id",
+    "best_params", "best_val_map_at_r", ...}`` (:func:`search`)."""
     from lookalike.config import load_search_space
     from lookalike.learning.data import (list_categories, load_split, prepare_training_data,
                                          split_dir)
-    from lookalike.runtime import cpu_count
     from lookalike.spark import get_spark
-    from lookalike.tracking import KIND_TAG, configure_mlflow, tracking_environment
+    from lookalike.tracking import configure_mlflow
 
-    experiment_id = configure_mlflow(settings)
+    build_space(load_search_space(settings))  # a bad space fails before the splits are built
+    configure_mlflow(settings)  # in the environment Spark's JVM inherits (trials: worker_env)
     spark = get_spark(settings)
-    max_evals = int(max_evals or settings.tuning.max_evals)
-    requested = settings.tuning.parallelism if parallelism is None else parallelism
-    parallelism = int(requested) or spark.sparkContext.defaultParallelism or cpu_count()
-    description = load_search_space(settings)
-    space = build_space(description)
-
     categories, version = list_categories(spark, settings)
     plan = tuning_plan(settings, categories)
     settings = settings.replace(training={"train_categories": list(plan.train)})
@@ -266,6 +263,30 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
         raise ValueError(f"the validation split has no image of {list(plan.queries)}: nothing "
                          "to score tuning trials on (tuning.validation_categories)")
     val_dir = str(split_dir(settings, "val", spec.products_version))
+    return search(settings, spec, val_dir, plan, spark, max_evals, parallelism, tags)
+
+
+def search(settings: Settings, spec, val_dir: str, plan: TuningPlan, spark,
+           max_evals: int | None = None, parallelism: int | None = None,
+           tags: dict | None = None, kind: str = "tune") -> dict:
+    """The Hyperopt search itself, on any training data: ``spec`` (a memory-mode
+    :class:`~lookalike.learning.data.DataSpec` whose categories ``plan`` trains on) and the
+    validation split cached in ``val_dir``. :func:`tune` runs it on the catalogue's splits; a
+    cross-validation benchmark runs it on a fold's own (``benchmarks/bench_photos_cv.py``) as
+    another ``kind`` of parent run, which ``lookalike train`` never takes for a tuning run."""
+    import mlflow
+    from hyperopt import SparkTrials, fmin, tpe
+
+    from lookalike.config import load_search_space
+    from lookalike.runtime import cpu_count
+    from lookalike.tracking import KIND_TAG, configure_mlflow, tracking_environment
+
+    experiment_id = configure_mlflow(settings)
+    max_evals = int(max_evals or settings.tuning.max_evals)
+    requested = settings.tuning.parallelism if parallelism is None else parallelism
+    parallelism = int(requested) or spark.sparkContext.defaultParallelism or cpu_count()
+    description = load_search_space(settings)
+    space = build_space(description)
     threads = max(1, cpu_count() // min(parallelism, max_evals))
     settings_dict = dataclasses.asdict(settings)
     spec_dict = spec.to_dict()
@@ -274,7 +295,7 @@ def tune(settings: Settings, max_evals: int | None = None, parallelism: int | No
     # (on a cluster: the workspace host and a token), never through a path on the driver.
     worker_env = tracking_environment(settings)
 
-    with mlflow.start_run(tags={KIND_TAG: "tune",
+    with mlflow.start_run(tags={KIND_TAG: kind,
                                 "lookalike.products_version": str(spec.products_version),
                                 TUNING_KEY_TAG: tuning_key(settings, spec.products_version),
                                 **(tags or {})}

@@ -50,7 +50,7 @@ class Step:
     run: Callable[[Context], dict]
     valid: Callable[[Context, dict], bool] = lambda ctx, output: True
     enabled: Callable[[Context], bool] = lambda ctx: True
-    disabled_reason: str = "disabled"
+    disabled_reason: str | Callable[[Context], str] = "disabled"
 
 
 def fingerprint(data: Any) -> str:
@@ -102,9 +102,10 @@ def run_steps(settings: Settings, steps: list[Step], force: bool = False,
         if not step.enabled(ctx):
             if recorded:
                 ctx.outputs[step.name] = recorded["output"]
-            reports[step.name] = {"status": "skipped", "reason": step.disabled_reason,
-                                  "seconds": 0.0}
-            say("pipeline", f"{prefix}: skipped ({step.disabled_reason})")
+            why = step.disabled_reason
+            why = why(ctx) if callable(why) else why
+            reports[step.name] = {"status": "skipped", "reason": why, "seconds": 0.0}
+            say("pipeline", f"{prefix}: skipped ({why})")
             continue
         key = fingerprint(step.inputs(ctx))
         reason = None

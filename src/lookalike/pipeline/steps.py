@@ -16,6 +16,7 @@ from lookalike.config import Settings
 from lookalike.console import say
 from lookalike.errors import UsageError
 from lookalike.index import IndexManifest
+from lookalike.learning.tuning import TUNING_OFF
 from lookalike.pipeline.engine import Context, Step, run_steps
 from lookalike.registry import CHAMPION
 
@@ -135,16 +136,24 @@ def _tune_inputs(ctx: Context) -> dict:
             "search_space": _search_space_text(ctx.settings)}
 
 
+def _tuning_on(ctx: Context) -> bool:
+    return not ctx.skip_tuning and ctx.settings.tuning.enabled
+
+
+def _tuned_run(ctx: Context) -> str | None:
+    """The tune step's run, whose parameters train applies; None when tuning is off (a run an
+    earlier pipeline recorded is not applied then)."""
+    return _run_id(ctx.outputs.get("tune")) if _tuning_on(ctx) else None
+
+
 def _train(ctx: Context) -> dict:
     from lookalike.learning.training import train_and_log
 
-    params_run_id = None if ctx.skip_tuning else _run_id(ctx.outputs.get("tune"))
-    return train_and_log(ctx.settings, params_run_id=params_run_id, use_tuned=True)
+    return train_and_log(ctx.settings, params_run_id=_tuned_run(ctx), use_tuned=True)
 
 
 def _train_inputs(ctx: Context) -> dict:
-    return {"products_version": _products_version(ctx),
-            "params_run_id": None if ctx.skip_tuning else _run_id(ctx.outputs.get("tune")),
+    return {"products_version": _products_version(ctx), "params_run_id": _tuned_run(ctx),
             **_section(ctx.settings, "training", "model", "image")}
 
 
@@ -213,7 +222,8 @@ def default_steps() -> list[Step]:
                              "ingest` wrote is used as it is"),
         Step("tune", _tune_inputs, _tune,
              lambda ctx, out: _run_exists(s(ctx), _run_id(out)),
-             enabled=lambda ctx: not ctx.skip_tuning, disabled_reason="--skip-tuning"),
+             enabled=_tuning_on,
+             disabled_reason=lambda ctx: "--skip-tuning" if ctx.skip_tuning else TUNING_OFF),
         Step("train", _train_inputs, _train,
              lambda ctx, out: _run_exists(s(ctx), _run_id(out))),
         Step("evaluate",
