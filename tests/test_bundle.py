@@ -316,14 +316,15 @@ def test_horovod_processes_fit_the_gpu_workers(target):
 
 def test_prod_uses_the_photos_recipe_and_dev_the_demo():
     """Issue 18, item 6: prod trains a shop's photos with the photos profile, whose tuning
-    needs no Fashion-MNIST category; dev keeps the Fashion-MNIST demo."""
+    (off by default: its values are cross-validated) needs no Fashion-MNIST category when on;
+    dev keeps the Fashion-MNIST demo."""
     from lookalike.learning.tuning import tuning_plan
 
     prod, dev = Bundle("prod").variables, Bundle("dev").variables
     assert (prod["profile"], prod["ingest_source"]) == ("photos", "folder")
     assert (dev["profile"], dev["ingest_source"]) == ("quick", "fashion-mnist")
     photos = load_settings("photos")
-    assert photos.image.channels == 3
+    assert photos.image.channels == 3 and photos.tuning.enabled is False
     tuning_plan(photos, ["dress", "shirt", "shoes", "skirt"])   # any shop's categories
 
 

@@ -188,7 +188,8 @@ def test_trials_of_a_fine_tuning_profile_fine_tune():
     quick = load_settings("quick")
     assert trial_schedule(quick)["warmup_epochs"] == 0  # nothing to fine-tune
     with pytest.raises(ConfigError, match="tuning.epochs"):
-        photos.replace(tuning={"epochs": 1})
+        photos.replace(tuning={"enabled": True, "epochs": 1})
+    photos.replace(tuning={"epochs": 1})    # tuning off: no trial, nothing to check
 
 
 def test_cheaper_trials_take_their_own_steps_per_epoch():

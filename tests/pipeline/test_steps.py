@@ -59,11 +59,19 @@ def test_a_profile_with_tuning_off_skips_tune_and_trains_its_own_values(tmp_path
     assert steps["tune"].enabled(ctx) is False
     assert steps["tune"].disabled_reason(ctx) == TUNING_OFF
     assert steps["train"].inputs(ctx)["params_run_id"] is None
+    assert steps["train"].inputs(ctx)["tuning_enabled"] is False    # a tuned model retrains
+    passed = {}
+    monkeypatch.setattr("lookalike.learning.training.train_and_log",
+                        lambda settings, **kwargs: passed.update(kwargs) or {"run_id": "r"})
+    steps["train"].run(ctx)
+    assert passed["params_run_id"] is None
     on = Context(settings=photos.replace(tuning={"enabled": True}), outputs=recorded)
     assert steps["tune"].enabled(on) is True
     assert steps["train"].inputs(on)["params_run_id"] == "an-earlier-search"
-    skipping = Context(settings=on.settings, outputs={}, skip_tuning=True)
+    assert "tuning_enabled" not in steps["train"].inputs(on)   # profiles that tune: unchanged
+    skipping = Context(settings=on.settings, outputs=recorded, skip_tuning=True)
     assert steps["tune"].disabled_reason(skipping) == "--skip-tuning"
+    assert steps["train"].inputs(skipping)["params_run_id"] is None
     # Training ignores a search tuned for exactly these settings, and applies it when on.
     import mlflow
 
@@ -77,6 +85,9 @@ def test_a_profile_with_tuning_off_skips_tune_and_trains_its_own_values(tmp_path
         mlflow.log_dict({"learning_rate": 0.002}, "best_params.json")
     assert resolve_params(photos, None, use_tuned=True, products_version=0) == ({}, None)
     assert resolve_params(on.settings, None, True, 0)[0] == {"learning_rate": 0.002}
+    # A run named explicitly (lookalike train --params-run-id) is applied even with tuning off.
+    search = mlflow.search_runs(output_format="list")[0].info.run_id
+    assert resolve_params(photos, search, True, 0) == ({"learning_rate": 0.002}, search)
     # The weekly job's tune task: succeeds, says why, searches nothing (a process of its own:
     # the command line redirects its file descriptors).
     home = tmp_path / "cli"

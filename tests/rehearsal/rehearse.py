@@ -88,6 +88,9 @@ NOT_COVERED = (
     "machine's locked stack (TF 2.15, Keras 2), so the clusters' TF_USE_LEGACY_KERAS=1 is left "
     "out of the tasks' environment",
     "GPUs and several nodes: a GPU cluster is local[<workers>] (one task slot per GPU worker)",
+    "tuning a fine-tuning profile on the workspace: prod's photos profile does not tune "
+    "(tuning.enabled false); dev tunes the compact CNN, and a fine-tuning trial's schedule is "
+    "tests/learning/test_tuning.py's",
     "native writes to Volumes (TensorFlow, faiss, the JVM): only Python's are checked",
 )
 

@@ -281,8 +281,8 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class TuningSettings:
-    # false: the tune step searches nothing and training applies no tuned parameters (a
-    # profile whose values were chosen by cross-validation, as the photos profile's are).
+    # false: the tune step searches nothing and training applies no tuned parameters unless
+    # given a run (--params-run-id): a profile whose values were chosen by cross-validation.
     enabled: bool
     max_evals: int
     # 0 means one trial per local core.
@@ -400,8 +400,9 @@ class Settings:
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
         # Across sections: a trial of a profile that fine-tunes must fine-tune too
-        # (lookalike.learning.tuning.trial_schedule).
-        require(self.training.warmup_epochs == 0 or self.tuning.epochs >= 2, "tuning.epochs",
+        # (lookalike.learning.tuning.trial_schedule); a profile that never tunes has no trials.
+        require(not self.tuning.enabled or self.training.warmup_epochs == 0
+                or self.tuning.epochs >= 2, "tuning.epochs",
                 "must be >= 2 when training.warmup_epochs > 0: a trial needs an epoch of "
                 "head-only training and one of fine-tuning")
         from lookalike.learning.backbones import get_backbone

@@ -48,7 +48,7 @@ from lookalike.learning.params import TUNING_KEY_TAG, tuning_key
 TRIAL_KIND = "tune_trial"
 # Why the tune step does nothing in a profile with ``tuning.enabled: false``.
 TUNING_OFF = ("tuning.enabled is false in this profile: training uses its own values "
-              "(--set tuning.enabled=true to search anyway)")
+              "(tuning.enabled=true, for tune and train alike, searches anyway)")
 BEST_TRIAL_TAG = "lookalike.best_trial_run_id"
 _INT_FIELDS = {"embedding_size", "width", "epochs", "steps_per_epoch", "classes_per_batch",
                "examples_per_class"}

@@ -42,7 +42,8 @@ class Step:
     ``inputs(ctx)`` returns JSON-able data whose hash is the fingerprint; ``run(ctx)`` does the
     work and returns a JSON-able dict; ``valid(ctx, output)`` tells whether a recorded output
     still stands (default: always). ``enabled(ctx)`` False skips the step, keeping its last
-    recorded output for the steps after it.
+    recorded output for the steps after it; ``disabled_reason`` (a string, or a function of
+    the context) says why.
     """
 
     name: str

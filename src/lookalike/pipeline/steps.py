@@ -153,8 +153,11 @@ def _train(ctx: Context) -> dict:
 
 
 def _train_inputs(ctx: Context) -> dict:
+    # Tuning off changes what train applies (no latest tuning run): it retrains. Said only
+    # when off, so that the pipelines of profiles that tune keep their fingerprints.
+    off = {} if ctx.settings.tuning.enabled else {"tuning_enabled": False}
     return {"products_version": _products_version(ctx), "params_run_id": _tuned_run(ctx),
-            **_section(ctx.settings, "training", "model", "image")}
+            **off, **_section(ctx.settings, "training", "model", "image")}
 
 
 def _train_run(ctx: Context) -> str:
