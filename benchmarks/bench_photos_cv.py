@@ -561,8 +561,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tuned", action="store_true",
                         help="fine-tune each fold with the parameters the pipeline's tune step "
                              "picks on that fold's training photos (a ninth of them, dealt as "
-                             "the folds are, scores the trials): what `lookalike pipeline` ships with "
-                             "tuning.enabled")
+                             "the folds are, scores the trials): what `lookalike pipeline` "
+                             "ships with tuning.enabled")
     parser.add_argument("--only-folds", default="", help="fine-tune only these folds (e.g. 0,1)")
     parser.add_argument("--blends", default="",
                         help="also score these training.finetune_blend shares (e.g. 0.5,0.7,1) "
