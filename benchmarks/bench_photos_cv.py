@@ -350,7 +350,7 @@ def tune_fold(settings, all_split, train_rows: np.ndarray, val_rows: np.ndarray,
               categories: tuple[str, ...], work: Path, spark) -> dict:
     """The pipeline's tune step (:func:`lookalike.learning.tuning.search`: the profile's trials,
     search space and objective) on a fold's inner split; its summary is saved in ``work`` (keyed
-    by :func:`tuning_key`), so a rerun reuses it. Returns the search's parent run, best
+    by :func:`search_key`), so a rerun reuses it. Returns the search's parent run, best
     validation MAP@R and parameters, its seconds, and the parameters training applies
     (``trained_params``, recomputed from the settings of the run that reads it)."""
     from lookalike.learning.params import trained_params
@@ -381,7 +381,7 @@ def tune_fold(settings, all_split, train_rows: np.ndarray, val_rows: np.ndarray,
     return {**out, "trained_params": trained_params(settings, out["best_params"])}
 
 
-def tuning_key(settings) -> str:
+def search_key(settings) -> str:
     """What a fold's search depends on beyond the recipe: the tuning settings and the search
     space (a rerun with more trials or another space searches again). Not ``tuning.enabled``:
     ``--tuned`` searches what the pipeline would search with it on."""
@@ -704,7 +704,7 @@ def main(argv=None) -> int:
             trained = settings
             if args.tuned:  # as the pipeline ships: tune, then train with the best parameters
                 inner_train, inner_val = inner_split(rows, labels, dealt, args.seed)
-                tuned_in = (cache / f"tune-{f}-k{k}-s{args.seed}-{recipe}-{tuning_key(settings)}"
+                tuned_in = (cache / f"tune-{f}-k{k}-s{args.seed}-{recipe}-{search_key(settings)}"
                                     f"-{members}")
                 tuning = tune_fold(settings, everything, inner_train, inner_val, categories,
                                    tuned_in, spark)
