@@ -18,7 +18,10 @@ time, in a few seconds, so two timings are compared only when their probes agree
   Spark's Python workers and the serving code's glue feel; a proxy, not Spark itself).
 
 ``cpu`` records the CPU's name and its vector extensions (AVX-512 or not changes TensorFlow's
-speed by itself), which a VM may change across a restart.
+speed by itself), which a VM may change across a restart. TensorFlow turns its oneDNN kernels
+on by itself only where AVX512-VNNI, -BF16 or AMX are present; Lookalike turns them on
+everywhere (``lookalike.runtime.prefer_onednn``), and ``tf_onednn`` records the switch: on the
+AVX2-only host of 2026-12-02 they doubled the TensorFlow figure (10.4 -> 20.1 images/s).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from lookalike.runtime import ONEDNN_ENV
 
 #: Vector extensions worth naming: TensorFlow's oneDNN kernels pick their code by these.
 ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
@@ -107,6 +112,9 @@ def probe(tensorflow: bool = True) -> dict:
            "numpy_gemm_gflops": numpy_gemm_gflops(), "python_loop_mops": python_loop_mops()}
     if tensorflow:
         out["tf_lite1_240_images_per_s"] = tf_images_per_s()
+        # Whether TensorFlow ran its oneDNN kernels (lookalike.runtime.prefer_onednn): about
+        # 2 x this figure on an AVX2-only CPU; probes before 2026-12-02 17:00 did not set it.
+        out["tf_onednn"] = os.environ.get(ONEDNN_ENV)
     return out
 
 

@@ -11,10 +11,13 @@ import pandas as pd
 import pytest
 
 from lookalike.config import Settings, load_settings
+from lookalike.runtime import prefer_onednn
 
 # Every Spark session started by this process or a child of it runs interpreted
 # (tests/interpreted_spark.py); a user's own PYSPARK_SUBMIT_ARGS is kept.
 os.environ.setdefault("PYSPARK_SUBMIT_ARGS", interpreted_spark.submit_args())
+# TensorFlow as the `lookalike` command loads it, in this process and its children.
+prefer_onednn()
 
 
 # `make test` runs the suite on pytest-xdist workers (`--dist loadgroup`, collection order

@@ -59,3 +59,36 @@ def test_keras_2_is_chosen_where_tensorflow_would_load_keras_3(monkeypatch):
     assert prefer_keras_2(env) is False and env == {}
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.16.1")
     assert prefer_keras_2(env) is True and env == {"TF_USE_LEGACY_KERAS": "1"}
+
+
+def test_tensorflow_runs_its_onednn_kernels_unless_told_not_to(monkeypatch):
+    """TensorFlow turns oneDNN on by itself only on AVX512-VNNI/-BF16/AMX CPUs; Lookalike on
+    every CPU (about 2 x on AVX2-only ones), and a user's TF_ENABLE_ONEDNN_OPTS=0 wins."""
+    from lookalike.runtime import ONEDNN_ENV, prefer_onednn, tensorflow_environment
+
+    env: dict = {}
+    assert prefer_onednn(env) is True and env == {ONEDNN_ENV: "1"}
+    off = {ONEDNN_ENV: "0"}
+    assert prefer_onednn(off) is False and off == {ONEDNN_ENV: "0"}
+    # What a tuning trial on another node is given: the driver's choice, not a new default.
+    monkeypatch.setenv(ONEDNN_ENV, "0")
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+    assert tensorflow_environment() == {ONEDNN_ENV: "0"}
+
+
+def test_the_command_loads_tensorflow_with_onednn(tmp_path):
+    """The `lookalike` command sets the switch before anything imports TensorFlow, and
+    TensorFlow honours it (its own report, in a fresh process without the variable)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from lookalike.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "from tensorflow.python.util import _pywrap_util_port\n"
+            "print('onednn', _pywrap_util_port.IsMklEnabled())\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, text=True,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "onednn True"

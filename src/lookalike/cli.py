@@ -16,6 +16,7 @@ from lookalike.config import ConfigError, Settings, load_settings
 from lookalike.config.schema import set_path
 from lookalike.console import quiet_environment, quiet_libraries, say
 from lookalike.errors import UsageError
+from lookalike.runtime import prefer_onednn
 
 
 class Skipped(Exception):
@@ -294,8 +295,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Before TensorFlow, Spark or nmslib load: their start-up chatter goes to the log file, and
-    # Spark workers, tuning trials and Horovod ranks inherit the quiet environment.
+    # Spark workers, tuning trials and Horovod ranks inherit the quiet environment and the
+    # oneDNN switch.
     quiet_environment()
+    prefer_onednn()
     args = parse(argv)
     if args.command == "ingest" and args.source == "folder" and not args.path:
         print("lookalike: ingest --source folder needs a PATH (a folder of images: "

@@ -165,8 +165,9 @@ def run_trial(settings_dict: dict, spec_dict: dict, val_dir: str, plan: TuningPl
               params: dict[str, Any], parent_run_id: str, tracking_uri: str,
               experiment_id: str, threads: int, worker_env: dict | None = None) -> dict:
     """One Hyperopt evaluation (runs inside a Spark Python worker). Returns a hyperopt result.
-    ``worker_env`` (:func:`lookalike.tracking.tracking_environment`) reaches the tracking
-    server from a worker that has none of the driver's configuration."""
+    ``worker_env`` (:func:`lookalike.tracking.tracking_environment` and
+    :func:`lookalike.runtime.tensorflow_environment`) reaches the tracking server, and loads
+    TensorFlow as the driver does, from a worker that has none of the driver's configuration."""
     os.environ.update(worker_env or {})
     from hyperopt import STATUS_OK
     from mlflow import MlflowClient
@@ -278,7 +279,7 @@ def search(settings: Settings, spec, val_dir: str, plan: TuningPlan, spark,
     from hyperopt import SparkTrials, fmin, tpe
 
     from lookalike.config import load_search_space
-    from lookalike.runtime import cpu_count
+    from lookalike.runtime import cpu_count, tensorflow_environment
     from lookalike.tracking import KIND_TAG, configure_mlflow, tracking_environment
 
     experiment_id = configure_mlflow(settings)
@@ -292,8 +293,9 @@ def search(settings: Settings, spec, val_dir: str, plan: TuningPlan, spark,
     spec_dict = spec.to_dict()
     tracking_uri = settings.tracking_uri
     # Trials run in Spark workers: they reach the tracking server through this environment
-    # (on a cluster: the workspace host and a token), never through a path on the driver.
-    worker_env = tracking_environment(settings)
+    # (on a cluster: the workspace host and a token), never through a path on the driver, and
+    # load TensorFlow as the driver would (Keras 2, oneDNN).
+    worker_env = {**tensorflow_environment(), **tracking_environment(settings)}
 
     with mlflow.start_run(tags={KIND_TAG: kind,
                                 "lookalike.products_version": str(spec.products_version),
