@@ -21,7 +21,7 @@ time, in a few seconds, so two timings are compared only when their probes agree
 speed by itself), which a VM may change across a restart. TensorFlow turns its oneDNN kernels
 on by itself only where AVX512-VNNI, -BF16 or AMX are present; Lookalike turns them on
 everywhere (``lookalike.runtime.prefer_onednn``), and ``tf_onednn`` records the switch: on the
-AVX2-only host of 2026-12-02 they doubled the TensorFlow figure (10.4 -> 20.1 images/s).
+AVX2-only host of 2026-12-02 they doubled the TensorFlow figure (10.4 -> 19.1 images/s).
 """
 
 from __future__ import annotations
