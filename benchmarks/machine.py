@@ -21,7 +21,7 @@ time, in a few seconds, so two timings are compared only when their probes agree
 speed by itself), which a VM may change across a restart. TensorFlow turns its oneDNN kernels
 on by itself only where AVX512-VNNI, -BF16 or AMX are present; Lookalike turns them on
 everywhere (``lookalike.runtime.prefer_onednn``), and ``tf_onednn`` records the switch: on the
-AVX2-only host of 2026-12-02 they doubled the TensorFlow figure (10.4 -> 19.1 images/s).
+AVX2-only host of 2026-12-02 they raised the TensorFlow figure 1.8 x (10.4 -> 19.1 images/s).
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ def probe(tensorflow: bool = True) -> dict:
            "numpy_gemm_gflops": numpy_gemm_gflops(), "python_loop_mops": python_loop_mops()}
     if tensorflow:
         out["tf_lite1_240_images_per_s"] = tf_images_per_s()
-        # Whether TensorFlow ran its oneDNN kernels (lookalike.runtime.prefer_onednn): about
-        # 2 x this figure on an AVX2-only CPU; probes before 2026-12-02 17:00 did not set it.
+        # TF_ENABLE_ONEDNN_OPTS as TensorFlow read it (lookalike.runtime.prefer_onednn; unset:
+        # TensorFlow's own choice for the CPU): about 1.8 x this figure on an AVX2-only CPU.
+        # Probes before 2026-12-02 17:00 did not set it.
         out["tf_onednn"] = os.environ.get(ONEDNN_ENV)
     return out
 

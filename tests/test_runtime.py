@@ -70,6 +70,8 @@ def test_tensorflow_runs_its_onednn_kernels_unless_told_not_to(monkeypatch):
     assert prefer_onednn(env) is True and env == {ONEDNN_ENV: "1"}
     off = {ONEDNN_ENV: "0"}
     assert prefer_onednn(off) is False and off == {ONEDNN_ENV: "0"}
+    empty = {ONEDNN_ENV: ""}  # set but empty: nobody decided
+    assert prefer_onednn(empty) is True and empty == {ONEDNN_ENV: "1"}
     # What a tuning trial on another node is given: the driver's choice, not a new default.
     monkeypatch.setenv(ONEDNN_ENV, "0")
     monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
@@ -83,8 +85,14 @@ def test_the_command_loads_tensorflow_with_onednn(tmp_path):
     import subprocess
     import sys
 
-    code = ("from lookalike.cli import main\n"
+    # TensorFlow's kernels take the switch when TensorFlow is imported, so it must not be
+    # imported before main() sets it.
+    code = ("import os, sys\n"
+            "from lookalike.cli import main\n"
+            "assert 'tensorflow' not in sys.modules\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'tensorflow' not in sys.modules\n"
+            "assert os.environ['TF_ENABLE_ONEDNN_OPTS'] == '1'\n"
             "from tensorflow.python.util import _pywrap_util_port\n"
             "print('onednn', _pywrap_util_port.IsMklEnabled())\n")
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}

@@ -37,11 +37,12 @@ class LookalikeModel(PythonModel):
         self.recommender: Recommender | None = None
 
     def load_context(self, context) -> None:
-        from lookalike.runtime import prefer_keras_2
+        from lookalike.runtime import prefer_keras_2, prefer_onednn
         from lookalike.serving.worker import (enable_nodelay, guard_connections,
                                               guard_requests, server_limits)
 
         prefer_keras_2()  # before TensorFlow loads: a 2.16+ serving environment (tf-keras)
+        prefer_onednn()  # the TensorFlow engine on a CPU (TFLite has its own kernels)
         # In each scoring-server worker, before it serves: see lookalike.serving.worker.
         server = server_limits()
         enable_nodelay()
