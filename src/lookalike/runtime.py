@@ -57,8 +57,8 @@ def prefer_onednn(environ: dict | None = None) -> bool:
     (``TF_ENABLE_ONEDNN_OPTS=0`` keeps them off). Call before TensorFlow is imported; True if it
     set the switch. TensorFlow turns them on by itself only on CPUs with AVX512-VNNI, -BF16 or
     AMX; on an AVX2-only CPU (the project's 2-core AMD EPYC host) they fine-tune
-    EfficientNet-Lite1 about 2.0 x as fast and run it frozen about 1.8 x (BENCHMARKS.md, "TensorFlow's
-    oneDNN kernels"). Results differ only by float round-off."""
+    EfficientNet-Lite1 about 2.0 x as fast and run it frozen about 1.8 x (BENCHMARKS.md,
+    "TensorFlow's oneDNN kernels"). Results differ only by float round-off."""
     environ = os.environ if environ is None else environ
     if environ.get(ONEDNN_ENV, "").strip():
         return False
